@@ -1,0 +1,62 @@
+"""Named run profiles: one typed config, scaled by name (nanoGPT-style overrides).
+
+    smoke     : seconds to minutes on a CPU; what CI executes every notebook with
+    classroom : a CPU laptop, minutes per notebook (the default)
+    paper     : ViT-B/16 with OpenAI weights on a GPU, the paper's sizes (needs internet or cached weights)
+
+Notebooks take `profile = "classroom"` in their `parameters` cell and call `get_profile(profile)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from .errors import CIError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of a run. Every stochastic step derives its seed from `seed`."""
+
+    name: str
+    backbone: str = "miniclip"  # "miniclip" or an open_clip model name
+    pretrained: str | None = None  # open_clip weights tag (paper: "openai")
+    n_classes: int = 50  # task classes (the first half are seen/base, the rest unseen/new)
+    shots: int = 16  # few-shot images per seen class
+    n_test_per_class: int = 40  # evaluation images per class
+    epochs: int = 10  # prompt-tuning epochs (CoCoOp default)
+    batch_size: int = 32  # prompt-tuning batch (CoCoOp's original is 1; see train.py)
+    ood_pool: int = 1000  # unlabeled OOD images for trigger inversion
+    ood_holdout: int = 500  # held-out OOD images for ASR
+    candidates: int = 50  # candidate target classes K
+    device: str = "cpu"
+    seed: int = 0
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(name="smoke", n_classes=10, shots=4, n_test_per_class=4, epochs=1, batch_size=16, ood_pool=64,
+                     ood_holdout=32, candidates=10),
+    "classroom": Profile(name="classroom", n_classes=50, shots=16, n_test_per_class=20, epochs=10, ood_pool=512,
+                         ood_holdout=256),
+    "paper": Profile(name="paper", backbone="ViT-B-16-quickgelu", pretrained="openai", n_classes=100, n_test_per_class=50,
+                     ood_pool=1000, ood_holdout=1000, candidates=50, device="cuda"),
+}
+
+
+def list_profiles() -> list[str]:
+    return list(PROFILES)
+
+
+def get_profile(name: str | Profile = "classroom", **overrides) -> Profile:
+    """A profile by name, with optional field overrides (e.g. get_profile("smoke", seed=3))."""
+    if isinstance(name, Profile):
+        base = name
+    elif name in PROFILES:
+        base = PROFILES[name]
+    else:
+        raise CIError(f"unknown profile {name!r}; choose one of {list_profiles()}")
+    valid = {f.name for f in fields(Profile)}
+    bad = set(overrides) - valid
+    if bad:
+        raise CIError(f"unknown profile fields {sorted(bad)}; valid: {sorted(valid)}")
+    return replace(base, **overrides)

@@ -1,0 +1,83 @@
+"""What the embedded world contains: attributes, class names, domains.
+
+Classes are compositional (colour x pattern x shape, named like "red striped triangle"). Some attribute
+values are held out of every class name (`ood_*`): objects made from them belong to no class, which gives
+a class-disjoint OOD pool for free. The downstream task lives in a shifted *domain* of the same world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Attribute values that appear in class names. Order fixes class ids: keep it stable.
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "semicircle", "bar", "heart")
+COLOURS = {
+    "red": (0.86, 0.10, 0.10),
+    "orange": (1.00, 0.55, 0.05),
+    "yellow": (0.95, 0.90, 0.10),
+    "green": (0.10, 0.68, 0.15),
+    "cyan": (0.10, 0.85, 0.90),
+    "blue": (0.10, 0.22, 0.92),
+    "purple": (0.55, 0.15, 0.75),
+    "pink": (1.00, 0.52, 0.78),
+    "white": (0.97, 0.97, 0.97),
+    "black": (0.04, 0.04, 0.04),
+}
+PATTERNS = ("solid", "striped", "dotted")
+
+# Held out of every class name: only the OOD pool uses them.
+OOD_SHAPES = ("arrow", "hourglass", "lshape")
+OOD_COLOURS = {"brown": (0.50, 0.30, 0.10), "grey": (0.52, 0.52, 0.52)}
+OOD_PATTERNS = ("checkered",)
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """How images of one domain are rendered (the pretraining domain or a shifted task domain)."""
+
+    background: str = "smooth"  # "smooth": soft colour fields; "clutter": busy coloured gratings
+    scale: tuple[float, float] = (0.45, 0.80)  # object radius as a fraction of the half image width
+    noise_std: tuple[float, float] = (0.0, 0.03)  # additive Gaussian pixel noise (range, per image)
+    blur_sigma: tuple[float, float] = (0.0, 0.0)  # Gaussian blur in pixels (range, per image)
+    contrast: tuple[float, float] = (1.0, 1.0)  # image contrast around mid-grey (range, per image)
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)  # a fixed colour cast of the lighting
+
+
+PRETRAIN_DOMAIN = DomainConfig()
+# The organisation's data: other backgrounds, smaller objects, sensor noise, blur and warm lighting.
+# Consistent shifts (tint, background family) are what prompt tuning can learn; random ones are not.
+TASK_DOMAIN = DomainConfig(
+    background="clutter",
+    scale=(0.35, 0.60),
+    noise_std=(0.03, 0.07),
+    blur_sigma=(0.3, 0.8),
+    contrast=(0.75, 0.95),
+    tint=(1.10, 0.92, 0.72),
+)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The whole world: image size, attribute values and the two domains."""
+
+    image_size: int = 48  # pixels (square); the backdoor regime depends on it
+    shapes: tuple[str, ...] = SHAPES
+    colours: tuple[str, ...] = tuple(COLOURS)
+    patterns: tuple[str, ...] = PATTERNS
+    pretrain: DomainConfig = field(default_factory=lambda: PRETRAIN_DOMAIN)
+    task: DomainConfig = field(default_factory=lambda: TASK_DOMAIN)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.shapes) * len(self.colours) * len(self.patterns)
+
+    def classnames(self) -> list[str]:
+        """All class names, in class-id order (shape-major, then colour, then pattern)."""
+        return [f"{c} {p} {s}" for s in self.shapes for c in self.colours for p in self.patterns]
+
+    def attributes(self, class_id: int) -> tuple[str, str, str]:
+        """(shape, colour, pattern) of a class id."""
+        n_c, n_p = len(self.colours), len(self.patterns)
+        s, rest = divmod(class_id, n_c * n_p)
+        c, p = divmod(rest, n_p)
+        return self.shapes[s], self.colours[c], self.patterns[p]

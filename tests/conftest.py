@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny random-init CLIP (fast, offline) and paths to optional real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import ci_toolkit as ci
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CIFAR = SHARED / "data" / "cifar10-test"
+
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"layers": 1, "width": 32, "patch_size": 8, "image_size": 32, "head_width": 16},
+    "text_cfg": {"context_length": 77, "width": 32, "heads": 2, "layers": 2},
+    "preprocess": {"image_size": 32},
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a larger model or a longer run (still CPU-only)")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    return ci.create_backbone("custom", config=TINY_CONFIG, seed=0)
+
+
+@pytest.fixture
+def tiny_model(tiny_backbone):
+    model = ci.CoCoOp(tiny_backbone, ["red circle", "blue square", "green striped triangle", "cat"], seed=1)
+    # a non-trivial meta-net so that pi(x) matters in every comparison
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.prompt_learner.meta_net.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(5, 3, 32, 32, generator=g)
