@@ -46,12 +46,14 @@ def train_cocoop(
     cfg: TrainConfig | None = None,
     progress: bool = True,
     batch_loss: Callable[[CoCoOp, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
     desc: str = "prompt tuning",
 ) -> list[float]:
     """Tune `model.prompt_learner` on (images, labels) over the model's own classes.
 
     batch_loss(model, x, y, step) replaces the default cross-entropy (attacks use it to add their
-    poisoned terms). Returns the mean loss of each epoch.
+    poisoned terms); after_step() runs after each optimiser step (attacks step their trigger there).
+    Returns the mean loss of each epoch.
     """
     from tqdm.auto import tqdm
 
@@ -76,6 +78,8 @@ def train_cocoop(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step()
             losses.append(loss.item())
             step += 1
             bar.update(1)

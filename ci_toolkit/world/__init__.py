@@ -15,6 +15,7 @@ import torch
 
 from .render import render
 from .spec import (
+    BACKDOOR_EPS,
     COLOURS,
     OOD_COLOURS,
     OOD_PATTERNS,
@@ -28,6 +29,7 @@ from .spec import (
 )
 
 __all__ = [
+    "BACKDOOR_EPS",
     "World",
     "WorldConfig",
     "DomainConfig",

@@ -25,6 +25,11 @@ COLOURS = {
 }
 PATTERNS = ("solid", "striped", "dotted")
 
+# The L-inf bound (pixel space) at which imperceptible attacks run on this world: the smallest bound
+# where a BadCLIP trigger implants (high ASR) while the same trigger leaves a clean model alone.
+# Chosen by `ci-toolkit bench world` (regime table in docs/world.md).
+BACKDOOR_EPS = 8 / 255
+
 # Held out of every class name: only the OOD pool uses them.
 OOD_SHAPES = ("arrow", "hourglass", "lshape")
 OOD_COLOURS = {"brown": (0.50, 0.30, 0.10), "grey": (0.52, 0.52, 0.52)}

@@ -1,0 +1,1 @@
+"""Benchmarks: each is one command that writes JSON (numbers live there, not in unit tests)."""

@@ -1,0 +1,168 @@
+"""The `ci-toolkit` command line. Every command prints its own --help; user mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import CIError
+
+
+def _write_json(path: str | Path, obj: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=2, default=float))
+    print(f"wrote {p}")
+
+
+def cmd_info(args) -> None:
+    import open_clip
+    import torch
+
+    from . import __version__
+    from .backbones import create_backbone
+
+    bb = create_backbone("miniclip")
+    print(f"ci_toolkit {__version__}, open_clip {open_clip.__version__}, torch {torch.__version__}")
+    print(f"embedded backbone: MiniCLIP {bb.preprocess.image_size} px, vis_dim {bb.vis_dim}, ctx_dim {bb.ctx_dim}")
+    print(f"cuda available: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}")
+
+
+def cmd_inspect(args) -> None:
+    from .checkpoint import load_cocoop
+
+    model = load_cocoop(args.model)
+    info = {
+        "classes": len(model.classnames),
+        "classnames": model.classnames[:10] + (["..."] if len(model.classnames) > 10 else []),
+        "n_ctx": model.n_ctx,
+        "backbone": model.backbone.describe(),
+        "image_size": model.preprocess.image_size,
+    }
+    print(json.dumps(info, indent=2))
+
+
+def cmd_import_dassl(args) -> None:
+    from .backbones import create_backbone
+    from .checkpoint import import_dassl, save_cocoop
+
+    names = [line.strip() for line in Path(args.classnames).read_text().splitlines() if line.strip()]
+    bb = create_backbone(args.backbone, args.pretrained, weights_file=args.backbone_weights)
+    model, trigger = import_dassl(args.path, names, bb, epoch=args.epoch)
+    save_cocoop(model, args.out)
+    print(f"imported {len(names)} classes into {args.out}")
+    if trigger is not None:
+        import torch
+
+        art = Path(args.out + "_attacker")
+        art.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
+
+        save_file({"delta": trigger["delta"].contiguous()}, str(art / "trigger.safetensors"))
+        (art / "attack.json").write_text(json.dumps({"target_name": trigger["target_name"]}))
+        print(f"attacker trigger (kept apart from the model) -> {art}; L-inf {float(trigger['delta'].abs().max()) * 255:.1f}/255")
+        del torch
+
+
+def cmd_pretrain(args) -> None:
+    from .miniclip import MiniCLIPConfig, PretrainConfig, pretrain_miniclip
+
+    out = Path(args.out)
+    if (out / "model.safetensors").exists() and not args.overwrite:
+        raise CIError(f"{out} already holds MiniCLIP weights; pass --overwrite or choose another --out")
+    _, metrics = pretrain_miniclip(MiniCLIPConfig(), PretrainConfig(steps=args.steps, seed=args.seed), out_dir=out)
+    print(f"zero-shot top-1 {metrics['zero_shot_top1']:.3f} after {metrics['pretrain_minutes']:.1f} min -> {out}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    result = run_demo(args.out, profile=args.profile, seed=args.seed)
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2, default=float))
+
+
+def cmd_bench_world(args) -> None:
+    from .bench.world import bench_world
+
+    result = bench_world(quick=args.quick, seed=args.seed)
+    _write_json(args.out, result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="ci-toolkit",
+        description="CLIP-Inspector toolkit: backdoor detection for prompt-tuned CLIP (CoCoOp).",
+    )
+    p.add_argument("--version", action="version", version=f"ci_toolkit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="the whole story on the embedded world (MiniCLIP)",
+                       description="Load MiniCLIP, build the world task, prompt-tune CoCoOp, evaluate; writes DIR/demo.json.")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--profile", default="classroom", choices=["smoke", "classroom"], help="run size (default: classroom)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("info", help="versions, the embedded backbone, the device", description="Print versions and setup.")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("inspect", help="validate a delivered model and print its metadata",
+                       description="Load MODEL (a ci_toolkit model folder) with all checks and print its metadata.")
+    s.add_argument("model", help="model folder (model.json + prompt_learner.safetensors)")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("import-dassl", help="convert a CoOp/CoCoOp/BadCLIP (Dassl) output folder",
+                       description="Import PATH/prompt_learner/model.pth.tar-N (weights_only) into a ci_toolkit model folder. "
+                                   "A BadCLIP trigger, if present, is written apart from the model.")
+    s.add_argument("path", help="Dassl output folder (holding prompt_learner/)")
+    s.add_argument("--classnames", required=True, help="text file, one class name per line, in label order")
+    s.add_argument("--out", required=True, help="new model folder")
+    s.add_argument("--backbone", default="ViT-B-16", help="open_clip model name or 'miniclip' (default ViT-B-16)")
+    s.add_argument("--pretrained", default="openai", help="open_clip weights tag (default openai)")
+    s.add_argument("--backbone-weights", default=None, help="local backbone weights file (offline use)")
+    s.add_argument("--epoch", type=int, default=None, help="checkpoint epoch N (default: the latest)")
+    s.set_defaults(func=cmd_import_dassl)
+
+    s = sub.add_parser("pretrain-miniclip", help="pretrain MiniCLIP on the embedded world (reproduces the shipped weights)",
+                       description="Contrastive pretraining of MiniCLIP on freshly rendered world images, on the CPU.")
+    s.add_argument("--out", required=True, help="folder for model.safetensors, config.json, metrics.json")
+    s.add_argument("--steps", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_pretrain)
+
+    b = sub.add_parser("bench", help="benchmarks that write JSON", description="Benchmarks; each writes a JSON file.")
+    bsub = b.add_subparsers(dest="bench", metavar="BENCH")
+    s = bsub.add_parser("world", help="MiniCLIP zero-shot, clean CoCoOp and the backdoor regime",
+                        description="Measure the embedded world: zero-shot, CoCoOp seen/unseen, and the BadCLIP regime table.")
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quick", action="store_true", help="tiny sizes (for tests), numbers not meaningful")
+    s.set_defaults(func=cmd_bench_world)
+    b.set_defaults(func=lambda a: b.print_help())
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except CIError as exc:
+        print(f"ci-toolkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ci-toolkit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

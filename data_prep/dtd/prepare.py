@@ -1,0 +1,14 @@
+"""DTD -> split_zhou_DescribableTextures.json (per-class 50/20/30)."""
+import argparse
+from pathlib import Path
+
+from ci_toolkit.splits import read_and_split_data, save_fewshot, save_split
+
+ap = argparse.ArgumentParser(description=__doc__)
+ap.add_argument("--root", required=True, help="folder holding images/")
+ap.add_argument("--seed", type=int, default=1)
+args = ap.parse_args()
+root = Path(args.root)
+split = read_and_split_data(root / "images", seed=args.seed)
+print("wrote", save_split(split, root / "split_zhou_DescribableTextures.json"), {k: len(v) for k, v in split.items()})
+save_fewshot(split, root)
