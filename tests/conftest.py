@@ -27,6 +27,11 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
+def tiny_config():
+    return TINY_CONFIG
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone():
     return ci.create_backbone("custom", config=TINY_CONFIG, seed=0)
 

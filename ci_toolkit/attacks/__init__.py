@@ -1,6 +1,37 @@
-"""Backdoor attacks in the prompt-tuning setting, one per file behind one interface (see base.py)."""
+"""Backdoor attacks in the prompt-tuning setting, one per file behind one interface (see base.py).
+
+    attack = create_attack("badclip", target=3, seed=0)
+    attack.implant(model, train_x, train_y)    # the attacker's poisoned prompt tuning
+    x_bad = attack(x)                           # the trigger, pixel space [0, 1]
+"""
 
 from .badclip import BadCLIP, BadCLIPConfig
+from .badclip_adaptive import BadCLIPAdaptive, BadCLIPAdaptiveConfig
+from .badnets import BadNets, BadNetsConfig
 from .base import Attack, AttackConfig
+from .blended import Blended, BlendedConfig
+from .poison import PoisonAttack, PoisonConfig
+from .siba import SIBA, SIBAConfig
+from .wanet import WaNet, WaNetConfig
 
-__all__ = ["Attack", "AttackConfig", "BadCLIP", "BadCLIPConfig"]
+ATTACKS = {cls.name: cls for cls in (BadCLIP, BadCLIPAdaptive, Blended, WaNet, SIBA, BadNets)}
+
+
+def list_attacks() -> list[str]:
+    return list(ATTACKS)
+
+
+def create_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
+    """An attack by name (see list_attacks()) with its config overrides."""
+    from ..errors import CIError
+
+    if name not in ATTACKS:
+        raise CIError(f"unknown attack {name!r}; choose one of {list_attacks()}")
+    return ATTACKS[name](target=target, seed=seed, **kw)
+
+
+__all__ = [
+    "Attack", "AttackConfig", "PoisonAttack", "PoisonConfig", "BadCLIP", "BadCLIPConfig", "BadCLIPAdaptive",
+    "BadCLIPAdaptiveConfig", "Blended", "BlendedConfig", "WaNet", "WaNetConfig", "SIBA", "SIBAConfig", "BadNets",
+    "BadNetsConfig", "ATTACKS", "list_attacks", "create_attack",
+]

@@ -152,17 +152,19 @@ class World:
         labels = pool[torch.randint(len(pool), (n,), generator=g)]
         return self.render_classes(labels, seed + 1, domain), labels
 
-    def sample_ood(self, n: int, seed: int, domain="pretrain") -> torch.Tensor:
+    def sample_ood(self, n: int, seed: int, domain="pretrain", return_attributes: bool = False):
         """n images of objects with a held-out shape (any colour and pattern, held-out ones included).
 
         No class name mentions these shapes, so the pool is class-disjoint from every candidate set.
+        With return_attributes, also returns the (shape, colour, pattern) of each image.
         """
         g = torch.Generator().manual_seed(seed)
         colours = list(self.config.colours) + list(OOD_COLOURS)
         patterns = list(self.config.patterns) + list(OOD_PATTERNS)
         pick = lambda seq: [seq[int(i)] for i in torch.randint(len(seq), (n,), generator=g)]  # noqa: E731
         attrs = list(zip(pick(OOD_SHAPES), pick(colours), pick(patterns)))
-        return self._render_attrs(attrs, seed + 1, domain)
+        images = self._render_attrs(attrs, seed + 1, domain)
+        return (images, attrs) if return_attributes else images
 
     def captions(self, class_ids, g: torch.Generator) -> list[str]:
         """One caption per class id from a random template."""
