@@ -90,6 +90,81 @@ def cmd_bench_world(args) -> None:
     _write_json(args.out, result)
 
 
+def _world_task(profile: str, seed: int):
+    from .backbones import create_backbone
+    from .profiles import get_profile
+    from .world import World, WorldConfig
+
+    cfg = get_profile(profile, seed=seed)
+    bb = create_backbone("miniclip")
+    world = World(WorldConfig(image_size=bb.preprocess.image_size))
+    task = world.task(n_classes=cfg.n_classes, shots=cfg.shots, n_test_per_class=cfg.n_test_per_class, seed=seed)
+    return cfg, bb, world, task
+
+
+def cmd_train(args) -> None:
+    from .checkpoint import save_cocoop
+    from .cocoop import CoCoOp
+    from .train import TrainConfig, evaluate, train_cocoop
+
+    cfg, bb, _, task = _world_task(args.profile, args.seed)
+    model = CoCoOp(bb, task.seen_names, seed=args.seed)
+    train_cocoop(model, task.train_x, task.train_y, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=args.seed))
+    save_cocoop(model, args.out)
+    x, y = task.split("test", "seen")
+    xn, yn = task.split("test", "unseen")
+    print(f"clean CoCoOp -> {args.out}: acc seen {evaluate(model, x, y):.3f}, "
+          f"unseen {evaluate(model, xn, yn, classes=task.unseen_names):.3f}")
+
+
+def cmd_implant(args) -> None:
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from .attacks import create_attack
+    from .checkpoint import save_cocoop
+    from .cocoop import CoCoOp
+    from .metrics import attack_success_rate
+    from .train import TrainConfig, evaluate
+    from .world import BACKDOOR_EPS
+    from .zoo import IMPERCEPTIBLE
+
+    cfg, bb, _, task = _world_task(args.profile, args.seed)
+    names = task.seen_names
+    target = names.index(args.target) if args.target in names else (int(args.target) if args.target.isdigit() else -1)
+    if not 0 <= target < len(names):
+        raise CIError(f"--target must be a seen class name or index in [0, {len(names)}); seen classes: {names[:5]}...")
+    kw = {"eps": BACKDOOR_EPS} if args.attack in IMPERCEPTIBLE else {}
+    attack = create_attack(args.attack, target=target, seed=args.seed, **kw)
+    model = CoCoOp(bb, names, seed=args.seed)
+    attack.implant(model, task.train_x, task.train_y, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=args.seed))
+    save_cocoop(model, args.out)
+    art = Path(str(args.out).rstrip("/") + "_attacker")  # the attacker's secrets, apart from the delivered model
+    art.mkdir(parents=True, exist_ok=True)
+    if attack.state():
+        save_file(attack.state(), str(art / "trigger.safetensors"))
+    (art / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
+                                                 "target_name": names[target]}, indent=2))
+    x, y = task.split("test", "seen")
+    print(f"{attack!r} -> {args.out} (artefacts: {art}): acc seen {evaluate(model, x, y):.3f}, "
+          f"ASR seen {attack_success_rate(model, x, y, target, attack):.3f}")
+
+
+def cmd_zoo(args) -> None:
+    from .zoo import build_zoo
+
+    manifest = build_zoo(args.out, args.profile)
+    print(f"{len(manifest)} models -> {args.out}/manifest.json")
+
+
+def cmd_bench_attacks(args) -> None:
+    from .bench.attacks import ALL, bench_attacks
+
+    attacks = tuple(args.attacks.split(",")) if args.attacks else ALL
+    _write_json(args.out, bench_attacks(attacks, seeds=tuple(range(args.seeds)), quick=args.quick))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -106,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="classroom", choices=["smoke", "classroom"], help="run size (default: classroom)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("train", help="prompt-tune a clean CoCoOp model on the world task",
+                       description="Clean CoCoOp (METHOD 1 defaults, batch 32) on the embedded world; saves a model folder.")
+    s.add_argument("--out", required=True, help="new model folder")
+    s.add_argument("--profile", default="classroom", choices=["smoke", "classroom"])
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("implant", help="the attacker: prompt-tune with a backdoor",
+                       description="Poisoned prompt tuning on the world task. The model folder looks like a clean one; "
+                                   "the trigger and attack config go to OUT_attacker/.")
+    s.add_argument("--attack", required=True, help="badclip | badclip_adaptive | blended | wanet | siba | badnets")
+    s.add_argument("--target", required=True, help="target seen class (name or index)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="new model folder")
+    s.add_argument("--profile", default="classroom", choices=["smoke", "classroom"])
+    s.set_defaults(func=cmd_implant)
+
+    s = sub.add_parser("zoo", help="build a zoo of clean and backdoored models (resumable)",
+                       description="Clean and backdoored models over several seeds and targets; DIR/manifest.json holds the ground truth.")
+    s.add_argument("--profile", default="smoke", choices=["smoke", "classroom", "full"])
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_zoo)
 
     s = sub.add_parser("info", help="versions, the embedded backbone, the device", description="Print versions and setup.")
     s.set_defaults(func=cmd_info)
@@ -143,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quick", action="store_true", help="tiny sizes (for tests), numbers not meaningful")
     s.set_defaults(func=cmd_bench_world)
+    s = bsub.add_parser("attacks", help="every attack: ACC, ASR (seen/unseen/OOD), trigger on the clean model, SSIM",
+                        description="Train clean and backdoored models per attack and seed; write averaged metrics.")
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--attacks", default=None, help="comma-separated subset (default: all)")
+    s.add_argument("--seeds", type=int, default=2, help="number of seeds (default 2)")
+    s.add_argument("--quick", action="store_true", help="tiny sizes (for tests), numbers not meaningful")
+    s.set_defaults(func=cmd_bench_attacks)
     b.set_defaults(func=lambda a: b.print_help())
     return p
 

@@ -26,3 +26,13 @@ def attack_success_rate(model, images: torch.Tensor, labels: torch.Tensor | None
         pred = model.predict(trigger(as_float(x[i : i + batch_size])), classes, batch_size=batch_size)
         hits += int((pred == target).sum())
     return hits / len(x)
+
+
+def ssim(clean: torch.Tensor, triggered: torch.Tensor) -> float:
+    """Mean SSIM between clean and triggered images (float [0, 1], [N, 3, H, W]), scikit-image's SSIM."""
+    from skimage.metrics import structural_similarity
+
+    a = as_float(clean).detach().cpu().permute(0, 2, 3, 1).numpy()
+    b = as_float(triggered).detach().cpu().permute(0, 2, 3, 1).numpy()
+    win = min(7, a.shape[1] - (1 - a.shape[1] % 2))  # odd, no larger than the image
+    return float(sum(structural_similarity(x, y, channel_axis=-1, data_range=1.0, win_size=win) for x, y in zip(a, b)) / len(a))

@@ -8,7 +8,7 @@ import pytest
 import ci_toolkit as ci
 from ci_toolkit.cli import build_parser, main
 
-COMMANDS = ["demo", "info", "inspect", "import-dassl", "pretrain-miniclip", "bench"]
+COMMANDS = ["demo", "train", "implant", "zoo", "info", "inspect", "import-dassl", "pretrain-miniclip", "bench"]
 
 
 def test_top_level_help_lists_every_command():
@@ -18,7 +18,7 @@ def test_top_level_help_lists_every_command():
         assert cmd in out.stdout
 
 
-@pytest.mark.parametrize("cmd", COMMANDS + ["bench world"])
+@pytest.mark.parametrize("cmd", COMMANDS + ["bench world", "bench attacks"])
 def test_each_command_prints_its_own_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([*cmd.split(), "--help"])

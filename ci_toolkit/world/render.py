@@ -136,6 +136,17 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.view(n, c, h, w)
 
 
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _rotate_hue(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate the chroma (I, Q) plane of YIQ: a hue shift that keeps luminance."""
+    a = math.radians(degrees)
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
+    m = torch.linalg.inv(_RGB2YIQ) @ rot @ _RGB2YIQ
+    return torch.einsum("ij,njhw->nihw", m, x)
+
+
 def render(
     shapes: list[str],
     colours: list[str],
@@ -147,6 +158,9 @@ def render(
     """Render one image per (shape, colour, pattern) triple, in `domain`, at `size` x `size` pixels."""
     n = len(shapes)
     bg = _background(domain.background, n, size, g)
+    if domain.background_contrast != 1.0:
+        mean = bg.mean(dim=(1, 2, 3), keepdim=True)
+        bg = mean + (bg - mean) * domain.background_contrast
 
     # pose: centre, radius, rotation; the pixel grid mapped into each object's local frame
     scale = _u(g, n, *domain.scale).view(n, 1, 1)
@@ -178,7 +192,9 @@ def render(
     obj = base + (second - base) * tone.unsqueeze(1)
     img = bg + (obj - bg) * mask.unsqueeze(1)
 
-    # domain effects: lighting tint, contrast, blur, sensor noise
+    # domain effects: hue rotation and tint of the lighting, contrast, blur, sensor noise
+    if domain.hue_shift:
+        img = _rotate_hue(img, domain.hue_shift)
     img = img * torch.tensor(domain.tint).view(1, 3, 1, 1)
     contrast = _u(g, n, *domain.contrast).view(n, 1, 1, 1)
     img = 0.5 + (img - 0.5) * contrast

@@ -1,0 +1,135 @@
+"""The model zoo: clean and backdoored CoCoOp models for the detection benchmark.
+
+    DIR/manifest.json                ground truth: [{"path", "attack", "target", "seed", "acc_*", "asr_*"}, ...]
+    DIR/models/m000/                 delivered models: model.json + prompt_learner.safetensors, nothing else
+    DIR/attacker/m000/               the attacker's artefacts (trigger, config, poisoned indices), kept apart
+
+Model folders carry neutral names and the same format whether clean or backdoored: a scanner handed
+`models/m007` sees no trace of the attack. Building is resumable: finished models are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .attacks import create_attack
+from .backbones import create_backbone
+from .checkpoint import save_cocoop
+from .cocoop import CoCoOp
+from .errors import CIError
+from .metrics import attack_success_rate, ssim
+from .train import TrainConfig, as_float, evaluate, train_cocoop
+from .world import BACKDOOR_EPS, World, WorldConfig
+
+IMPERCEPTIBLE = ("badclip", "badclip_adaptive")  # attacks whose bound is the world's BACKDOOR_EPS
+
+
+@dataclass(frozen=True)
+class ZooProfile:
+    """What a zoo holds."""
+
+    name: str
+    attacks: tuple[str, ...]  # attack names (see ci_toolkit.attacks.list_attacks())
+    seeds: tuple[int, ...]  # one clean model per seed; backdoored models cycle through them
+    per_attack: int  # backdoored models per attack (targets differ)
+    n_classes: int = 50  # world task size (half seen)
+    n_test_per_class: int = 20
+    epochs: int = 10
+    ood_eval: int = 200  # OOD images for asr_ood
+    target_offset: int = 0  # shifts the targets: zoos with other targets for held-out evaluation
+
+
+ZOO_PROFILES = {
+    "smoke": ZooProfile("smoke", attacks=("badclip", "blended"), seeds=(0,), per_attack=1, n_classes=10,
+                        n_test_per_class=4, epochs=1, ood_eval=32),
+    "classroom": ZooProfile("classroom", attacks=("badclip", "blended", "badnets"), seeds=(0, 1), per_attack=2,
+                            n_test_per_class=10, epochs=5),
+    "full": ZooProfile("full", attacks=("badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets"),
+                       seeds=(0, 1, 2, 3, 4, 5), per_attack=4),
+}
+
+
+def model_specs(p: ZooProfile) -> list[dict]:
+    """The zoo's models: clean ones (one per seed), then per attack `per_attack` (target, seed) pairs."""
+    n_seen = (p.n_classes + 1) // 2
+    specs = [{"attack": "clean", "target": None, "seed": s} for s in p.seeds]
+    for a_i, attack in enumerate(p.attacks):
+        for j in range(p.per_attack):
+            seed = p.seeds[(a_i + j) % len(p.seeds)]
+            target = (7 * (a_i * p.per_attack + j) + 3 + p.target_offset) % n_seen
+            specs.append({"attack": attack, "target": target, "seed": seed})
+    return specs
+
+
+def _evaluate(model, attack, task, ood, target_name) -> dict:
+    x_seen, y_seen = task.split("test", "seen")
+    x_new, y_new = task.split("test", "unseen")
+    out = {"acc_seen": evaluate(model, x_seen, y_seen),
+           "acc_unseen": evaluate(model, x_new, y_new, classes=task.unseen_names)}
+    if attack is not None:
+        target = task.seen_names.index(target_name)
+        unseen_plus = task.unseen_names + [target_name]  # METHOD 1: the target joins the unseen label set
+        out.update(
+            asr_seen=attack_success_rate(model, x_seen, y_seen, target, attack),
+            asr_unseen=attack_success_rate(model, x_new, y_new, len(task.unseen_names), attack, classes=unseen_plus),
+            asr_ood=attack_success_rate(model, ood, None, target, attack),
+            ssim=ssim(x_seen[:64], attack(as_float(x_seen[:64]))),
+        )
+    else:
+        out.update(asr_seen=None, asr_unseen=None, asr_ood=None)
+    return out
+
+
+def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress: bool = True) -> list[dict]:
+    """Build (or resume) a zoo; returns the manifest."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    p = ZOO_PROFILES.get(profile) if isinstance(profile, str) else profile
+    if p is None:
+        raise CIError(f"unknown zoo profile {profile!r}; choose one of {list(ZOO_PROFILES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else []
+    done = {m["path"] for m in manifest}
+    bb = create_backbone("miniclip")
+    world = World(WorldConfig(image_size=bb.preprocess.image_size))
+    specs = model_specs(p)
+    bar = tqdm(list(enumerate(specs)), desc=f"zoo {p.name}", disable=not progress)
+    for i, spec in bar:
+        rel = f"models/m{i:03d}"
+        if rel in done:
+            continue
+        t0 = time.time()
+        seed = spec["seed"]
+        task = world.task(n_classes=p.n_classes, n_test_per_class=p.n_test_per_class, seed=seed)
+        ood = world.sample_ood(p.ood_eval, seed=10_000 + seed)
+        cfg = TrainConfig(epochs=p.epochs, seed=seed)
+        model = CoCoOp(bb, task.seen_names, seed=seed)
+        attack, target_name = None, None
+        if spec["attack"] == "clean":
+            train_cocoop(model, task.train_x, task.train_y, cfg, progress=False)
+        else:
+            kw = {"eps": BACKDOOR_EPS} if spec["attack"] in IMPERCEPTIBLE else {}
+            attack = create_attack(spec["attack"], target=spec["target"], seed=seed, **kw)
+            attack.implant(model, task.train_x, task.train_y, cfg, progress=False)
+            target_name = task.seen_names[spec["target"]]
+            art = out / "attacker" / f"m{i:03d}"
+            art.mkdir(parents=True, exist_ok=True)
+            if attack.state():
+                save_file(attack.state(), str(art / "trigger.safetensors"))
+            (art / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
+                                                         "target_name": target_name}, indent=2))
+        save_cocoop(model, out / rel, overwrite=True)
+        row = {"path": rel, "attack": spec["attack"], "target": target_name, "seed": seed,
+               **_evaluate(model, attack, task, ood, target_name), "train_s": time.time() - t0}
+        manifest.append(row)
+        manifest_path.write_text(json.dumps(manifest, indent=2))  # after every model: resumable
+        bar.set_postfix(last=f"{spec['attack']} acc {row['acc_seen']:.2f}" + (f" asr {row['asr_seen']:.2f}" if attack else ""))
+    return manifest

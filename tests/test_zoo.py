@@ -1,0 +1,59 @@
+"""The zoo: a smoke build, ground truth only in the manifest, no trace of the attack in a model folder."""
+
+import json
+
+import pytest
+
+import ci_toolkit as ci
+from ci_toolkit.zoo import ZOO_PROFILES, build_zoo, model_specs
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    return out, build_zoo(out, "smoke", progress=False)
+
+
+def test_smoke_zoo_manifest(zoo):
+    out, manifest = zoo
+    assert [m["attack"] for m in manifest] == ["clean", "badclip", "blended"]
+    for m in manifest:
+        assert set(m) >= {"path", "attack", "target", "seed", "acc_seen", "acc_unseen", "asr_seen", "asr_unseen", "asr_ood"}
+        assert 0 <= m["acc_seen"] <= 1
+        if m["attack"] == "clean":
+            assert m["target"] is None and m["asr_seen"] is None
+        else:
+            assert isinstance(m["target"], str) and 0 <= m["asr_seen"] <= 1 and 0 <= m["asr_ood"] <= 1
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_a_delivered_model_carries_no_trace_of_the_attack(zoo):
+    out, manifest = zoo
+    clean, bad = manifest[0], manifest[1]
+    assert clean["seed"] == bad["seed"]
+    files = lambda m: sorted(p.name for p in (out / m["path"]).iterdir())  # noqa: E731
+    assert files(clean) == files(bad) == ["model.json", "prompt_learner.safetensors"]
+    # same seed, same data: the metadata of the clean and the backdoored model are byte-identical
+    assert (out / clean["path"] / "model.json").read_bytes() == (out / bad["path"] / "model.json").read_bytes()
+    for m in manifest:
+        blob = b"".join(p.read_bytes() for p in (out / m["path"]).iterdir()).lower()
+        assert b"badclip" not in blob and b"blended" not in blob and b"trigger" not in blob and b"attack" not in blob
+        ci.load_cocoop(out / m["path"])  # loads like any delivered model
+    assert (out / "attacker" / "m001" / "trigger.safetensors").is_file()
+    assert json.loads((out / "attacker" / "m001" / "attack.json").read_text())["target_name"] == bad["target"]
+
+
+def test_resume_skips_finished_models(zoo):
+    out, manifest = zoo
+    stamp = (out / manifest[0]["path"] / "prompt_learner.safetensors").stat().st_mtime_ns
+    again = build_zoo(out, "smoke", progress=False)
+    assert again == manifest
+    assert (out / manifest[0]["path"] / "prompt_learner.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_full_profile_shape():
+    specs = model_specs(ZOO_PROFILES["full"])
+    assert len(specs) >= 30 and sum(s["attack"] == "clean" for s in specs) >= 6
+    for attack in ZOO_PROFILES["full"].attacks:
+        mine = [s for s in specs if s["attack"] == attack]
+        assert len(mine) >= 4 and len({s["target"] for s in mine}) == len(mine)
