@@ -6,6 +6,8 @@ from .backbones import Backbone, BackboneSpec, Preprocess, create_backbone, list
 from .checkpoint import export_dassl, import_dassl, load_cocoop, save_cocoop  # noqa: E402
 from .cocoop import ClassPrompts, CoCoOp, PromptLearner  # noqa: E402
 from .errors import BackboneUnavailableError, CheckpointError, CIError, DataError  # noqa: E402
+from .profiles import Profile, get_profile, list_profiles  # noqa: E402
+from .train import TrainConfig, evaluate, train_cocoop  # noqa: E402
 from .world import World, WorldConfig  # noqa: E402
 
 __all__ = [
@@ -28,4 +30,10 @@ __all__ = [
     "DataError",
     "World",
     "WorldConfig",
+    "Profile",
+    "get_profile",
+    "list_profiles",
+    "TrainConfig",
+    "train_cocoop",
+    "evaluate",
 ]

@@ -54,16 +54,13 @@ def cmd_import_dassl(args) -> None:
     save_cocoop(model, args.out)
     print(f"imported {len(names)} classes into {args.out}")
     if trigger is not None:
-        import torch
-
-        art = Path(args.out + "_attacker")
-        art.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
 
+        art = Path(str(args.out).rstrip("/") + "_attacker")  # the attacker's trigger, kept apart from the model
+        art.mkdir(parents=True, exist_ok=True)
         save_file({"delta": trigger["delta"].contiguous()}, str(art / "trigger.safetensors"))
         (art / "attack.json").write_text(json.dumps({"target_name": trigger["target_name"]}))
-        print(f"attacker trigger (kept apart from the model) -> {art}; L-inf {float(trigger['delta'].abs().max()) * 255:.1f}/255")
-        del torch
+        print(f"attacker trigger -> {art}; L-inf {float(trigger['delta'].abs().max()) * 255:.1f}/255")
 
 
 def cmd_pretrain(args) -> None:
@@ -72,7 +69,8 @@ def cmd_pretrain(args) -> None:
     out = Path(args.out)
     if (out / "model.safetensors").exists() and not args.overwrite:
         raise CIError(f"{out} already holds MiniCLIP weights; pass --overwrite or choose another --out")
-    _, metrics = pretrain_miniclip(MiniCLIPConfig(), PretrainConfig(steps=args.steps, seed=args.seed), out_dir=out)
+    cfg = PretrainConfig(steps=args.steps, seed=args.seed, noise_aug=args.noise_aug)
+    _, metrics = pretrain_miniclip(MiniCLIPConfig(), cfg, out_dir=out)
     print(f"zero-shot top-1 {metrics['zero_shot_top1']:.3f} after {metrics['pretrain_minutes']:.1f} min -> {out}")
 
 
@@ -228,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pretrain-miniclip", help="pretrain MiniCLIP on the embedded world (reproduces the shipped weights)",
                        description="Contrastive pretraining of MiniCLIP on freshly rendered world images, on the CPU.")
     s.add_argument("--out", required=True, help="folder for model.safetensors, config.json, metrics.json")
-    s.add_argument("--steps", type=int, default=2000)
+    s.add_argument("--steps", type=int, default=1200)
+    s.add_argument("--noise-aug", type=float, default=0.0, help="max std of extra pixel noise (robustness; default 0)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_pretrain)

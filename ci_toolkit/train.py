@@ -29,6 +29,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0  # shuffling order
+    optimizer: str = "sgd"  # "sgd" (CoCoOp) or "adam" (an attacker's choice: see attacks/badclip.py)
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,12 @@ def train_cocoop(
     from tqdm.auto import tqdm
 
     cfg = cfg or TrainConfig()
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}")
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(images)
     steps_per_epoch = math.ceil(n / cfg.batch_size)

@@ -19,7 +19,11 @@ def test_openai_tag_gets_the_quickgelu_variant():
 
 
 def test_offline_download_gives_an_actionable_error(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable at import: set its constant too, or it tries the network
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ci.BackboneUnavailableError) as err:
         ci.create_backbone("RN50", pretrained="openai")
     msg = str(err.value)

@@ -1,6 +1,7 @@
 """Every notebook runs top to bottom under the `smoke` profile and records its key metrics (Pyro-style)."""
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -18,7 +19,14 @@ def _check_00(m):
     assert len(m["train_loss"]) == 1  # smoke: one epoch
 
 
-CHECKS = {"00_quickstart": _check_00}
+def _check_01(m):
+    assert m["attack"] == "badclip"
+    for k in ("acc_clean", "acc_backdoored", "asr", "asr_clean_model", "asr_ood", "ssim"):
+        assert 0.0 <= m[k] <= 1.0
+    assert m["ssim"] > 0.8  # an imperceptible trigger
+
+
+CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01}
 
 
 def test_there_are_notebooks_and_each_has_checks():
@@ -50,4 +58,5 @@ def test_notebook_is_stripped_parametrised_and_thin(nb):
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
     assert 'profile = "classroom"' in code[0].source
     for c in code:  # model code lives in the package, not in notebooks
-        assert "sys.path" not in c.source and "class " not in c.source and "nn.Module" not in c.source
+        assert "sys.path" not in c.source and "nn.Module" not in c.source
+        assert not re.search(r"^\s*class \w+", c.source, re.M), "no class definitions in notebooks"

@@ -39,12 +39,18 @@ def test_task_follows_the_base_new_protocol():
     assert torch.equal(again.train_x, t.train_x)
 
 
-def test_task_domain_is_shifted():
+def test_task_domain_is_shifted_by_a_hue_rotation_that_keeps_luminance():
+    from ci_toolkit.world.render import _RGB2YIQ, _rotate_hue
+
+    x = torch.rand(4, 3, 8, 8)
+    y = _rotate_hue(x, 30.0)
+    lum = lambda t: torch.einsum("j,njhw->nhw", _RGB2YIQ[0], t)  # noqa: E731
+    assert torch.allclose(lum(x), lum(y), atol=1e-5) and not torch.allclose(x, y, atol=1e-2)
+    assert torch.allclose(_rotate_hue(x, 360.0), x, atol=1e-5)
     w = World(WorldConfig(image_size=32))
     ids = torch.arange(40)
-    pre, task = w.render_classes(ids, 0, "pretrain"), w.render_classes(ids, 0, "task")
-    # warm tint: red up, blue down relative to the pretraining domain
-    assert task[:, 0].mean() > pre[:, 0].mean() - 0.05 and task[:, 2].mean() < pre[:, 2].mean()
+    assert w.config.task.hue_shift != 0 and w.config.pretrain.hue_shift == 0
+    assert (w.render_classes(ids, 0, "pretrain") - w.render_classes(ids, 0, "task")).abs().mean() > 0.05
 
 
 def test_ood_pool_uses_only_held_out_shapes():

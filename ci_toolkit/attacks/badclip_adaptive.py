@@ -35,9 +35,9 @@ class BadCLIPAdaptive(BadCLIP):
         self.config = BadCLIPAdaptiveConfig(target=target, eps=eps, seed=seed, **kw)
 
     def implant(self, model, images, labels, train_cfg: TrainConfig | None = None, progress: bool = True):
-        cfg = train_cfg or TrainConfig()
-        super().implant(model, images, labels, cfg, progress=progress)  # phase 1: BadCLIP, delta frozen after
         c = self.config
+        cfg = replace(train_cfg or TrainConfig(), batch_size=c.batch_size, lr=c.lr, optimizer="sgd")
+        super().implant(model, images, labels, cfg, progress=progress)  # phase 1: BadCLIP, delta frozen after
         g = torch.Generator().manual_seed(50_000 + c.seed)
         delta = self.delta
 

@@ -1,0 +1,28 @@
+"""Benchmarks run end to end at tiny sizes and write JSON with the documented keys (numbers: not here)."""
+
+import json
+
+from ci_toolkit.cli import main
+
+
+def test_bench_world_quick_writes_the_documented_keys(tmp_path):
+    out = tmp_path / "world.json"
+    assert main(["bench", "world", "--quick", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for k in ("zero_shot_top1", "task_zero_shot_seen", "cocoop_seen_acc", "cocoop_unseen_acc", "image_size",
+              "regime", "pretrain_minutes", "config"):
+        assert k in r
+    row = r["regime"][0]
+    assert set(row) >= {"eps", "asr_backdoored", "asr_clean_model", "acc_backdoored"}
+    assert 0 <= row["asr_backdoored"] <= 1 and r["image_size"] == 48
+
+
+def test_bench_attacks_quick_writes_the_documented_keys(tmp_path):
+    out = tmp_path / "attacks.json"
+    assert main(["bench", "attacks", "--quick", "--attacks", "badnets,blended", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["clean"]) == {"acc_seen", "acc_unseen"}
+    for name in ("badnets", "blended"):
+        a = r["attacks"][name]
+        assert set(a) >= {"acc_seen", "acc_unseen", "asr_seen", "asr_unseen", "asr_ood", "asr_clean_model", "ssim", "eps"}
+        assert 0 <= a["asr_seen"] <= 1 and 0 < a["ssim"] <= 1
