@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .backbones import OPENAI_MEAN, OPENAI_STD
 from .errors import BackboneUnavailableError
 from .text import encode_tokens
 from .world import World, WorldConfig
 
 ASSET_DIR = Path(__file__).parent / "assets" / "miniclip"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
