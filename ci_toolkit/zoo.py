@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 
 from .attacks import create_attack
 from .backbones import create_backbone
