@@ -88,24 +88,13 @@ def cmd_bench_world(args) -> None:
     _write_json(args.out, result)
 
 
-def _world_task(profile: str, seed: int):
-    from .backbones import create_backbone
-    from .profiles import get_profile
-    from .world import World, WorldConfig
-
-    cfg = get_profile(profile, seed=seed)
-    bb = create_backbone("miniclip")
-    world = World(WorldConfig(image_size=bb.preprocess.image_size))
-    task = world.task(n_classes=cfg.n_classes, shots=cfg.shots, n_test_per_class=cfg.n_test_per_class, seed=seed)
-    return cfg, bb, world, task
-
-
 def cmd_train(args) -> None:
     from .checkpoint import save_cocoop
     from .cocoop import CoCoOp
+    from .demo import world_task
     from .train import TrainConfig, evaluate, train_cocoop
 
-    cfg, bb, _, task = _world_task(args.profile, args.seed)
+    cfg, bb, _, task = world_task(args.profile, args.seed)
     model = CoCoOp(bb, task.seen_names, seed=args.seed)
     train_cocoop(model, task.train_x, task.train_y, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=args.seed))
     save_cocoop(model, args.out)
@@ -120,21 +109,19 @@ def cmd_implant(args) -> None:
 
     from safetensors.torch import save_file
 
-    from .attacks import create_attack
+    from .attacks import create_world_attack
     from .checkpoint import save_cocoop
     from .cocoop import CoCoOp
+    from .demo import world_task
     from .metrics import attack_success_rate
     from .train import TrainConfig, evaluate
-    from .world import BACKDOOR_EPS
-    from .zoo import IMPERCEPTIBLE
 
-    cfg, bb, _, task = _world_task(args.profile, args.seed)
+    cfg, bb, _, task = world_task(args.profile, args.seed)
     names = task.seen_names
     target = names.index(args.target) if args.target in names else (int(args.target) if args.target.isdigit() else -1)
     if not 0 <= target < len(names):
         raise CIError(f"--target must be a seen class name or index in [0, {len(names)}); seen classes: {names[:5]}...")
-    kw = {"eps": BACKDOOR_EPS} if args.attack in IMPERCEPTIBLE else {}
-    attack = create_attack(args.attack, target=target, seed=args.seed, **kw)
+    attack = create_world_attack(args.attack, target=target, seed=args.seed)
     model = CoCoOp(bb, names, seed=args.seed)
     attack.implant(model, task.train_x, task.train_y, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=args.seed))
     save_cocoop(model, args.out)

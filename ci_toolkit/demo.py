@@ -23,14 +23,20 @@ from .train import TrainConfig, evaluate, train_cocoop
 from .world import BACKDOOR_EPS, World, WorldConfig
 
 
-def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, progress: bool = True) -> dict:
-    t0 = time.time()
+def world_task(profile: str = "classroom", seed: int = 0):
+    """(profile, MiniCLIP backbone, world, task) for a profile: the setup every world command shares."""
     cfg = get_profile(profile, seed=seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     bb = create_backbone("miniclip")
     world = World(WorldConfig(image_size=bb.preprocess.image_size))
     task = world.task(n_classes=cfg.n_classes, shots=cfg.shots, n_test_per_class=cfg.n_test_per_class, seed=seed)
+    return cfg, bb, world, task
+
+
+def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, progress: bool = True) -> dict:
+    t0 = time.time()
+    cfg, bb, world, task = world_task(profile, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed)
     x_seen, y_seen = task.split("test", "seen")
     x_new, y_new = task.split("test", "unseen")

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .train import as_float
+from .train import as_float, evaluate
 
 
 @torch.no_grad()
@@ -36,3 +36,23 @@ def ssim(clean: torch.Tensor, triggered: torch.Tensor) -> float:
     b = as_float(triggered).detach().cpu().permute(0, 2, 3, 1).numpy()
     win = min(7, a.shape[1] - (1 - a.shape[1] % 2))  # odd, no larger than the image
     return float(sum(structural_similarity(x, y, channel_axis=-1, data_range=1.0, win_size=win) for x, y in zip(a, b)) / len(a))
+
+
+def evaluate_backdoor(model, attack, task, ood, target_name) -> dict:
+    """ACC on seen/unseen classes; with an attack also ASR on seen, unseen (+ target) and OOD images, and SSIM."""
+    x_seen, y_seen = task.split("test", "seen")
+    x_new, y_new = task.split("test", "unseen")
+    out = {"acc_seen": evaluate(model, x_seen, y_seen),
+           "acc_unseen": evaluate(model, x_new, y_new, classes=task.unseen_names)}
+    if attack is not None:
+        target = task.seen_names.index(target_name)
+        unseen_plus = task.unseen_names + [target_name]  # METHOD 1: the target joins the unseen label set
+        out.update(
+            asr_seen=attack_success_rate(model, x_seen, y_seen, target, attack),
+            asr_unseen=attack_success_rate(model, x_new, y_new, len(task.unseen_names), attack, classes=unseen_plus),
+            asr_ood=attack_success_rate(model, ood, None, target, attack),
+            ssim=ssim(x_seen[:64], attack(as_float(x_seen[:64]))),
+        )
+    else:
+        out.update(asr_seen=None, asr_unseen=None, asr_ood=None)
+    return out

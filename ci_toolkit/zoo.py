@@ -16,16 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
-from .attacks import create_attack
+from .attacks import create_world_attack
 from .backbones import create_backbone
 from .checkpoint import save_cocoop
 from .cocoop import CoCoOp
 from .errors import CIError
-from .metrics import attack_success_rate, ssim
-from .train import TrainConfig, as_float, evaluate, train_cocoop
-from .world import BACKDOOR_EPS, World, WorldConfig
-
-IMPERCEPTIBLE = ("badclip", "badclip_adaptive")  # attacks whose bound is the world's BACKDOOR_EPS
+from .metrics import evaluate_backdoor
+from .train import TrainConfig, train_cocoop
+from .world import World, WorldConfig
 
 
 @dataclass(frozen=True)
@@ -65,25 +63,6 @@ def model_specs(p: ZooProfile) -> list[dict]:
     return specs
 
 
-def _evaluate(model, attack, task, ood, target_name) -> dict:
-    x_seen, y_seen = task.split("test", "seen")
-    x_new, y_new = task.split("test", "unseen")
-    out = {"acc_seen": evaluate(model, x_seen, y_seen),
-           "acc_unseen": evaluate(model, x_new, y_new, classes=task.unseen_names)}
-    if attack is not None:
-        target = task.seen_names.index(target_name)
-        unseen_plus = task.unseen_names + [target_name]  # METHOD 1: the target joins the unseen label set
-        out.update(
-            asr_seen=attack_success_rate(model, x_seen, y_seen, target, attack),
-            asr_unseen=attack_success_rate(model, x_new, y_new, len(task.unseen_names), attack, classes=unseen_plus),
-            asr_ood=attack_success_rate(model, ood, None, target, attack),
-            ssim=ssim(x_seen[:64], attack(as_float(x_seen[:64]))),
-        )
-    else:
-        out.update(asr_seen=None, asr_unseen=None, asr_ood=None)
-    return out
-
-
 def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress: bool = True) -> list[dict]:
     """Build (or resume) a zoo; returns the manifest."""
     from safetensors.torch import save_file
@@ -115,8 +94,7 @@ def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress
         if spec["attack"] == "clean":
             train_cocoop(model, task.train_x, task.train_y, cfg, progress=False)
         else:
-            kw = {"eps": BACKDOOR_EPS} if spec["attack"] in IMPERCEPTIBLE else {}
-            attack = create_attack(spec["attack"], target=spec["target"], seed=seed, **kw)
+            attack = create_world_attack(spec["attack"], target=spec["target"], seed=seed)
             attack.implant(model, task.train_x, task.train_y, cfg, progress=False)
             target_name = task.seen_names[spec["target"]]
             art = out / "attacker" / f"m{i:03d}"
@@ -127,7 +105,7 @@ def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress
                                                          "target_name": target_name}, indent=2))
         save_cocoop(model, out / rel, overwrite=True)
         row = {"path": rel, "attack": spec["attack"], "target": target_name, "seed": seed,
-               **_evaluate(model, attack, task, ood, target_name), "train_s": time.time() - t0}
+               **evaluate_backdoor(model, attack, task, ood, target_name), "train_s": time.time() - t0}
         manifest.append(row)
         manifest_path.write_text(json.dumps(manifest, indent=2))  # after every model: resumable
         bar.set_postfix(last=f"{spec['attack']} acc {row['acc_seen']:.2f}" + (f" asr {row['asr_seen']:.2f}" if attack else ""))

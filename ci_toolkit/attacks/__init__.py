@@ -30,8 +30,20 @@ def create_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
     return ATTACKS[name](target=target, seed=seed, **kw)
 
 
+IMPERCEPTIBLE = ("badclip", "badclip_adaptive")  # bounded by the world's BACKDOOR_EPS
+
+
+def create_world_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
+    """`create_attack` with the embedded world's chosen bound for the imperceptible attacks."""
+    from ..world import BACKDOOR_EPS
+
+    if name in IMPERCEPTIBLE:
+        kw.setdefault("eps", BACKDOOR_EPS)
+    return create_attack(name, target=target, seed=seed, **kw)
+
+
 __all__ = [
     "Attack", "AttackConfig", "PoisonAttack", "PoisonConfig", "BadCLIP", "BadCLIPConfig", "BadCLIPAdaptive",
     "BadCLIPAdaptiveConfig", "Blended", "BlendedConfig", "WaNet", "WaNetConfig", "SIBA", "SIBAConfig", "BadNets",
-    "BadNetsConfig", "ATTACKS", "list_attacks", "create_attack",
+    "BadNetsConfig", "ATTACKS", "IMPERCEPTIBLE", "list_attacks", "create_attack", "create_world_attack",
 ]

@@ -12,13 +12,12 @@ from dataclasses import asdict
 
 import torch
 
-from ..attacks import create_attack
+from ..attacks import create_world_attack
 from ..backbones import create_backbone
 from ..cocoop import CoCoOp
-from ..metrics import attack_success_rate
+from ..metrics import attack_success_rate, evaluate_backdoor
 from ..train import TrainConfig, train_cocoop
 from ..world import BACKDOOR_EPS, World, WorldConfig
-from ..zoo import IMPERCEPTIBLE, _evaluate
 
 ALL = ("badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets")
 
@@ -37,15 +36,14 @@ def bench_attacks(attacks=ALL, seeds=(0, 1), quick: bool = False, progress: bool
         cfg = TrainConfig(epochs=epochs, seed=seed)
         clean = CoCoOp(bb, task.seen_names, seed=seed)
         train_cocoop(clean, task.train_x, task.train_y, cfg, progress=progress, desc=f"clean seed {seed}")
-        clean_rows.append(_evaluate(clean, None, task, ood, None))
+        clean_rows.append(evaluate_backdoor(clean, None, task, ood, None))
         x_seen, y_seen = task.split("test", "seen")
         for i, name in enumerate(attacks):
             target = (3 + 5 * i + seed) % len(task.seen)
-            kw = {"eps": BACKDOOR_EPS} if name in IMPERCEPTIBLE else {}
-            attack = create_attack(name, target=target, seed=seed, **kw)
+            attack = create_world_attack(name, target=target, seed=seed)
             model = CoCoOp(bb, task.seen_names, seed=seed)
             attack.implant(model, task.train_x, task.train_y, cfg, progress=progress)
-            row = _evaluate(model, attack, task, ood, task.seen_names[target])
+            row = evaluate_backdoor(model, attack, task, ood, task.seen_names[target])
             row["asr_clean_model"] = attack_success_rate(clean, x_seen, y_seen, target, attack)
             row["eps"] = getattr(attack.config, "eps", None)
             per_attack[name].append(row)
