@@ -139,15 +139,78 @@ def cmd_implant(args) -> None:
 def cmd_zoo(args) -> None:
     from .zoo import build_zoo
 
-    manifest = build_zoo(args.out, args.profile)
+    manifest = build_zoo(args.out, args.profile, workers=args.workers)
     print(f"{len(manifest)} models -> {args.out}/manifest.json")
 
 
 def cmd_bench_attacks(args) -> None:
     from .bench.attacks import ALL, bench_attacks
 
+    if args.zoo:
+        from .bench.attacks import attacks_from_zoo
+
+        _write_json(args.out, attacks_from_zoo(args.zoo))
+        return
     attacks = tuple(args.attacks.split(",")) if args.attacks else ALL
     _write_json(args.out, bench_attacks(attacks, seeds=tuple(range(args.seeds)), quick=args.quick))
+
+
+def _scan_config(args):
+    from .invert import InversionConfig
+    from .scan import ScanConfig
+
+    inv = InversionConfig(eps=args.eps / 255, loss=args.loss, seed=args.seed)
+    return ScanConfig(method=getattr(args, "method", "clip-inspector"), inversion=inv, rule=args.rule, threshold=args.threshold,
+                      pool_size=args.pool_size, seed=args.seed)
+
+
+def cmd_scan(args) -> None:
+    from .checkpoint import load_cocoop
+    from .data import load_image_folder
+    from .scan import scan, world_ood
+
+    cfg = _scan_config(args)
+    model = load_cocoop(args.model)
+    size = model.preprocess.image_size
+    if args.ood == "world":
+        ood = world_ood(size, cfg)
+    else:
+        ood = load_image_folder(args.ood, size, labelled=False, limit=cfg.pool_size + cfg.heldout_size,
+                                seed=cfg.seed).images
+    candidates = None
+    if args.candidates:
+        path = Path(args.candidates)
+        if not path.is_file():
+            raise CIError(f"candidate list not found: {path} (one class name per line)")
+        candidates = path.read_text().splitlines()
+    report = scan(model, ood, args.out, candidates=candidates, cfg=cfg)
+    target = f", predicted target {report['predicted_target']!r}" if report["predicted_target"] else ""
+    print(f"{report['verdict']}{target} (max score {report['max_score']:.2f}, threshold {report['threshold']:.2f}, "
+          f"{report['runtime_s']:.0f} s) -> {args.out}/report.json, report.html")
+
+
+def cmd_bench_detect(args) -> None:
+    from .bench.detect import bench_detect, roc_figure
+
+    methods = args.methods.split(",")
+    result = bench_detect(args.zoo, Path(args.out).with_suffix(""), methods=methods, cfg=_scan_config(args),
+                          min_asr=args.min_asr, baseline_models=args.baseline_models)
+    _write_json(args.out, result)
+    roc_figure(result, Path(args.out).with_suffix(".png"))
+    for key, m in result["methods"].items():
+        print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
+
+
+def _add_scan_options(s, method_choice: bool = True) -> None:
+    if method_choice:
+        s.add_argument("--method", default="clip-inspector", choices=["clip-inspector", "neural-cleanse", "pixel-backdoor"])
+    s.add_argument("--eps", type=float, default=8.0, help="trigger bound in 1/255 pixel units (default 8)")
+    s.add_argument("--loss", default="margin", choices=["margin", "ce", "logit"], help="inversion loss (default margin)")
+    s.add_argument("--rule", default="robust", choices=["robust", "paper"],
+                   help="decision rule: robust (median/MAD z, bound for K candidates; default) or paper (max s > 2)")
+    s.add_argument("--threshold", type=float, default=None, help="override the rule's threshold (e.g. Youden-calibrated)")
+    s.add_argument("--pool-size", type=int, default=1000, help="OOD images for inversion (default 1000)")
+    s.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Clean and backdoored models over several seeds and targets; DIR/manifest.json holds the ground truth.")
     s.add_argument("--profile", default="smoke", choices=["smoke", "classroom", "full"])
     s.add_argument("--out", required=True)
+    s.add_argument("--workers", type=int, default=1, help="models trained in parallel (2 on a 2-core machine)")
     s.set_defaults(func=cmd_zoo)
+
+    s = sub.add_parser("scan", help="audit a delivered model: is it backdoored, toward which class?",
+                       description="Invert a trigger per candidate class on unlabeled OOD images, score, decide; "
+                                   "writes OUT/report.json and OUT/report.html. Interrupted scans resume.")
+    s.add_argument("model", help="a delivered model folder (model.json + prompt_learner.safetensors)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--ood", default="world", help="folder of unlabeled OOD images, or 'world' (default)")
+    s.add_argument("--candidates", default=None, help="file with candidate class names, one per line "
+                                                      "(default: the model's classes)")
+    _add_scan_options(s)
+    s.set_defaults(func=cmd_scan)
 
     s = sub.add_parser("info", help="versions, the embedded backbone, the device", description="Print versions and setup.")
     s.set_defaults(func=cmd_info)
@@ -226,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output JSON file")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quick", action="store_true", help="tiny sizes (for tests), numbers not meaningful")
+    s.add_argument("--zoo", default=None, help="summarise a built zoo's manifest instead of training (same metrics)")
     s.set_defaults(func=cmd_bench_world)
     s = bsub.add_parser("attacks", help="every attack: ACC, ASR (seen/unseen/OOD), trigger on the clean model, SSIM",
                         description="Train clean and backdoored models per attack and seed; write averaged metrics.")
@@ -233,7 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attacks", default=None, help="comma-separated subset (default: all)")
     s.add_argument("--seeds", type=int, default=2, help="number of seeds (default 2)")
     s.add_argument("--quick", action="store_true", help="tiny sizes (for tests), numbers not meaningful")
+    s.add_argument("--zoo", default=None, help="summarise a built zoo's manifest instead of training (same metrics)")
     s.set_defaults(func=cmd_bench_attacks)
+
+    s = bsub.add_parser("detect", help="scan every model of a zoo: AUROC, accuracy, class-level F1",
+                        description="Scan a zoo with each method; write FILE (JSON) and FILE.png (ROC). Resumable.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True, help="output JSON file (scans are kept next to it)")
+    s.add_argument("--methods", default="clip-inspector", help="comma-separated: clip-inspector,neural-cleanse,pixel-backdoor")
+    s.add_argument("--min-asr", type=float, default=0.5, help="backdoored models below this seen ASR count as not implanted")
+    s.add_argument("--baseline-models", type=int, default=None, help="scan only this many models with the slow baselines")
+    _add_scan_options(s, method_choice=False)
+    s.set_defaults(func=cmd_bench_detect)
     b.set_defaults(func=lambda a: b.print_help())
     return p
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .backbones import Backbone, text_tower
 from .errors import CIError
-from .text import crop_length, encode_embeddings, eot_index
+from .text import _fast_blocks, crop_length, encode_embeddings, encode_shared_prefix, eot_index
 
 DEFAULT_CTX_INIT = "a photo of a"
 
@@ -84,6 +84,7 @@ class CoCoOp(nn.Module):
         seed: int = 0,
         crop: bool = True,
         memory_cap_mb: float = 1024.0,
+        shared_prefix: bool = True,
     ):
         super().__init__()
         if not classnames:
@@ -96,6 +97,7 @@ class CoCoOp(nn.Module):
         self.preprocess = backbone.preprocess
         self.crop = crop  # False: keep the full context (reference / tests)
         self.memory_cap_mb = memory_cap_mb  # bound on activations per text-transformer chunk
+        self.shared_prefix = shared_prefix  # compute SOS + context once per image, not once per class (exact)
         self.ctx_init_text = ctx_init
         if ctx_init:
             words = ctx_init.replace("_", " ").split(" ")
@@ -170,25 +172,37 @@ class CoCoOp(nn.Module):
             self._prompt_cache[key] = ClassPrompts(names, emb[:, :1], emb[:, 1 + self.n_ctx :], eot)
         return self._prompt_cache[key]
 
-    def text_features(self, meta: torch.Tensor, classes: ClassPrompts | None = None) -> torch.Tensor:
+    def text_features(self, meta: torch.Tensor, classes: ClassPrompts | None = None,
+                      per_sample: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised class text features g_c(x) [B, K, E] for meta tokens [B, ctx_dim].
 
         All B x K prompts go through the text transformer in one call (split into chunks only when
-        their activations would exceed `memory_cap_mb`).
+        their activations would exceed `memory_cap_mb`). per_sample [B, P] (indices into `classes`)
+        scores a different set of P classes for each image instead ([B, P, E]); the scanner uses it to
+        give only a target and its strongest competitor a graph.
         """
         classes = classes if classes is not None else self.prompts_for()
-        B, K = meta.shape[0], len(classes)
+        B = meta.shape[0]
         ctx = self.prompt_learner.ctx.unsqueeze(0) + meta.unsqueeze(1)  # [B, n_ctx, D]
         D = ctx.shape[-1]
-        prompts = torch.cat(
-            [
-                classes.prefix.unsqueeze(0).expand(B, -1, -1, -1),
-                ctx.unsqueeze(1).expand(-1, K, -1, -1),
-                classes.suffix.unsqueeze(0).expand(B, -1, -1, -1),
-            ],
-            dim=2,
-        ).reshape(B * K, -1, D)
-        eot = classes.eot.repeat(B)
+        if per_sample is None:
+            K = len(classes)
+            prefix = classes.prefix.unsqueeze(0).expand(B, -1, -1, -1)
+            suffix = classes.suffix.unsqueeze(0).expand(B, -1, -1, -1)
+            eot = classes.eot.repeat(B)
+        else:
+            K = per_sample.shape[1]
+            idx = per_sample.to(classes.prefix.device)
+            prefix, suffix, eot = classes.prefix[idx], classes.suffix[idx], classes.eot[idx].flatten()
+        if self.shared_prefix and _fast_blocks(self.tower):
+            # the SOS token is the same for every class: the head [SOS, ctx + pi(x)] is shared by all K
+            head = torch.cat([classes.prefix[:1].expand(B, -1, -1), ctx], dim=1)
+            eot = eot.view(B, K)
+            per = max(1, self._chunk_size(suffix.shape[2], D) // K)
+            feats = [encode_shared_prefix(self.tower, head[i : i + per], suffix[i : i + per], eot[i : i + per])
+                     for i in range(0, B, per)]
+            return F.normalize(torch.cat(feats), dim=-1)
+        prompts = torch.cat([prefix, ctx.unsqueeze(1).expand(-1, K, -1, -1), suffix], dim=2).reshape(B * K, -1, D)
         chunk = self._chunk_size(prompts.shape[1], D)
         feats = [
             encode_embeddings(self.tower, prompts[i : i + chunk], eot[i : i + chunk])

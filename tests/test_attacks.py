@@ -19,7 +19,13 @@ def data():
 def test_registry_and_readable_repr():
     assert set(list_attacks()) == {"badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets"}
     a = create_attack("blended", target=2, seed=1)
-    assert repr(a).startswith("Blended(target=2, seed=1, poison_rate=0.1, alpha=0.2")
+    assert repr(a).startswith("Blended(target=2, seed=1, batch_size=1, lr=0.002, poison_rate=0.1, alpha=0.2")
+    from ci_toolkit.attacks import create_world_attack
+
+    w = create_world_attack("blended", target=2)
+    assert w.config.pattern == "checkered" and create_world_attack("blended", 2, pattern="random").config.pattern == "random"
+    p = w._pattern(8)
+    assert set(p.unique().tolist()) == {0.0, 1.0} and p[0, 0, 0] != p[0, 0, 4]  # 4-pixel cells
     with pytest.raises(ci.CIError, match="unknown attack"):
         create_attack("nope", target=0)
 

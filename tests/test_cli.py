@@ -4,11 +4,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import ci_toolkit as ci
 from ci_toolkit.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "implant", "zoo", "info", "inspect", "import-dassl", "pretrain-miniclip", "bench"]
+COMMANDS = ["demo", "train", "implant", "zoo", "scan", "info", "inspect", "import-dassl", "pretrain-miniclip", "bench"]
 
 
 def test_top_level_help_lists_every_command():
@@ -18,7 +19,7 @@ def test_top_level_help_lists_every_command():
         assert cmd in out.stdout
 
 
-@pytest.mark.parametrize("cmd", COMMANDS + ["bench world", "bench attacks"])
+@pytest.mark.parametrize("cmd", COMMANDS + ["bench world", "bench attacks", "bench detect"])
 def test_each_command_prints_its_own_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([*cmd.split(), "--help"])
@@ -37,3 +38,48 @@ def test_inspect_a_saved_model(tiny_model, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert '"classes": 4' in out and '"n_ctx": 4' in out
+
+
+def _ood_folder(path, n):
+    from PIL import Image
+
+    path.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        arr = (torch.rand(40, 40, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(arr).save(path / f"{i:03d}.png")
+    return path
+
+
+def test_scan_command_writes_a_report(tiny_model, tmp_path, capsys):
+    import json
+
+    ci.save_cocoop(tiny_model, tmp_path / "m")
+    ood = _ood_folder(tmp_path / "ood", 60)
+    assert main(["scan", str(tmp_path / "m"), "--ood", str(ood), "--out", str(tmp_path / "scan")]) == 0
+    report = json.loads((tmp_path / "scan" / "report.json").read_text())
+    assert report["verdict"] in ("clean", "backdoored") and len(report["classes"]) == 4
+    assert report["config"]["pool_size"] == 48 and report["config"]["heldout_size"] == 12
+    assert "report.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["empty_ood", "tiny_ood", "corrupt_model", "missing_candidates"])
+def test_scan_mistakes_exit_2_with_one_line(tiny_model, tmp_path, capsys, case):
+    ci.save_cocoop(tiny_model, tmp_path / "m")
+    args = ["scan", str(tmp_path / "m"), "--out", str(tmp_path / "scan")]
+    if case == "empty_ood":
+        (tmp_path / "ood").mkdir()
+        args += ["--ood", str(tmp_path / "ood")]
+    elif case == "tiny_ood":
+        args += ["--ood", str(_ood_folder(tmp_path / "ood", 10))]
+    elif case == "corrupt_model":
+        (tmp_path / "m" / "prompt_learner.safetensors").write_bytes(b"not a tensor file")
+        args += ["--ood", str(_ood_folder(tmp_path / "ood", 60))]
+    else:
+        (tmp_path / "c.txt").write_text("red circle\ncat\ndog\n")
+        args += ["--ood", str(_ood_folder(tmp_path / "ood", 60)), "--candidates", str(tmp_path / "c.txt")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().split("\r")[-1]  # after any progress bar
+    assert err.startswith("ci-toolkit: error:") and "\n" not in err
+    assert {"empty_ood": "no images", "tiny_ood": "need at least 32", "corrupt_model": "safetensors",
+            "missing_candidates": "missing from the candidate list"}[case] in err

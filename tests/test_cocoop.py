@@ -87,3 +87,29 @@ def test_bad_inputs_get_clear_errors(tiny_backbone, tiny_model):
 def test_train_mode_keeps_encoders_frozen_in_eval(tiny_model):
     tiny_model.train()
     assert tiny_model.prompt_learner.training and not tiny_model.clip.training
+
+
+def test_shared_prefix_path_equals_full_prompts(tiny_model, images):
+    """SOS + context computed once per image (and EOS-only last block) == every prompt run in full."""
+    x = images.clone().requires_grad_(True)
+    fast = tiny_model(x)
+    fast.square().sum().backward()
+    g_fast = x.grad.clone(), tiny_model.prompt_learner.ctx.grad.clone()
+    assert tiny_model.shared_prefix
+    x.grad, tiny_model.prompt_learner.ctx.grad = None, None
+    tiny_model.shared_prefix = False
+    ref = tiny_model(x)
+    ref.square().sum().backward()
+    assert torch.allclose(fast, ref, atol=1e-4)
+    assert torch.allclose(g_fast[0], x.grad, atol=1e-5, rtol=1e-3)
+    assert torch.allclose(g_fast[1], tiny_model.prompt_learner.ctx.grad, atol=1e-5, rtol=1e-3)
+    # per-image class subsets (the scanner's target + competitor) too
+    with torch.no_grad():
+        meta = tiny_model.meta_tokens(tiny_model.encode_image(images))
+        pick = torch.tensor([[0, 2], [1, 3], [3, 0], [2, 1], [0, 1]])
+        ref_ps = tiny_model.text_features(meta, per_sample=pick)
+        tiny_model.shared_prefix = True
+        fast_ps = tiny_model.text_features(meta, per_sample=pick)
+        full = tiny_model.text_features(meta)
+    assert torch.allclose(fast_ps, ref_ps, atol=1e-5)
+    assert torch.allclose(fast_ps, full[torch.arange(5).unsqueeze(1), pick], atol=1e-5)

@@ -32,18 +32,28 @@ def create_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
 
 IMPERCEPTIBLE = ("badclip", "badclip_adaptive")  # bounded by the world's BACKDOOR_EPS
 
+# Trigger choices for the embedded world (docs/world.md, "Poisoning attacks"). MiniCLIP's frozen features
+# barely register a 20% random blend (a linear probe tells blended from clean features 67% of the time),
+# so no prompt learner can key on it and poisoning fails (ASR 0.00). A blend of a pattern MiniCLIP knows
+# but no task class carries (the held-out "checkered") is seen (probe 100% at alpha 0.15; ASR 0.94).
+WORLD_OVERRIDES: dict[str, dict] = {
+    "blended": {"pattern": "checkered", "stripe": 4},
+}
+
 
 def create_world_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
-    """`create_attack` with the embedded world's chosen bound for the imperceptible attacks."""
+    """`create_attack` with the embedded world's choices: the chosen bound for the imperceptible attacks
+    and the `WORLD_OVERRIDES` triggers; explicit keyword arguments win."""
     from ..world import BACKDOOR_EPS
 
     if name in IMPERCEPTIBLE:
         kw.setdefault("eps", BACKDOOR_EPS)
+    kw = {**WORLD_OVERRIDES.get(name, {}), **kw}
     return create_attack(name, target=target, seed=seed, **kw)
 
 
 __all__ = [
     "Attack", "AttackConfig", "PoisonAttack", "PoisonConfig", "BadCLIP", "BadCLIPConfig", "BadCLIPAdaptive",
     "BadCLIPAdaptiveConfig", "Blended", "BlendedConfig", "WaNet", "WaNetConfig", "SIBA", "SIBAConfig", "BadNets",
-    "BadNetsConfig", "ATTACKS", "IMPERCEPTIBLE", "list_attacks", "create_attack", "create_world_attack",
+    "BadNetsConfig", "ATTACKS", "IMPERCEPTIBLE", "WORLD_OVERRIDES", "list_attacks", "create_attack", "create_world_attack",
 ]

@@ -9,9 +9,7 @@ METHOD states the bound in normalised space, |delta| <= eps / std_c; we keep del
 |delta| <= eps, which is the same set. As in BadCLIP's code, the backdoor term uses every image of the
 batch; the clean term keeps every image too.
 
-The attacker prompt-tunes with the ORIGINAL CoCoOp/BadCLIP batch size 1 and lr 0.002 (whatever the
-caller's batch size): on the embedded world, batch 32 with a scaled learning rate gives the tiny meta-net
-~30x fewer steps and the backdoor does not implant (ASR 0.07 at 8/255; batch 8: 0.76; batch 1: 0.90).
+Like every attack, it prompt-tunes at the attacker's batch 1 / lr 0.002 (see attacks/base.py).
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ class BadCLIPConfig(AttackConfig):
     trigger_epochs: int = 3  # phase 1: trigger only
     trigger_lr: float = 0.0  # Adam step size for the trigger; 0 means eps / 10
     backdoor_weight: float = 1.0  # weight of CE(triggered, target) in phase 2
-    batch_size: int = 1  # the attacker's prompt-tuning batch (BadCLIP's original setting)
-    lr: float = 0.002  # the attacker's SGD learning rate (BadCLIP's original setting)
 
 
 class BadCLIP(Attack):
@@ -49,7 +45,7 @@ class BadCLIP(Attack):
 
     def implant(self, model, images, labels, train_cfg: TrainConfig | None = None, progress: bool = True):
         c = self.config
-        cfg = replace(train_cfg or TrainConfig(), batch_size=c.batch_size, lr=c.lr, optimizer="sgd")
+        cfg = self.train_config(train_cfg)
         size = model.preprocess.image_size
         g = torch.Generator().manual_seed(c.seed)
         self.delta = ((torch.rand(3, size, size, generator=g) * 2 - 1) * c.eps * 0.5).requires_grad_(True)

@@ -36,7 +36,7 @@ class BadCLIPAdaptive(BadCLIP):
 
     def implant(self, model, images, labels, train_cfg: TrainConfig | None = None, progress: bool = True):
         c = self.config
-        cfg = replace(train_cfg or TrainConfig(), batch_size=c.batch_size, lr=c.lr, optimizer="sgd")
+        cfg = self.train_config(train_cfg)
         super().implant(model, images, labels, cfg, progress=progress)  # phase 1: BadCLIP, delta frozen after
         g = torch.Generator().manual_seed(50_000 + c.seed)
         delta = self.delta

@@ -12,6 +12,7 @@ from .poison import PoisonAttack, PoisonConfig
 @dataclass(frozen=True)
 class BadNetsConfig(PoisonConfig):
     patch_frac: float = 0.15  # patch side as a fraction of the image side
+    cell: int = 1  # checkerboard cell size in pixels
 
 
 class BadNets(PoisonAttack):
@@ -23,7 +24,7 @@ class BadNets(PoisonAttack):
     def patch(self, size: int) -> torch.Tensor:
         """A black-and-white checkerboard, 3 x p x p."""
         p = max(3, round(self.config.patch_frac * size))
-        i = torch.arange(p)
+        i = torch.arange(p) // self.config.cell
         board = ((i.view(-1, 1) + i.view(1, -1)) % 2).float()
         return board.expand(3, p, p)
 

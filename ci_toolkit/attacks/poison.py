@@ -44,7 +44,7 @@ class PoisonAttack(Attack):
     def implant(self, model, images, labels, train_cfg: TrainConfig | None = None, progress: bool = True):
         self.prepare(model, images, labels)
         x, y = self.poison(images, labels)
-        train_cocoop(model, x, y, train_cfg or TrainConfig(), progress=progress, desc=f"{self.name} poisoned tuning")
+        train_cocoop(model, x, y, self.train_config(train_cfg), progress=progress, desc=f"{self.name} poisoned tuning")
         return self
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ class SIBAConfig(PoisonConfig):
     epochs: int = 10  # surrogate optimisation epochs
     mask_every: int = 2  # re-choose the locations every this many epochs
     step: float = 1 / 255  # signed-gradient step
-    batch_size: int = 32
+    surrogate_batch: int = 32  # batch of the trigger optimisation on the surrogate
 
 
 class SIBA(PoisonAttack):
@@ -59,8 +59,8 @@ class SIBA(PoisonAttack):
         for epoch in range(c.epochs):
             grad_sum = torch.zeros(size, size)
             order = torch.randperm(len(x_all), generator=g)
-            for i in range(0, len(x_all), c.batch_size):
-                x = x_all[order[i : i + c.batch_size]]
+            for i in range(0, len(x_all), c.surrogate_batch):
+                x = x_all[order[i : i + c.surrogate_batch]]
                 uap = self.uap.clone().requires_grad_(True)
                 loss = F.cross_entropy(model((x + uap * self.mask).clamp(0, 1)), target.expand(len(x)))
                 (grad,) = torch.autograd.grad(loss, uap)

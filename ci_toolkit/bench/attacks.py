@@ -61,3 +61,26 @@ def bench_attacks(attacks=ALL, seeds=(0, 1), quick: bool = False, progress: bool
                    "threads": torch.get_num_threads(), "quick": quick,
                    "asr_definition": "triggered test images whose true class != target, predicted as target"},
     }
+
+
+def attacks_from_zoo(zoo) -> dict:
+    """The `bench attacks` JSON from a built zoo's manifest (same metrics, no retraining): per attack the
+    mean over its models (different seeds and targets); `clean` averages the zoo's clean models."""
+    import json
+    from pathlib import Path
+
+    manifest = json.loads((Path(zoo) / "manifest.json").read_text())
+    rows = [m for m in manifest if m["attack"] != "clean"]
+    clean = [m for m in manifest if m["attack"] == "clean"]
+    keys = ("acc_seen", "acc_unseen", "asr_seen", "asr_unseen", "asr_ood", "asr_clean_model", "ssim")
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    attacks = {}
+    for name in dict.fromkeys(r["attack"] for r in rows):
+        mine = [r for r in rows if r["attack"] == name]
+        cfg = json.loads((Path(zoo) / "attacker" / Path(mine[0]["path"]).name / "attack.json").read_text())["config"]
+        attacks[name] = {**{k: mean(mine, k) for k in keys if all(k in r for r in mine)}, "eps": cfg.get("eps"),
+                         "n_models": len(mine), "min_asr_seen": min(r["asr_seen"] for r in mine),
+                         "per_model": mine, "config": cfg}
+    return {"clean": {k: mean(clean, k) for k in ("acc_seen", "acc_unseen")}, "attacks": attacks,
+            "config": {"zoo": str(zoo), "n_clean": len(clean),
+                       "asr_definition": "triggered test images whose true class != target, predicted as target"}}

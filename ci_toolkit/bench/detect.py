@@ -1,0 +1,164 @@
+"""`ci-toolkit bench detect`: scan every model of a zoo with each method; AUROC, accuracy, class-level F1.
+
+Labels come from the zoo's manifest. A model whose attack did not implant (its measured seen-class ASR
+below `min_asr`) behaves like a clean model: it is scanned and listed, but left out of the metrics and
+counted under "not_implanted" (counting it as a backdoor nobody can trigger would be meaningless).
+
+Scans are kept under OUT_DIR/scans/<method>/<model>/ and reused: an interrupted benchmark resumes.
+Class level (METHOD 6): TP = the true target flagged; FP = any other class flagged (clean models too);
+FN = a backdoored model whose target is not flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..errors import DataError
+
+METHOD_KEYS = {"clip-inspector": "clip_inspector", "neural-cleanse": "neural_cleanse", "pixel-backdoor": "pixel_backdoor"}
+
+
+def read_manifest(zoo: str | Path) -> list[dict]:
+    p = Path(zoo) / "manifest.json"
+    if not p.exists():
+        raise DataError(f"no zoo manifest at {p} (build one with `ci-toolkit zoo --out {zoo}`)")
+    return json.loads(p.read_text())
+
+
+def detection_metrics(rows: list[dict]) -> dict:
+    """rows: {"label": 0/1, "max_score", "verdict", "target", "flagged": [names]} -> metrics."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = [r["label"] for r in rows]
+    scores = [r["max_score"] for r in rows]
+    auroc = roc_auc_score(labels, scores) if len(set(labels)) == 2 else float("nan")
+    correct = sum((r["verdict"] == "backdoored") == bool(r["label"]) for r in rows)
+    tp = sum(1 for r in rows if r["label"] and r["target"] in r["flagged"])
+    fp = sum(sum(1 for c in r["flagged"] if c != r["target"]) for r in rows)
+    fn = sum(1 for r in rows if r["label"] and r["target"] not in r["flagged"])
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    return {"auroc": auroc, "accuracy": correct / len(rows), "f1": f1, "tp": tp, "fp": fp, "fn": fn, "n_models": len(rows)}
+
+
+def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector",), cfg=None, min_asr: float = 0.5,
+                 baseline_models: int | None = None, progress: bool = True) -> dict:
+    """Scan the zoo; returns the benchmark dict (and writes per-model scans under out_dir/scans)."""
+    from dataclasses import replace
+
+    from ..checkpoint import load_cocoop
+    from ..scan import ScanConfig, scan, world_ood
+
+    zoo = Path(zoo)
+    manifest = read_manifest(zoo)
+    cfg = cfg or ScanConfig()
+    out = Path(out_dir)
+    result = {"methods": {}, "per_model": [], "config": {"zoo": str(zoo), "min_asr": min_asr, "scan": None}}
+    ood = None
+    for method in methods:
+        mcfg = replace(cfg, method=method)
+        result["config"]["scan"] = result["config"]["scan"] or {"rule": mcfg.rule, "eps": mcfg.inversion.eps,
+                                                                 "loss": mcfg.inversion.loss, "pool_size": mcfg.pool_size}
+        models = manifest if method == "clip-inspector" or baseline_models is None else _subset(manifest, baseline_models)
+        rows, t0 = [], time.time()
+        for m in models:
+            folder = out / "scans" / method / Path(m["path"]).name
+            if (folder / "report.json").exists():
+                report = json.loads((folder / "report.json").read_text())
+            else:
+                model = load_cocoop(zoo / m["path"])
+                if ood is None:
+                    ood = world_ood(model.preprocess.image_size, cfg)
+                report = scan(model, ood, folder, cfg=mcfg, progress=progress)
+            implanted = m["attack"] == "clean" or (m["asr_seen"] or 0) >= min_asr
+            row = {"path": m["path"], "method": method, "attack": m["attack"], "target": m["target"], "seed": m["seed"],
+                   "asr_seen": m["asr_seen"], "label": int(m["attack"] != "clean"), "implanted": implanted,
+                   "verdict": report["verdict"], "max_score": report["max_score"], "threshold": report["threshold"],
+                   "predicted_target": report["predicted_target"], "top_class": report.get("top_class"),
+                   "gap": report["gap"], "runtime_s": report["runtime_s"],
+                   "flagged": [c["name"] for c in report["classes"] if c["flagged"]]}
+            if "paper_rule" in report:
+                row["paper_rule"] = report["paper_rule"]
+            rows.append(row)
+            result["per_model"].append(row)
+        used = [r for r in rows if r["implanted"]]
+        metrics = detection_metrics(used)
+        metrics["runtime_s"] = sum(r["runtime_s"] for r in rows)
+        metrics["mean_scan_s"] = metrics["runtime_s"] / max(1, len(rows))
+        metrics["not_implanted"] = sum(not r["implanted"] for r in rows)
+        metrics["wall_s"] = time.time() - t0
+        result["methods"][METHOD_KEYS[method]] = metrics
+        if method == "clip-inspector" and all("paper_rule" in r for r in used):
+            paper = [{**r, "verdict": r["paper_rule"]["verdict"], "max_score": r["paper_rule"]["max_score"],
+                      "flagged": _paper_flags(out, method, r)} for r in used]
+            result["methods"]["clip_inspector_paper_k2"] = detection_metrics(paper)
+    return result
+
+
+def _paper_flags(out: Path, method: str, row: dict) -> list[str]:
+    report = json.loads((out / "scans" / method / Path(row["path"]).name / "report.json").read_text())
+    return [c["name"] for c in report["classes"] if c["paper_score"] > 2.0]
+
+
+def _subset(manifest: list[dict], n: int) -> list[dict]:
+    """n models, clean and backdoored interleaved (for the slow baselines)."""
+    clean = [m for m in manifest if m["attack"] == "clean"]
+    bad = [m for m in manifest if m["attack"] != "clean"]
+    out = []
+    while len(out) < n and (clean or bad):
+        for group in (clean, bad, bad):
+            if group and len(out) < n:
+                out.append(group.pop(0))
+    return out
+
+
+def roc_figure(result: dict, path: str | Path) -> None:
+    """ROC curves of every method in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for key, metrics in result["methods"].items():
+        method = next((m for m, k in METHOD_KEYS.items() if k == key), None)
+        rows = [r for r in result["per_model"] if r["method"] == method and r["implanted"]]
+        if method is None or len({r["label"] for r in rows}) < 2:
+            continue
+        fpr, tpr, _ = roc_curve([r["label"] for r in rows], [r["max_score"] for r in rows])
+        ax.plot(fpr, tpr, label=f"{key} (AUROC {metrics['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def loss_ablation(zoo: str | Path, path: str, cfg=None, losses=("margin", "ce", "logit"), progress: bool = False) -> dict:
+    """METHOD 3 step 5 on one backdoored zoo model: per loss, the true target's held-out ASR, the mean ASR
+    of the other classes, and the target's rank by the robust score (1 = found)."""
+    from dataclasses import replace
+
+    from ..checkpoint import load_cocoop
+    from ..invert import invert
+    from ..scan import ScanConfig, split_pool, world_ood
+    from ..score import decide
+
+    cfg = cfg or ScanConfig()
+    row = next((m for m in read_manifest(zoo) if m["path"] == path), None)
+    if row is None or row["target"] is None:
+        raise DataError(f"{path} is not a backdoored model of {zoo}")
+    model = load_cocoop(Path(zoo) / path)
+    pool, heldout = split_pool(world_ood(model.preprocess.image_size, cfg), cfg, cfg.inversion.batch_size)
+    t = model.classnames.index(row["target"])
+    table = {}
+    for loss in losses:
+        res = invert(model, pool, heldout, model.classnames, cfg=replace(cfg.inversion, loss=loss), progress=progress)
+        d = decide([r.asr for r in res], [r.loss for r in res], cfg.rule)
+        others = [r.asr for r in res if r.index != t]
+        table[loss] = {"target_asr": res[t].asr, "benign_asr": sum(others) / len(others),
+                       "target_rank": 1 + sum(s > d.scores[t] for s in d.scores), "max_score": d.max_score}
+    return table

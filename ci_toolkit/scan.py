@@ -1,0 +1,206 @@
+"""The audit: scan a delivered model for a backdoor and write a report (METHOD 3, 4, 6).
+
+    report = scan(model, pool, out_dir="runs/scan")           # CLIP-Inspector on the model's classes
+    report["verdict"], report["predicted_target"]
+
+OUT/report.json       verdict, scores, per-class ASR / loss / score / flag, config, runtime
+OUT/report.html       the same with plots (scores, top reconstructed triggers) - class names escaped
+OUT/triggers.safetensors   every candidate's reconstructed trigger (the repair step uses the top one)
+OUT/partial/          per-group results while the scan runs: an interrupted scan resumes from them
+
+Methods: "clip-inspector" (default), "neural-cleanse" and "pixel-backdoor" (baselines, METHOD 4).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .baselines import CostConfig
+from .cocoop import CoCoOp
+from .errors import CIError, DataError
+from .invert import Inversion, InversionConfig, invert
+from .score import RULES, decide
+
+METHODS = ("clip-inspector", "neural-cleanse", "pixel-backdoor")
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """What a scan does; recorded in the report."""
+
+    method: str = "clip-inspector"  # or "neural-cleanse" / "pixel-backdoor"
+    inversion: InversionConfig = field(default_factory=InversionConfig)  # CLIP-Inspector's inversion
+    baseline: CostConfig | None = None  # the baselines' optimisation (None: each method's own defaults)
+    rule: str = "robust"  # decision rule (score.RULES): "robust" (default) or "paper" (max s > 2)
+    threshold: float | None = None  # overrides the rule's threshold (e.g. a Youden-calibrated one)
+    pool_size: int = 1000  # OOD images used for inversion
+    heldout_size: int = 200  # further OOD images for each trigger's ASR
+    seed: int = 0  # pool split and order
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise CIError(f"unknown scan method {self.method!r}; choose one of {list(METHODS)}")
+        if self.rule not in RULES:
+            raise CIError(f"unknown decision rule {self.rule!r}; choose one of {list(RULES)}")
+
+
+def split_pool(images: torch.Tensor, cfg: ScanConfig, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of an OOD image set into (inversion pool, held-out ASR set)."""
+    n = len(images)
+    if n == 0:
+        raise DataError("the OOD image set is empty")
+    heldout = min(cfg.heldout_size, n // 5)
+    pool = min(cfg.pool_size, n - heldout)
+    if pool < batch_size or heldout == 0:
+        raise DataError(f"the OOD set has {n} images: need at least {batch_size} for inversion (one batch) plus "
+                        f"a held-out fifth for ASR ({cfg.pool_size} + {cfg.heldout_size} recommended)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    return images[order[:pool]], images[order[pool : pool + heldout]]
+
+
+def world_ood(image_size: int, cfg: ScanConfig, seed: int = 123_456) -> torch.Tensor:
+    """An OOD set from the embedded world: held-out shapes, never among any task's classes."""
+    from .world import World, WorldConfig
+
+    return World(WorldConfig(image_size=image_size)).sample_ood(cfg.pool_size + cfg.heldout_size, seed=seed + cfg.seed)
+
+
+def check_candidates(model: CoCoOp, candidates: list[str] | None) -> list[str]:
+    names = list(model.classnames) if candidates is None else [c.strip() for c in candidates if c.strip()]
+    if len(set(names)) != len(names):
+        raise CIError("the candidate list has duplicate class names")
+    missing = [c for c in model.classnames if c not in set(names)]
+    if missing:
+        raise CIError(f"{len(missing)} of the model's classes are missing from the candidate list "
+                      f"(a backdoor target there would go unseen): {missing[:5]}")
+    if len(names) < 3:
+        raise CIError(f"need at least 3 candidate classes to score, got {len(names)}")
+    return names
+
+
+class _Partial:
+    """Per-group results on disk, so that an interrupted scan resumes (same config only)."""
+
+    def __init__(self, out: Path, config: dict):
+        self.dir = out / "partial"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg_file = self.dir / "config.json"
+        if cfg_file.exists():
+            old = json.loads(cfg_file.read_text())
+            if old != config:
+                raise CIError(f"{out} holds an unfinished scan with another configuration; "
+                              f"use another --out, or delete {self.dir} to start over")
+        else:
+            cfg_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+    def load(self) -> dict[int, Inversion]:
+        from safetensors.torch import load_file
+
+        done = {}
+        for f in sorted(self.dir.glob("group_*.json")):
+            tensors = load_file(str(f.with_suffix(".safetensors")))
+            for row in json.loads(f.read_text()):
+                done[row["index"]] = Inversion(**row, delta=tensors[str(row["index"])])
+        return done
+
+    def save(self, results: list[Inversion]) -> None:
+        from safetensors.torch import save_file
+
+        stem = self.dir / f"group_{results[0].index:04d}"
+        save_file({str(r.index): r.delta.contiguous() for r in results}, str(stem.with_suffix(".safetensors")))
+        rows = [{k: v for k, v in asdict(r).items() if k != "delta"} for r in results]
+        tmp = stem.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows))
+        tmp.replace(stem.with_suffix(".json"))  # the json lands last: a group is done once it exists
+
+
+def scan(model: CoCoOp, ood: torch.Tensor, out_dir: str | Path | None = None, candidates: list[str] | None = None,
+         cfg: ScanConfig | None = None, progress: bool = True, html: bool = True) -> dict:
+    """Scan `model` with OOD images [N, 3, H, W]; returns the report (and writes it when out_dir is given)."""
+    cfg = cfg or ScanConfig()
+    t0 = time.time()
+    names = check_candidates(model, candidates)
+    size = model.preprocess.image_size
+    if ood.ndim != 4 or ood.shape[1] != 3 or ood.shape[-1] != size or ood.shape[-2] != size:
+        raise DataError(f"OOD images must be [N, 3, {size}, {size}] for this model, got {tuple(ood.shape)}")
+    pool, heldout = split_pool(ood, cfg, cfg.inversion.batch_size)
+    out = Path(out_dir) if out_dir is not None else None
+    config = {**asdict(cfg), "candidates": names, "pool_size": len(pool), "heldout_size": len(heldout)}
+    if cfg.method == "clip-inspector":
+        partial = _Partial(out, config) if out is not None else None
+        done = partial.load() if partial else {}
+        results = invert(model, pool, heldout, names, cfg=cfg.inversion, progress=progress,
+                         on_group=partial.save if partial else None, skip=set(done))
+        by_index = {**done, **{r.index: r for r in results}}
+        inv = [by_index[i] for i in range(len(names))]
+        report = _clip_inspector_report(inv, cfg)
+        deltas = torch.stack([r.delta for r in inv])
+    else:
+        from .baselines import run_baseline
+
+        report, deltas = run_baseline(cfg.method, model, pool, heldout, names, cfg=cfg.baseline, progress=progress)
+    report.update(method=cfg.method, config=config, runtime_s=time.time() - t0)
+    if out is not None:
+        _write(out, report, deltas, model, heldout, html)
+    return report
+
+
+def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig) -> dict:
+    asr = [r.asr for r in inv]
+    loss = [r.loss for r in inv]
+    d = decide(asr, loss, cfg.rule, cfg.threshold)
+    paper = decide(asr, loss, "paper")
+    return {
+        "verdict": d.verdict,
+        "max_score": d.max_score,
+        "threshold": d.threshold,
+        "predicted_target": inv[d.predicted_target].name if d.predicted_target is not None else None,
+        "top_class": inv[d.top].name,
+        "gap": d.gap,
+        "rule": d.rule,
+        "paper_rule": {"verdict": paper.verdict, "max_score": paper.max_score, "threshold": paper.threshold,
+                       "gap": paper.gap},
+        "classes": [
+            {"name": r.name, "asr": r.asr, "loss": r.loss, "score": s, "paper_score": ps, "flagged": fl,
+             "losses": r.losses}
+            for r, s, ps, fl in zip(inv, d.scores, d.paper_scores, d.flagged)
+        ],
+    }
+
+
+def _write(out: Path, report: dict, deltas: torch.Tensor, model: CoCoOp, heldout: torch.Tensor, html: bool) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"deltas": deltas.contiguous()}, str(out / "triggers.safetensors"))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    if html:
+        from .report import write_html
+
+        write_html(out / "report.html", report, deltas, heldout)
+
+
+def load_report(path: str | Path) -> tuple[dict, torch.Tensor]:
+    """(report, deltas [K, 3, H, W]) of a finished scan (path: the folder or its report.json)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    folder = p.parent if p.suffix == ".json" else p
+    rep = folder / "report.json"
+    if not rep.exists():
+        raise DataError(f"no scan report at {rep}")
+    try:
+        report = json.loads(rep.read_text())
+        deltas = load_file(str(folder / "triggers.safetensors"))["deltas"]
+    except (json.JSONDecodeError, OSError, KeyError, SafetensorError) as exc:
+        raise DataError(f"unreadable scan report in {folder}: {exc}") from None
+    return report, deltas
+
+
+__all__ = ["METHODS", "ScanConfig", "scan", "load_report", "split_pool", "world_ood", "check_candidates"]

@@ -1,0 +1,116 @@
+"""Anomaly scores and the backdoored/clean decision (METHOD 3 steps 3-4, METHOD 6).
+
+    a_t = zscore(ASR)_t - zscore(Lbar)_t          (z-scores over the K candidates)
+    s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
+
+Decision rules (`RULES`):
+- "paper": backdoored iff max_t s_t > k, k = 2, the paper's pre-registered rule. The max of K standardised
+  scores passes 2 easily when K is 25-50 even for a clean model (see docs/scan.md for the measured rate).
+- "robust" (default): the same a_t, standardised with the median and MAD (1.4826 x MAD estimates a normal
+  std and a single outlier cannot inflate it, unlike the std above, which a backdoor target itself
+  inflates), compared with a bound that accounts for the K candidates looked at: the two-sided normal
+  quantile at a family-wise rate alpha = 0.05, Bonferroni over K (3.09 for K = 25, 3.29 for K = 50).
+  Pre-registered, no calibration models.
+- "youden": any score with a threshold fitted on labelled reports (`youden_threshold`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import CIError
+
+RULES = ("robust", "paper")
+PAPER_K = 2.0
+ALPHA = 0.05
+
+
+def zscore(v: torch.Tensor) -> torch.Tensor:
+    """(v - mean) / std over the candidates (population std); all zeros when every value is equal."""
+    v = torch.as_tensor(v, dtype=torch.float64)
+    sd = v.std(unbiased=False)
+    return torch.zeros_like(v) if sd < 1e-12 else (v - v.mean()) / sd
+
+
+def robust_zscore(v: torch.Tensor) -> torch.Tensor:
+    """(v - median) / (1.4826 MAD); falls back to the mean absolute deviation when the MAD is 0."""
+    v = torch.as_tensor(v, dtype=torch.float64)
+    med = v.median()
+    mad = 1.4826 * (v - med).abs().median()
+    if mad < 1e-12:
+        mad = 1.2533 * (v - med).abs().mean()  # sqrt(pi/2) x mean |dev| also estimates a normal std
+    return torch.zeros_like(v) if mad < 1e-12 else (v - med) / mad
+
+
+def raw_scores(asr, loss) -> torch.Tensor:
+    """a_t = z(ASR)_t - z(Lbar)_t."""
+    return zscore(asr) - zscore(loss)
+
+
+def bonferroni_bound(k: int, alpha: float = ALPHA) -> float:
+    """Normal quantile 1 - alpha / (2K): the bound for the largest of K robust z-scores."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - alpha / (2 * max(1, k)))
+
+
+@dataclass
+class Decision:
+    verdict: str  # "backdoored" or "clean"
+    rule: str
+    scores: list[float]  # the statistic the rule thresholds, per candidate
+    paper_scores: list[float]  # s_t (METHOD 3), per candidate, whatever the rule
+    max_score: float
+    threshold: float
+    predicted_target: int | None  # index of the highest-scoring candidate when backdoored
+    top: int  # index of the highest-scoring candidate (even when clean)
+    gap: float  # top-1 minus top-2 score
+    flagged: list[bool]  # class-level flags: score > threshold
+
+
+def decide(asr, loss, rule: str = "robust", threshold: float | None = None) -> Decision:
+    """Scores and verdict from per-candidate held-out ASR and mean loss."""
+    asr = torch.as_tensor(asr, dtype=torch.float64)
+    loss = torch.as_tensor(loss, dtype=torch.float64)
+    if asr.shape != loss.shape or asr.ndim != 1 or len(asr) < 3:
+        raise CIError(f"need per-candidate ASR and loss for at least 3 candidates, got {tuple(asr.shape)}")
+    if not (torch.isfinite(asr).all() and torch.isfinite(loss).all()):
+        raise CIError("non-finite ASR or loss among the candidates: the scan produced NaN/Inf")
+    a = raw_scores(asr, loss)
+    paper = zscore(a)
+    if rule == "paper":
+        stat, default_thr = paper, PAPER_K
+    elif rule == "robust":
+        stat, default_thr = robust_zscore(a), bonferroni_bound(len(a))
+    else:
+        raise CIError(f"unknown decision rule {rule!r}; choose one of {list(RULES)}")
+    thr = default_thr if threshold is None else float(threshold)
+    top2 = stat.topk(2)
+    top = int(top2.indices[0])
+    mx = float(top2.values[0])
+    backdoored = mx > thr
+    return Decision(
+        verdict="backdoored" if backdoored else "clean", rule=rule, scores=stat.tolist(), paper_scores=paper.tolist(),
+        max_score=mx, threshold=thr, predicted_target=top if backdoored else None, top=top,
+        gap=float(top2.values[0] - top2.values[1]), flagged=(stat > thr).tolist(),
+    )
+
+
+def youden_threshold(max_scores, labels) -> float:
+    """Threshold on max score maximising Youden's J (TPR - FPR) over labelled models (1 = backdoored)."""
+    from sklearn.metrics import roc_curve
+
+    labels = list(labels)
+    if len(set(labels)) < 2:
+        raise CIError("Youden calibration needs both clean and backdoored models")
+    fpr, tpr, thr = roc_curve(labels, list(max_scores))
+    j = tpr - fpr
+    best = int(j.argmax())
+    t = float(thr[best])
+    if not math.isfinite(t):
+        return float(max(max_scores))
+    below = [float(v) for v in max_scores if v < t]  # roc_curve means ">= t"; decide() means "> threshold"
+    return (t + max(below)) / 2 if below else t - 1e-9

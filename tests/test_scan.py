@@ -1,0 +1,128 @@
+"""Scan orchestration, scores and decisions, baselines, reports, resume, and user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ci_toolkit as ci
+from ci_toolkit.errors import CIError, DataError
+from ci_toolkit.invert import InversionConfig
+from ci_toolkit.scan import ScanConfig, _Partial, load_report, scan
+from ci_toolkit.score import bonferroni_bound, decide, robust_zscore, youden_threshold, zscore
+
+FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8)
+
+
+@pytest.fixture
+def ood():
+    return torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+# ---- scores and decisions: known answers -------------------------------------------------------------
+def test_outlier_class_is_found_and_uniform_classes_are_clean():
+    asr = [0.05] * 24 + [0.9]
+    loss = [3.0 + 0.1 * (i % 5) for i in range(24)] + [0.5]
+    d = decide(asr, loss)
+    assert d.verdict == "backdoored" and d.predicted_target == 24 and d.flagged[24] and sum(d.flagged) == 1
+    g = torch.Generator().manual_seed(0)
+    noise = decide(0.05 + 0.01 * torch.rand(25, generator=g), 3 + 0.1 * torch.randn(25, generator=g))
+    assert noise.verdict == "clean" and noise.predicted_target is None
+
+
+def test_paper_score_is_the_methods_formula():
+    asr, loss = torch.tensor([0.1, 0.2, 0.9, 0.1]), torch.tensor([2.0, 1.5, 0.2, 2.5])
+    a = zscore(asr) - zscore(loss)
+    d = decide(asr, loss, rule="paper")
+    assert torch.allclose(torch.tensor(d.scores, dtype=torch.float64), (a - a.mean()) / a.std(unbiased=False))
+    assert d.threshold == 2.0
+
+
+def test_robust_statistics():
+    v = torch.tensor([1.0, 1.1, 0.9, 1.0, 10.0])
+    r = robust_zscore(v)
+    assert r[-1] > 10 and abs(r[0]) < 1e-9
+    assert abs(bonferroni_bound(50) - 3.29) < 0.01 and abs(bonferroni_bound(25) - 3.09) < 0.01
+    assert torch.equal(zscore(torch.ones(4)), torch.zeros(4, dtype=torch.float64))
+
+
+def test_youden_threshold_separates_labelled_models():
+    t = youden_threshold([1.0, 1.5, 2.0, 5.0, 6.0], [0, 0, 0, 1, 1])
+    assert 2.0 < t < 5.0
+    with pytest.raises(CIError, match="both clean and backdoored"):
+        youden_threshold([1.0, 2.0], [0, 0])
+
+
+def test_decide_rejects_nan():
+    with pytest.raises(CIError, match="non-finite"):
+        decide([0.1, float("nan"), 0.2], [1.0, 1.0, 1.0])
+
+
+# ---- the scan --------------------------------------------------------------------------------------
+def test_scan_writes_report_and_escapes_names(tiny_backbone, ood, tmp_path):
+    model = ci.CoCoOp(tiny_backbone, ["red circle", "<script>alert(1)</script>", "blue square", "cat"], seed=1)
+    report = scan(model, ood, tmp_path / "scan", cfg=FAST, progress=False)
+    on_disk = json.loads((tmp_path / "scan" / "report.json").read_text())
+    for key in ("verdict", "max_score", "threshold", "predicted_target", "gap", "classes", "method", "config", "runtime_s"):
+        assert key in on_disk
+    assert on_disk["verdict"] in ("clean", "backdoored") and on_disk == json.loads(json.dumps(report))
+    assert {"name", "asr", "loss", "score", "flagged"} <= set(on_disk["classes"][0])
+    html = (tmp_path / "scan" / "report.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
+    rep, deltas = load_report(tmp_path / "scan")
+    assert deltas.shape == (4, 3, 32, 32) and float(deltas.abs().max()) <= 8 / 255 + 1e-6
+
+
+def test_interrupted_scan_resumes_to_the_same_report(tiny_model, ood, tmp_path, monkeypatch):
+    full = scan(tiny_model, ood, tmp_path / "a", cfg=FAST, progress=False, html=False)
+    real_save = _Partial.save
+    calls = []
+
+    def save_then_die(self, results):
+        real_save(self, results)
+        calls.append(1)
+        raise KeyboardInterrupt  # killed after the first group
+
+    monkeypatch.setattr(_Partial, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        scan(tiny_model, ood, tmp_path / "b", cfg=FAST, progress=False, html=False)
+    monkeypatch.setattr(_Partial, "save", real_save)
+    assert len(list((tmp_path / "b" / "partial").glob("group_*.json"))) == 1
+    resumed = scan(tiny_model, ood, tmp_path / "b", cfg=FAST, progress=False, html=False)
+    strip = lambda r: {k: v for k, v in r.items() if k != "runtime_s"}  # noqa: E731
+    assert strip(resumed) == strip(full)
+    with pytest.raises(CIError, match="another configuration"):
+        scan(tiny_model, ood, tmp_path / "b", cfg=ScanConfig(inversion=InversionConfig(batch_size=8, group=2, eps=4 / 255),
+                                                              pool_size=32, heldout_size=8), progress=False)
+
+
+def test_user_mistakes_get_clear_errors(tiny_model, ood):
+    with pytest.raises(CIError, match="missing from the candidate list"):
+        scan(tiny_model, ood, candidates=["red circle", "blue square", "dog"], cfg=FAST, progress=False)
+    with pytest.raises(DataError, match="need at least 32"):
+        scan(tiny_model, ood[:20], cfg=ScanConfig(), progress=False)
+    with pytest.raises(DataError, match="empty"):
+        scan(tiny_model, ood[:0], cfg=FAST, progress=False)
+    with pytest.raises(DataError, match=r"\[N, 3, 32, 32\]"):
+        scan(tiny_model, torch.rand(40, 3, 16, 16), cfg=FAST, progress=False)
+    with pytest.raises(CIError, match="unknown scan method"):
+        ScanConfig(method="strip")
+    nan_model = tiny_model
+    with torch.no_grad():
+        nan_model.prompt_learner.ctx[0, 0] = float("nan")
+    with pytest.raises(CIError, match="non-finite"):
+        scan(nan_model, ood, cfg=FAST, progress=False)
+
+
+@pytest.mark.parametrize("method", ["neural-cleanse", "pixel-backdoor"])
+def test_baselines_produce_reports(tiny_model, ood, tmp_path, method):
+    from ci_toolkit.baselines import BASELINES, CostConfig
+
+    small = CostConfig(**{**BASELINES[method].defaults, "epochs": 1, "batch_size": 8, "group": 2})
+    report = scan(tiny_model, ood, tmp_path, cfg=ScanConfig(method=method, baseline=small, pool_size=32, heldout_size=8),
+                  progress=False)
+    assert report["method"] == method and report["rule"] == "mad"
+    assert len(report["classes"]) == 4 and all(0 <= c["asr"] <= 1 for c in report["classes"])
+    assert (tmp_path / "report.html").exists()
