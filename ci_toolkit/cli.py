@@ -194,11 +194,65 @@ def cmd_bench_detect(args) -> None:
 
     methods = args.methods.split(",")
     result = bench_detect(args.zoo, Path(args.out).with_suffix(""), methods=methods, cfg=_scan_config(args),
-                          min_asr=args.min_asr, baseline_models=args.baseline_models)
+                          min_asr=args.min_asr, baseline_models=args.baseline_models, workers=args.workers,
+                          baseline_pool=args.baseline_pool)
     _write_json(args.out, result)
     roc_figure(result, Path(args.out).with_suffix(".png"))
     for key, m in result["methods"].items():
         print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
+
+
+def cmd_repair(args) -> None:
+    import torch
+
+    from .attacks import load_attack
+    from .checkpoint import load_cocoop, save_cocoop
+    from .data import load_image_folder
+    from .repair import repair_report, world_labelled
+    from .scan import load_report
+
+    out = Path(args.out)
+    if out.resolve() == Path(args.model).resolve():
+        raise CIError("--out must differ from the input model: the input is never overwritten")
+    if (out / "model").exists():
+        raise CIError(f"{out / 'model'} exists; choose another --out (nothing is overwritten)")
+    model = load_cocoop(args.model)
+    report, deltas = load_report(args.report)
+    names = [c["name"] for c in report["classes"]]
+    top = report.get("predicted_target") or report.get("top_class")
+    if top not in model.classnames:
+        raise CIError(f"the report's top class {top!r} is not a class of this model (a report of another model?)")
+    delta = deltas[names.index(top)]
+    size = model.preprocess.image_size
+    if args.data == "world":
+        train = world_labelled(model.classnames, size, 16, seed=args.seed + 1)
+        test = world_labelled(model.classnames, size, 20, seed=args.seed + 2)
+    else:
+        data = load_image_folder(args.data, size, labelled=True, classnames=model.classnames, seed=args.seed)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
+        half = len(order) // 2
+        train = (data.images[order[:half]], data.labels[order[:half]])
+        test = (data.images[order[half:]], data.labels[order[half:]])
+    trigger, target = None, model.classnames.index(top)
+    if args.attacker:
+        attack = load_attack(args.attacker)
+        trigger, target = attack, attack.target
+    fixed, result = repair_report(model, delta, train, test, trigger, target)
+    save_cocoop(fixed, out / "model")
+    _write_json(out / "repair.json", {**result, "config": {"report": str(args.report), "data": args.data,
+                                                            "seed": args.seed}})
+    print(f"ASR ({result['trigger_used']} trigger) {result['asr_before']:.3f} -> {result['asr_after']:.3f}, "
+          f"ACC {result['acc_before']:.3f} -> {result['acc_after']:.3f}; repaired model in {out / 'model'}")
+
+
+def cmd_bench_repair(args) -> None:
+    from .bench.repair import bench_repair
+
+    result = bench_repair(args.zoo, args.detect or Path(args.out).with_suffix(""), scan_cfg=_scan_config(args),
+                          min_asr=args.min_asr)
+    _write_json(args.out, result)
+    s = result["summary"]
+    print(f"{s['n_models']} models: ASR {s['asr_before']:.3f} -> {s['asr_after']:.3f}, ACC {s['acc_before']:.3f} -> {s['acc_after']:.3f}")
 
 
 def _add_scan_options(s, method_choice: bool = True) -> None:
@@ -265,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scan_options(s)
     s.set_defaults(func=cmd_scan)
 
+    s = sub.add_parser("repair", help="unlearn a backdoor with the scan's reconstructed trigger",
+                       description="Fine-tune the prompt learner on clean + reconstructed-trigger images with their true "
+                                   "labels; writes OUT/repair.json and the repaired model in OUT/model (the input is never touched).")
+    s.add_argument("model")
+    s.add_argument("--report", required=True, help="the scan's report.json (its folder holds triggers.safetensors)")
+    s.add_argument("--data", default="world", help="labelled image folder (class subfolders) or 'world' (default)")
+    s.add_argument("--attacker", default=None, help="the attacker's artefacts folder, when known: ASR is measured with the real trigger")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_repair)
+
     s = sub.add_parser("info", help="versions, the embedded backbone, the device", description="Print versions and setup.")
     s.set_defaults(func=cmd_info)
 
@@ -319,8 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="clip-inspector", help="comma-separated: clip-inspector,neural-cleanse,pixel-backdoor")
     s.add_argument("--min-asr", type=float, default=0.5, help="backdoored models below this seen ASR count as not implanted")
     s.add_argument("--baseline-models", type=int, default=None, help="scan only this many models with the slow baselines")
+    s.add_argument("--baseline-pool", type=int, default=None, help="pool images for the baselines (default: --pool-size)")
+    s.add_argument("--workers", type=int, default=1, help="models scanned in parallel (2 on a 2-core machine)")
     _add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_bench_detect)
+
+    s = bsub.add_parser("repair", help="repair every backdoored model of a zoo with its scan's trigger",
+                        description="Repair each implanted backdoored zoo model; attacker's-trigger ASR and ACC before/after.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--detect", default=None, help="a `bench detect` output folder whose scans to reuse")
+    s.add_argument("--min-asr", type=float, default=0.5)
+    _add_scan_options(s, method_choice=False)
+    s.set_defaults(func=cmd_bench_repair)
     b.set_defaults(func=lambda a: b.print_help())
     return p
 

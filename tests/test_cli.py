@@ -9,7 +9,7 @@ import torch
 import ci_toolkit as ci
 from ci_toolkit.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "implant", "zoo", "scan", "info", "inspect", "import-dassl", "pretrain-miniclip", "bench"]
+COMMANDS = ["demo", "train", "implant", "zoo", "scan", "repair", "info", "inspect", "import-dassl", "pretrain-miniclip", "bench"]
 
 
 def test_top_level_help_lists_every_command():
@@ -19,7 +19,7 @@ def test_top_level_help_lists_every_command():
         assert cmd in out.stdout
 
 
-@pytest.mark.parametrize("cmd", COMMANDS + ["bench world", "bench attacks", "bench detect"])
+@pytest.mark.parametrize("cmd", COMMANDS + ["bench world", "bench attacks", "bench detect", "bench repair"])
 def test_each_command_prints_its_own_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([*cmd.split(), "--help"])
@@ -83,3 +83,29 @@ def test_scan_mistakes_exit_2_with_one_line(tiny_model, tmp_path, capsys, case):
     assert err.startswith("ci-toolkit: error:") and "\n" not in err
     assert {"empty_ood": "no images", "tiny_ood": "need at least 32", "corrupt_model": "safetensors",
             "missing_candidates": "missing from the candidate list"}[case] in err
+
+
+def test_repair_command_writes_json_and_never_touches_the_input(tiny_model, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    ci.save_cocoop(tiny_model, tmp_path / "m")
+    before = (tmp_path / "m" / "prompt_learner.safetensors").read_bytes()
+    ood = _ood_folder(tmp_path / "ood", 60)
+    assert main(["scan", str(tmp_path / "m"), "--ood", str(ood), "--out", str(tmp_path / "scan")]) == 0
+    data = tmp_path / "data"
+    g = torch.Generator().manual_seed(1)
+    for name in tiny_model.classnames:
+        (data / name.replace(" ", "_")).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()).save(data / name.replace(" ", "_") / f"{i}.png")
+    args = ["repair", str(tmp_path / "m"), "--report", str(tmp_path / "scan" / "report.json"), "--data", str(data)]
+    assert main([*args, "--out", str(tmp_path / "m")]) == 2  # refuses to write over the input
+    assert main([*args, "--out", str(tmp_path / "fixed")]) == 0
+    res = json.loads((tmp_path / "fixed" / "repair.json").read_text())
+    assert {"asr_before", "asr_after", "acc_before", "acc_after", "trigger_used", "steps", "runtime_s"} <= set(res)
+    assert res["trigger_used"] == "reconstructed"
+    ci.load_cocoop(tmp_path / "fixed" / "model")
+    assert (tmp_path / "m" / "prompt_learner.safetensors").read_bytes() == before
+    assert main([*args, "--out", str(tmp_path / "fixed")]) == 2  # never overwrites a previous repair

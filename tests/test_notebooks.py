@@ -26,7 +26,17 @@ def _check_01(m):
     assert m["ssim"] > 0.8  # an imperceptible trigger
 
 
-CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01}
+def _check_03(m):
+    assert 0 <= m["target_asr"] <= 1 and 0 <= m["benign_asr"] <= 1
+    assert m["target_loss"] == m["target_loss"] and m["benign_loss"] == m["benign_loss"]  # not NaN
+
+
+def _check_04(m):
+    assert m["n_models"] == 3 and 0 <= m["accuracy"] <= 1 and 0 <= m["margin_target_asr"] <= 1
+
+
+CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "03_invert_triggers": _check_03,
+          "04_score_and_decide": _check_04}
 
 
 def test_there_are_notebooks_and_each_has_checks():
@@ -42,7 +52,8 @@ def test_notebook_runs_under_smoke_profile(nb, tmp_path):
     pm.execute_notebook(
         str(nb),
         str(tmp_path / nb.name),
-        parameters={"profile": "smoke", "metrics_path": str(metrics)},
+        parameters={"profile": "smoke", "metrics_path": str(metrics),
+                    **({"work_dir": str(tmp_path)} if "work_dir" in nb.read_text() else {})},
         cwd=str(nb.parent),
         kernel_name="python3",
         progress_bar=False,

@@ -11,7 +11,7 @@ from ci_toolkit.zoo import ZOO_PROFILES, build_zoo, model_specs
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo")
-    return out, build_zoo(out, "smoke", progress=False)
+    return out, build_zoo(out, "smoke", progress=False, workers=2)  # the parallel path
 
 
 def test_smoke_zoo_manifest(zoo):
@@ -57,3 +57,35 @@ def test_full_profile_shape():
     for attack in ZOO_PROFILES["full"].attacks:
         mine = [s for s in specs if s["attack"] == attack]
         assert len(mine) >= 4 and len({s["target"] for s in mine}) == len(mine)
+
+
+def test_bench_attacks_from_the_zoo(zoo):
+    from ci_toolkit.bench.attacks import attacks_from_zoo
+
+    out, manifest = zoo
+    res = attacks_from_zoo(out)
+    assert set(res["attacks"]) == {"badclip", "blended"}
+    for row in res["attacks"].values():
+        assert {"acc_seen", "acc_unseen", "asr_seen", "asr_unseen", "asr_ood", "asr_clean_model", "ssim", "eps"} <= set(row)
+        assert 0 <= row["asr_clean_model"] <= 1
+    assert res["clean"]["acc_seen"] == manifest[0]["acc_seen"]
+
+
+def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
+    from ci_toolkit.bench.detect import bench_detect, roc_figure
+    from ci_toolkit.invert import InversionConfig
+    from ci_toolkit.scan import ScanConfig
+
+    out, manifest = zoo
+    cfg = ScanConfig(inversion=InversionConfig(group=5), pool_size=64, heldout_size=16)
+    res = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
+    m = res["methods"]["clip_inspector"]
+    assert {"auroc", "accuracy", "f1", "tp", "fp", "fn", "runtime_s"} <= set(m)
+    assert m["n_models"] == len(manifest) and 0 <= m["accuracy"] <= 1
+    assert len(res["per_model"]) == len(manifest) and "clip_inspector_paper_k2" in res["methods"]
+    stamp = (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns
+    again = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)  # cached scans
+    assert again["per_model"] == res["per_model"]
+    assert (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns == stamp
+    roc_figure(res, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").stat().st_size > 1000

@@ -52,7 +52,30 @@ def create_world_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
     return create_attack(name, target=target, seed=seed, **kw)
 
 
+def load_attack(folder) -> Attack:
+    """The attacker's trigger from its artefacts folder (attack.json + trigger.safetensors), ready to apply."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ..errors import DataError
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "attack.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"no readable attacker artefacts in {folder}: {exc}") from None
+    cfg = dict(meta["config"])
+    attack = create_attack(meta["attack"], target=cfg.pop("target"), seed=cfg.pop("seed"), **cfg)
+    tensors = load_file(str(folder / "trigger.safetensors")) if (folder / "trigger.safetensors").exists() else {}
+    for name, value in tensors.items():
+        setattr(attack, name, value)
+    return attack
+
+
 __all__ = [
+    "load_attack",
     "Attack", "AttackConfig", "PoisonAttack", "PoisonConfig", "BadCLIP", "BadCLIPConfig", "BadCLIPAdaptive",
     "BadCLIPAdaptiveConfig", "Blended", "BlendedConfig", "WaNet", "WaNetConfig", "SIBA", "SIBAConfig", "BadNets",
     "BadNetsConfig", "ATTACKS", "IMPERCEPTIBLE", "WORLD_OVERRIDES", "list_attacks", "create_attack", "create_world_attack",

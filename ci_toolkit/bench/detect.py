@@ -42,35 +42,64 @@ def detection_metrics(rows: list[dict]) -> dict:
     return {"auroc": auroc, "accuracy": correct / len(rows), "f1": f1, "tp": tp, "fp": fp, "fn": fn, "n_models": len(rows)}
 
 
-def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector",), cfg=None, min_asr: float = 0.5,
-                 baseline_models: int | None = None, progress: bool = True) -> dict:
-    """Scan the zoo; returns the benchmark dict (and writes per-model scans under out_dir/scans)."""
-    from dataclasses import replace
+def _scan_one(zoo: Path, path: str, folder: Path, cfg, threads: int | None, progress: bool) -> dict:
+    """Scan one zoo model into `folder` (runs in a worker process when bench_detect has workers > 1)."""
+    import torch
 
     from ..checkpoint import load_cocoop
-    from ..scan import ScanConfig, scan, world_ood
+    from ..scan import scan, world_ood
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_cocoop(zoo / path)
+    return scan(model, world_ood(model.preprocess.image_size, cfg), folder, cfg=cfg, progress=progress)
+
+
+def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector",), cfg=None, min_asr: float = 0.5,
+                 baseline_models: int | None = None, progress: bool = True, workers: int = 1,
+                 baseline_pool: int | None = None) -> dict:
+    """Scan the zoo; returns the benchmark dict (and writes per-model scans under out_dir/scans).
+
+    baseline_models / baseline_pool: scan only that many models (clean and backdoored interleaved) with the
+    slow baselines, on that many pool images (their 5 epochs of full-graph steps cost ~10x an inversion).
+    workers > 1 scans several models at once in processes that split the CPU threads (small models use
+    one core poorly: 2 x 1 thread beats 1 x 2 threads on 2 cores).
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from dataclasses import replace
+    from multiprocessing import get_context
+
+    from ..scan import ScanConfig
 
     zoo = Path(zoo)
     manifest = read_manifest(zoo)
     cfg = cfg or ScanConfig()
     out = Path(out_dir)
-    result = {"methods": {}, "per_model": [], "config": {"zoo": str(zoo), "min_asr": min_asr, "scan": None}}
-    ood = None
+    result = {"methods": {}, "per_model": [], "config": {"zoo": str(zoo), "min_asr": min_asr, "workers": workers,
+                                                          "threads": os.cpu_count(), "scan": None}}
+    result["config"]["baseline_models"], result["config"]["baseline_pool"] = baseline_models, baseline_pool
     for method in methods:
         mcfg = replace(cfg, method=method)
+        if method != "clip-inspector" and baseline_pool:
+            mcfg = replace(mcfg, pool_size=baseline_pool)
         result["config"]["scan"] = result["config"]["scan"] or {"rule": mcfg.rule, "eps": mcfg.inversion.eps,
-                                                                 "loss": mcfg.inversion.loss, "pool_size": mcfg.pool_size}
+                                                                 "loss": mcfg.inversion.loss, "pool_size": mcfg.pool_size,
+                                                                 "heldout_size": mcfg.heldout_size}
         models = manifest if method == "clip-inspector" or baseline_models is None else _subset(manifest, baseline_models)
-        rows, t0 = [], time.time()
+        folders = {m["path"]: out / "scans" / method / Path(m["path"]).name for m in models}
+        todo = [m["path"] for m in models if not (folders[m["path"]] / "report.json").exists()]
+        t0 = time.time()
+        if workers > 1 and len(todo) > 1:
+            threads = max(1, (os.cpu_count() or 2) // workers)
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                list(pool.map(_scan_one, *zip(*[(zoo, p, folders[p], mcfg, threads, False) for p in todo])))
+        else:
+            for p in todo:
+                _scan_one(zoo, p, folders[p], mcfg, None, progress)
+        rows = []
         for m in models:
-            folder = out / "scans" / method / Path(m["path"]).name
-            if (folder / "report.json").exists():
-                report = json.loads((folder / "report.json").read_text())
-            else:
-                model = load_cocoop(zoo / m["path"])
-                if ood is None:
-                    ood = world_ood(model.preprocess.image_size, cfg)
-                report = scan(model, ood, folder, cfg=mcfg, progress=progress)
+            report = json.loads((folders[m["path"]] / "report.json").read_text())
             implanted = m["attack"] == "clean" or (m["asr_seen"] or 0) >= min_asr
             row = {"path": m["path"], "method": method, "attack": m["attack"], "target": m["target"], "seed": m["seed"],
                    "asr_seen": m["asr_seen"], "label": int(m["attack"] != "clean"), "implanted": implanted,

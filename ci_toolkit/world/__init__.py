@@ -3,7 +3,7 @@
     >>> w = World()                        # 300 classes like "red striped triangle", 48 px
     >>> x, y = w.sample(8, seed=0)         # pretraining-domain images and class ids
     >>> task = w.task(seed=0)              # the organisation's shifted 50-class task
-    >>> ood = w.sample_ood(1000, seed=1)   # objects of held-out shapes: no class, no candidate
+    >>> ood = w.sample_ood(1000, seed=1)   # objects of held-out shapes (task domain): no class, no candidate
 """
 
 from __future__ import annotations
@@ -152,11 +152,14 @@ class World:
         labels = pool[torch.randint(len(pool), (n,), generator=g)]
         return self.render_classes(labels, seed + 1, domain), labels
 
-    def sample_ood(self, n: int, seed: int, domain="pretrain", return_attributes: bool = False):
+    def sample_ood(self, n: int, seed: int, domain="task", return_attributes: bool = False):
         """n images of objects with a held-out shape (any colour and pattern, held-out ones included).
 
         No class name mentions these shapes, so the pool is class-disjoint from every candidate set.
-        With return_attributes, also returns the (shape, colour, pattern) of each image.
+        Rendered by default in the TASK domain: other objects under the organisation's camera, which is
+        what an auditor can collect. BadCLIP backdoors learned in the task domain transfer to such
+        images (ASR 0.16-0.64 with the attacker's trigger) but hardly to the pretraining domain
+        (0.01-0.11); docs/world.md. With return_attributes, also returns (shape, colour, pattern).
         """
         g = torch.Generator().manual_seed(seed)
         colours = list(self.config.colours) + list(OOD_COLOURS)
