@@ -255,6 +255,12 @@ def cmd_bench_repair(args) -> None:
     print(f"{s['n_models']} models: ASR {s['asr_before']:.3f} -> {s['asr_after']:.3f}, ACC {s['acc_before']:.3f} -> {s['acc_after']:.3f}")
 
 
+def cmd_bench_speed(args) -> None:
+    from .bench.speed import bench_speed
+
+    _write_json(args.out, bench_speed(tuple(args.models.split(",")), k=args.k, batch=args.batch))
+
+
 def _add_scan_options(s, method_choice: bool = True) -> None:
     if method_choice:
         s.add_argument("--method", default="clip-inspector", choices=["clip-inspector", "neural-cleanse", "pixel-backdoor"])
@@ -397,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-asr", type=float, default=0.5)
     _add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_bench_repair)
+
+    s = bsub.add_parser("speed", help="one inversion step: naive reference vs the toolkit's path (equal loss and gradient)",
+                        description="Time the naive and the fast inversion step for MiniCLIP and a ViT-B/16-sized random model.")
+    s.add_argument("--out", required=True)
+    s.add_argument("--models", default="miniclip,vit-b-16-random")
+    s.add_argument("--k", type=int, default=50, help="candidate classes")
+    s.add_argument("--batch", type=int, default=32)
+    s.set_defaults(func=cmd_bench_speed)
     b.set_defaults(func=lambda a: b.print_help())
     return p
 

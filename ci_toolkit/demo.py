@@ -1,7 +1,8 @@
-"""`ci-toolkit demo`: the story on the embedded world, as far as the pipeline goes today.
+"""`ci-toolkit demo`: the whole story on the embedded world, one command.
 
 MiniCLIP -> the shifted world task -> a clean CoCoOp model and a BadCLIP-backdoored one (same data, same
-seed) -> clean accuracy and attack success of both. Later stages (scan, repair) extend this file.
+seed) -> both scanned by CLIP-Inspector on unlabeled OOD images -> the backdoored one repaired with the
+scan's reconstructed trigger. Writes DIR/demo.json, DIR/demo.html and every artefact along the way.
 """
 
 from __future__ import annotations
@@ -65,12 +66,67 @@ def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, pro
     save_file(attack.state(), str(out / "attacker" / "trigger.safetensors"))
     (out / "attacker" / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
                                                               "target_name": task.seen_names[target]}, indent=2))
+    from .repair import repair_report
+    from .scan import ScanConfig, load_report, scan, world_ood
+
+    scan_cfg = ScanConfig(pool_size=cfg.ood_pool, heldout_size=cfg.ood_holdout, seed=seed)
+    pool = world_ood(bb.preprocess.image_size, scan_cfg)
+    scans = {name: scan(m, pool, out / f"scan_{name}", cfg=scan_cfg, progress=progress)
+             for name, m in (("clean", clean), ("backdoored", bad))}
+    rep = scans["backdoored"]
+    top = rep["predicted_target"] or rep["top_class"]
+    _, deltas = load_report(out / "scan_backdoored")
+    delta = deltas[[c["name"] for c in rep["classes"]].index(top)]
+    fixed, repaired = repair_report(bad, delta, (task.train_x, task.train_y), (x_seen, y_seen), attack, target,
+                                    progress=progress)
+    save_cocoop(fixed, out / "repaired_model", overwrite=True)
     result = {
-        "clean": report(clean),
-        "backdoored": {**report(bad), "true_target": task.seen_names[target]},
+        "clean": {"verdict": scans["clean"]["verdict"], "max_score": scans["clean"]["max_score"], **report(clean)},
+        "backdoored": {"verdict": rep["verdict"], "max_score": rep["max_score"], "true_target": task.seen_names[target],
+                       "predicted_target": rep["predicted_target"], **report(bad)},
+        "repair": {k: repaired[k] for k in ("asr_before", "asr_after", "acc_before", "acc_after", "trigger_used")},
+        "threshold": rep["threshold"],
         "eps": BACKDOOR_EPS,
         "runtime_s": time.time() - t0,
-        "config": {"profile": asdict(cfg), "train": asdict(train_cfg), "threads": torch.get_num_threads()},
+        "config": {"profile": asdict(cfg), "train": asdict(train_cfg), "scan": asdict(scan_cfg),
+                   "threads": torch.get_num_threads()},
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2, default=float))
+    _write_html(out / "demo.html", result, scans, attack, bad, fixed, x_seen, task.seen_names)
     return result
+
+
+def _write_html(path: Path, result: dict, scans: dict, attack, bad, fixed, x_seen, names) -> None:
+    import html
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .report import _png, score_figure
+
+    x = x_seen[:6].float() / 255
+    xt = attack(x)
+    fig, axes = plt.subplots(2, 6, figsize=(11, 4.4))
+    for row, model in enumerate((bad, fixed)):
+        pred = model.predict(xt)
+        for j in range(6):
+            axes[row, j].imshow(xt[j].permute(1, 2, 0).numpy())
+            axes[row, j].set_title(("before: " if row == 0 else "after: ") + names[int(pred[j])][:18], fontsize=7)
+            axes[row, j].axis("off")
+    e = html.escape
+    r, b, c = result["repair"], result["backdoored"], result["clean"]
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ci_toolkit demo</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}</style></head><body>
+<h1>CLIP-Inspector on the embedded world</h1>
+<p>Clean model: <b>{e(c['verdict'])}</b> (max score {c['max_score']:.2f}, threshold {result['threshold']:.2f}).
+Backdoored model (BadCLIP toward <b>{e(b['true_target'])}</b>): <b>{e(b['verdict'])}</b>, predicted target
+<b>{e(str(b['predicted_target']))}</b> (max score {b['max_score']:.2f}).</p>
+<p>Repair with the reconstructed trigger: attacker's-trigger ASR {r['asr_before']:.3f} &rarr; {r['asr_after']:.3f},
+clean accuracy {r['acc_before']:.3f} &rarr; {r['acc_after']:.3f}. {result['runtime_s']:.0f} s in all.</p>
+<h2>Scan of the clean model</h2><img src="{_png(score_figure(scans['clean']))}" style="max-width:100%">
+<h2>Scan of the backdoored model</h2><img src="{_png(score_figure(scans['backdoored']))}" style="max-width:100%">
+<h2>Triggered test images, before and after repair</h2><img src="{_png(fig)}" style="max-width:100%">
+</body></html>"""
+    path.write_text(doc)

@@ -26,3 +26,13 @@ def test_bench_attacks_quick_writes_the_documented_keys(tmp_path):
         a = r["attacks"][name]
         assert set(a) >= {"acc_seen", "acc_unseen", "asr_seen", "asr_unseen", "asr_ood", "asr_clean_model", "ssim", "eps"}
         assert 0 <= a["asr_seen"] <= 1 and 0 < a["ssim"] <= 1
+
+
+def test_bench_speed_paths_agree(tmp_path):
+    from ci_toolkit.bench.speed import bench_speed
+
+    res = bench_speed(("miniclip",), k=5, batch=4, repeats=1, progress=False)
+    m = res["models"]["miniclip"]
+    assert {"naive_step_s", "fast_step_s", "speedup", "scan_s_projected", "max_grad_rel_diff"} <= set(m)
+    assert abs(m["loss_naive"] - m["loss_fast"]) < 1e-3 * max(1.0, abs(m["loss_naive"]))
+    assert m["max_grad_rel_diff"] < 1e-3

@@ -19,7 +19,7 @@ def test_top_level_help_lists_every_command():
         assert cmd in out.stdout
 
 
-@pytest.mark.parametrize("cmd", COMMANDS + ["bench world", "bench attacks", "bench detect", "bench repair"])
+@pytest.mark.parametrize("cmd", COMMANDS + ["bench world", "bench attacks", "bench detect", "bench repair", "bench speed"])
 def test_each_command_prints_its_own_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([*cmd.split(), "--help"])

@@ -35,8 +35,18 @@ def _check_04(m):
     assert m["n_models"] == 3 and 0 <= m["accuracy"] <= 1 and 0 <= m["margin_target_asr"] <= 1
 
 
-CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "03_invert_triggers": _check_03,
-          "04_score_and_decide": _check_04}
+def _check_02(m):
+    for who in ("clean", "backdoored"):
+        assert -1 <= m[f"{who}_feature_cos"] <= 1 and m[f"{who}_pi_spread_ratio"] >= 0
+    assert abs(m["clean_text_turn"]) < 1
+
+
+def _check_05(m):
+    assert all(0 <= m[k] <= 1 for k in ("asr_before", "asr_after", "acc_before", "acc_after"))
+
+
+CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,
+          "04_score_and_decide": _check_04, "05_repair": _check_05}
 
 
 def test_there_are_notebooks_and_each_has_checks():

@@ -1,0 +1,93 @@
+"""`ci-toolkit bench speed`: one inversion step, naive reference vs the toolkit's path, same loss and gradient.
+
+naive: written the way the CoOp/BadCLIP code does it: a Python loop over the images, each image's K
+prompts through the text transformer at the full 77-token context, every logit with a graph, the margin
+taken from the full logits.
+fast:  the toolkit's `group_losses` (one batched call, cropped sequences, the shared SOS+context head,
+only the target and its strongest competitor with a graph).
+Both on the same images, deltas and target; loss and delta-gradient are compared.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..cocoop import CoCoOp
+from ..invert import group_losses
+
+MODELS = ("miniclip", "vit-b-16-random")
+
+
+def _model(name: str, k: int, crop: bool, shared: bool) -> CoCoOp:
+    from ..backbones import create_backbone
+    from ..world import World, WorldConfig
+
+    bb = create_backbone("miniclip") if name == "miniclip" else create_backbone("ViT-B-16", None, seed=0)
+    names = World(WorldConfig()).classnames[:k]
+    model = CoCoOp(bb, names, seed=0, crop=crop, shared_prefix=shared)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a non-trivial prompt learner, as after tuning
+        for p in model.prompt_learner.meta_net.parameters():
+            p.normal_(0, 0.05)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def naive_step(model: CoCoOp, x: torch.Tensor, delta: torch.Tensor, t: int) -> torch.Tensor:
+    """Per-image loop, full context, full graph (the reference); returns the margin loss."""
+    losses = []
+    for i in range(len(x)):
+        z = model((x[i : i + 1] + delta).clamp(0, 1))[0]
+        others = z.clone()
+        others[t] = -math.inf
+        losses.append(others.max() - z[t])
+    return torch.stack(losses).mean()
+
+
+def time_step(fn, repeats: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+    best, out = math.inf, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, *out
+
+
+def bench_speed(models=MODELS, k: int = 50, batch: int = 32, repeats: int = 2, pool: int = 1000,
+                progress: bool = True) -> dict:
+    out = {"models": {}, "device": "cpu", "threads": torch.get_num_threads(), "k": k, "batch": batch,
+           "note": "best of `repeats` wall times per step; scan_s_projected = fast_step_s x K x ceil(pool / batch)"}
+    for name in models:
+        naive_m = _model(name, k, crop=False, shared=False)
+        fast_m = _model(name, k, crop=True, shared=True)
+        size = fast_m.preprocess.image_size
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 3, size, size, generator=g)
+        d0 = (torch.rand(3, size, size, generator=g) * 2 - 1) * 4 / 255
+        t = 3
+
+        def naive():
+            d = d0.clone().requires_grad_(True)
+            loss = naive_step(naive_m, x, d, t)
+            loss.backward()
+            return loss.detach(), d.grad
+
+        def fast():
+            d = d0.clone().unsqueeze(0).requires_grad_(True)
+            loss = group_losses(fast_m, x, d, torch.tensor([t]), fast_m.prompts_for(), "margin")
+            loss.sum().backward()
+            return loss.detach()[0], d.grad[0]
+
+        tn, ln, gn = time_step(naive, 1)
+        tf, lf, gf = time_step(fast, repeats)
+        rel = float((gn - gf).abs().max() / gn.abs().max().clamp_min(1e-12))
+        out["models"][name] = {"naive_step_s": tn, "fast_step_s": tf, "speedup": tn / tf,
+                               "scan_s_projected": tf * k * math.ceil(pool / batch),
+                               "loss_naive": float(ln), "loss_fast": float(lf), "max_grad_rel_diff": rel}
+        if progress:
+            print(f"{name}: naive {tn:.2f} s/step, fast {tf:.3f} s/step, {tn / tf:.1f}x, grad rel diff {rel:.1e}")
+    return out

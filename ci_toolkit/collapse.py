@@ -1,0 +1,54 @@
+"""Meta-token collapse, measured (METHOD 7).
+
+A prompt-tuned backdoor barely moves the image feature f(x), but the meta tokens pi(x) of triggered
+images collapse into one tight cluster, and that shared shift turns every class's text embedding toward
+the target. `collapse_stats` puts numbers on each step for one model, clean vs triggered inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .train import as_float
+
+
+def mean_pairwise_distance(v: torch.Tensor) -> float:
+    """Mean Euclidean distance between distinct rows of v [N, D]."""
+    d = torch.cdist(v, v)
+    n = len(v)
+    return float(d.sum() / max(1, n * (n - 1)))
+
+
+@torch.no_grad()
+def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor], torch.Tensor], target: int) -> dict:
+    """For clean images and the same images triggered:
+
+    feature_cos        mean cos(f(x), f(trigger(x))): how little the image embedding moves
+    f_spread_ratio     spread of f(trigger(x)) / spread of f(x)   (mean pairwise distance)
+    pi_spread_ratio    spread of pi(trigger(x)) / spread of pi(x): < 1 is the collapse
+    pi_shift           |mean pi(trigger(x)) - mean pi(x)| / spread of pi(x): the cluster moves away
+    text_turn          mean over classes c != target of cos(g_c, g_target) triggered minus clean:
+                       how far the class text embeddings turn toward the target
+    """
+    model.eval()
+    x = as_float(images)
+    xt = trigger(x)
+    f0, f1 = model.encode_image(x), model.encode_image(xt)
+    p0, p1 = model.meta_tokens(f0), model.meta_tokens(f1)
+    g0, g1 = model.text_features(p0), model.text_features(p1)  # [N, K, E], normalised
+    others = [c for c in range(g0.shape[1]) if c != target]
+
+    def turn(g):
+        return float(torch.einsum("nke,ne->nk", g[:, others], g[:, target]).mean())
+
+    s_f0, s_p0 = mean_pairwise_distance(f0), mean_pairwise_distance(p0)
+    return {
+        "feature_cos": float(F.cosine_similarity(f0, f1).mean()),
+        "f_spread_ratio": mean_pairwise_distance(f1) / max(s_f0, 1e-12),
+        "pi_spread_ratio": mean_pairwise_distance(p1) / max(s_p0, 1e-12),
+        "pi_shift": float((p1.mean(0) - p0.mean(0)).norm()) / max(s_p0, 1e-12),
+        "text_turn": turn(g1) - turn(g0),
+    }

@@ -1,0 +1,18 @@
+"""The README's main job, under the smoke profile: the documented demo.json and an HTML summary."""
+
+import json
+
+from ci_toolkit.demo import run_demo
+
+
+def test_smoke_demo_writes_the_documented_keys(tmp_path):
+    res = run_demo(tmp_path, profile="smoke", progress=False)
+    on_disk = json.loads((tmp_path / "demo.json").read_text())
+    assert on_disk["clean"]["verdict"] in ("clean", "backdoored")
+    assert {"verdict", "max_score", "true_target", "predicted_target"} <= set(on_disk["backdoored"])
+    assert {"asr_before", "asr_after", "acc_before", "acc_after"} <= set(on_disk["repair"])
+    assert on_disk["runtime_s"] == res["runtime_s"] > 0
+    html = (tmp_path / "demo.html").read_text()
+    assert "data:image/png;base64" in html and "Repair" in html
+    for folder in ("clean_model", "backdoored_model", "repaired_model", "scan_clean", "scan_backdoored"):
+        assert (tmp_path / folder).is_dir()
