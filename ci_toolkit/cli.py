@@ -195,7 +195,7 @@ def cmd_bench_detect(args) -> None:
     methods = args.methods.split(",")
     result = bench_detect(args.zoo, Path(args.out).with_suffix(""), methods=methods, cfg=_scan_config(args),
                           min_asr=args.min_asr, baseline_models=args.baseline_models, workers=args.workers,
-                          baseline_pool=args.baseline_pool)
+                          baseline_pool=args.baseline_pool, scan_not_implanted=args.scan_not_implanted)
     _write_json(args.out, result)
     roc_figure(result, Path(args.out).with_suffix(".png"))
     for key, m in result["methods"].items():
@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="clip-inspector", help="comma-separated: clip-inspector,neural-cleanse,pixel-backdoor")
     s.add_argument("--min-asr", type=float, default=0.5, help="backdoored models below this seen ASR count as not implanted")
     s.add_argument("--baseline-models", type=int, default=None, help="scan only this many models with the slow baselines")
+    s.add_argument("--scan-not-implanted", action="store_true", help="also scan backdoored models whose attack did not implant")
     s.add_argument("--baseline-pool", type=int, default=None, help="pool images for the baselines (default: --pool-size)")
     s.add_argument("--workers", type=int, default=1, help="models scanned in parallel (2 on a 2-core machine)")
     _add_scan_options(s, method_choice=False)

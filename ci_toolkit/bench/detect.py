@@ -1,8 +1,9 @@
 """`ci-toolkit bench detect`: scan every model of a zoo with each method; AUROC, accuracy, class-level F1.
 
 Labels come from the zoo's manifest. A model whose attack did not implant (its measured seen-class ASR
-below `min_asr`) behaves like a clean model: it is scanned and listed, but left out of the metrics and
-counted under "not_implanted" (counting it as a backdoor nobody can trigger would be meaningless).
+below `min_asr`) behaves like a clean model: it is left out of the metrics and counted under
+"not_implanted" (counting it as a backdoor nobody can trigger would be meaningless), and only scanned
+with `scan_not_implanted=True` (listed either way).
 
 Scans are kept under OUT_DIR/scans/<method>/<model>/ and reused: an interrupted benchmark resumes.
 Class level (METHOD 6): TP = the true target flagged; FP = any other class flagged (clean models too);
@@ -57,7 +58,7 @@ def _scan_one(zoo: Path, path: str, folder: Path, cfg, threads: int | None, prog
 
 def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector",), cfg=None, min_asr: float = 0.5,
                  baseline_models: int | None = None, progress: bool = True, workers: int = 1,
-                 baseline_pool: int | None = None) -> dict:
+                 baseline_pool: int | None = None, scan_not_implanted: bool = False) -> dict:
     """Scan the zoo; returns the benchmark dict (and writes per-model scans under out_dir/scans).
 
     baseline_models / baseline_pool: scan only that many models (clean and backdoored interleaved) with the
@@ -86,7 +87,12 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         result["config"]["scan"] = result["config"]["scan"] or {"rule": mcfg.rule, "eps": mcfg.inversion.eps,
                                                                  "loss": mcfg.inversion.loss, "pool_size": mcfg.pool_size,
                                                                  "heldout_size": mcfg.heldout_size}
-        models = manifest if method == "clip-inspector" or baseline_models is None else _subset(manifest, baseline_models)
+        def implanted(m):
+            return m["attack"] == "clean" or (m["asr_seen"] or 0) >= min_asr
+
+        pool_models = manifest if scan_not_implanted else [m for m in manifest if implanted(m)]
+        skipped = [m for m in manifest if m not in pool_models]
+        models = pool_models if method == "clip-inspector" or baseline_models is None else _subset(pool_models, baseline_models)
         folders = {m["path"]: out / "scans" / method / Path(m["path"]).name for m in models}
         todo = [m["path"] for m in models if not (folders[m["path"]] / "report.json").exists()]
         t0 = time.time()
@@ -100,9 +106,8 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         rows = []
         for m in models:
             report = json.loads((folders[m["path"]] / "report.json").read_text())
-            implanted = m["attack"] == "clean" or (m["asr_seen"] or 0) >= min_asr
             row = {"path": m["path"], "method": method, "attack": m["attack"], "target": m["target"], "seed": m["seed"],
-                   "asr_seen": m["asr_seen"], "label": int(m["attack"] != "clean"), "implanted": implanted,
+                   "asr_seen": m["asr_seen"], "label": int(m["attack"] != "clean"), "implanted": implanted(m),
                    "verdict": report["verdict"], "max_score": report["max_score"], "threshold": report["threshold"],
                    "predicted_target": report["predicted_target"], "top_class": report.get("top_class"),
                    "gap": report["gap"], "runtime_s": report["runtime_s"],
@@ -115,7 +120,11 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         metrics = detection_metrics(used)
         metrics["runtime_s"] = sum(r["runtime_s"] for r in rows)
         metrics["mean_scan_s"] = metrics["runtime_s"] / max(1, len(rows))
-        metrics["not_implanted"] = sum(not r["implanted"] for r in rows)
+        metrics["not_implanted"] = sum(not r["implanted"] for r in rows) + len(skipped)
+        for m in skipped:  # listed, not scanned
+            result["per_model"].append({"path": m["path"], "method": method, "attack": m["attack"], "target": m["target"],
+                                        "seed": m["seed"], "asr_seen": m["asr_seen"], "label": 1, "implanted": False,
+                                        "verdict": None, "scanned": False})
         metrics["wall_s"] = time.time() - t0
         result["methods"][METHOD_KEYS[method]] = metrics
         if method == "clip-inspector" and all("paper_rule" in r for r in used):
