@@ -264,7 +264,7 @@ def cmd_bench_speed(args) -> None:
 def _add_scan_options(s, method_choice: bool = True) -> None:
     if method_choice:
         s.add_argument("--method", default="clip-inspector", choices=["clip-inspector", "neural-cleanse", "pixel-backdoor"])
-    s.add_argument("--eps", type=float, default=8.0, help="trigger bound in 1/255 pixel units (default 8)")
+    s.add_argument("--eps", type=float, default=10.0, help="trigger bound in 1/255 pixel units (default 10, docs/scan.md)")
     s.add_argument("--loss", default="margin", choices=["margin", "ce", "logit"], help="inversion loss (default margin)")
     s.add_argument("--rule", default="robust", choices=["robust", "paper"],
                    help="decision rule: robust (median/MAD z, bound for K candidates; default) or paper (max s > 2)")

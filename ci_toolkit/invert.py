@@ -36,7 +36,7 @@ LOSSES = ("margin", "ce", "logit")
 class InversionConfig:
     """Hyper-parameters of the inversion (METHOD 3 defaults)."""
 
-    eps: float = 8 / 255  # L-inf bound of each trigger, pixel space (chosen by ablation: docs/scan.md)
+    eps: float = 10 / 255  # L-inf bound of each trigger, pixel space (chosen by ablation: docs/scan.md)
     lr: float = 0.1  # Adam step size
     batch_size: int = 32  # OOD images per step
     epochs: int = 1  # passes over the inversion pool

@@ -72,7 +72,7 @@ def test_scan_writes_report_and_escapes_names(tiny_backbone, ood, tmp_path):
     html = (tmp_path / "scan" / "report.html").read_text()
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     rep, deltas = load_report(tmp_path / "scan")
-    assert deltas.shape == (4, 3, 32, 32) and float(deltas.abs().max()) <= 8 / 255 + 1e-6
+    assert deltas.shape == (4, 3, 32, 32) and float(deltas.abs().max()) <= InversionConfig().eps + 1e-6
 
 
 def test_interrupted_scan_resumes_to_the_same_report(tiny_model, ood, tmp_path, monkeypatch):
