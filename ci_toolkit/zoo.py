@@ -118,10 +118,11 @@ def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress
     batch-1 prompt tuning uses one core poorly, so 2 workers x 1 thread is ~2x faster than 1 x 2 on 2 cores.
     """
     import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
+    from concurrent.futures import as_completed
 
     from tqdm.auto import tqdm
+
+    from .workers import process_pool
 
     p = _profile(profile)
     out = Path(out_dir)
@@ -149,7 +150,7 @@ def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress
                 record(build_one(out, p, i, s, clean_of.get(s["seed"])))
             continue
         threads = max(1, (os.cpu_count() or 2) // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             futures = [pool.submit(build_one, out, p, i, s, clean_of.get(s["seed"]), threads) for i, s in jobs]
             for f in as_completed(futures):
                 record(f.result())

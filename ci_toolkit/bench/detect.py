@@ -67,11 +67,10 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
     one core poorly: 2 x 1 thread beats 1 x 2 threads on 2 cores).
     """
     import os
-    from concurrent.futures import ProcessPoolExecutor
     from dataclasses import replace
-    from multiprocessing import get_context
 
     from ..scan import ScanConfig
+    from ..workers import process_pool
 
     zoo = Path(zoo)
     manifest = read_manifest(zoo)
@@ -98,7 +97,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         t0 = time.time()
         if workers > 1 and len(todo) > 1:
             threads = max(1, (os.cpu_count() or 2) // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with process_pool(workers) as pool:
                 list(pool.map(_scan_one, *zip(*[(zoo, p, folders[p], mcfg, threads, False) for p in todo])))
         else:
             for p in todo:
