@@ -111,8 +111,9 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                    "predicted_target": report["predicted_target"], "top_class": report.get("top_class"),
                    "gap": report["gap"], "runtime_s": report["runtime_s"],
                    "flagged": [c["name"] for c in report["classes"] if c["flagged"]]}
-            if "paper_rule" in report:
-                row["paper_rule"] = report["paper_rule"]
+            if "paper_rule" in report:  # the same scan under the paper's k = 2 rule
+                flags = [c["name"] for c in report["classes"] if c["paper_score"] > report["paper_rule"]["threshold"]]
+                row["paper_rule"] = {**report["paper_rule"], "flagged": flags}
             rows.append(row)
             result["per_model"].append(row)
         used = [r for r in rows if r["implanted"]]
@@ -128,14 +129,9 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         result["methods"][METHOD_KEYS[method]] = metrics
         if method == "clip-inspector" and all("paper_rule" in r for r in used):
             paper = [{**r, "verdict": r["paper_rule"]["verdict"], "max_score": r["paper_rule"]["max_score"],
-                      "flagged": _paper_flags(out, method, r)} for r in used]
+                      "flagged": r["paper_rule"]["flagged"]} for r in used]
             result["methods"]["clip_inspector_paper_k2"] = detection_metrics(paper)
     return result
-
-
-def _paper_flags(out: Path, method: str, row: dict) -> list[str]:
-    report = json.loads((out / "scans" / method / Path(row["path"]).name / "report.json").read_text())
-    return [c["name"] for c in report["classes"] if c["paper_score"] > 2.0]
 
 
 def _subset(manifest: list[dict], n: int) -> list[dict]:
