@@ -197,6 +197,8 @@ class CoCoOp(nn.Module):
         if self.shared_prefix and _fast_blocks(self.tower):
             # the SOS token is the same for every class: the head [SOS, ctx + pi(x)] is shared by all K
             head = torch.cat([classes.prefix[:1].expand(B, -1, -1), ctx], dim=1)
+            if per_sample is None and self.crop:
+                return F.normalize(self._bucketed_tails(head, classes), dim=-1)
             eot = eot.view(B, K)
             per = max(1, self._chunk_size(suffix.shape[2], D) // K)
             feats = [encode_shared_prefix(self.tower, head[i : i + per], suffix[i : i + per], eot[i : i + per])
@@ -209,6 +211,27 @@ class CoCoOp(nn.Module):
             for i in range(0, B * K, chunk)
         ]
         return F.normalize(torch.cat(feats), dim=-1).view(B, K, -1)
+
+    def _bucketed_tails(self, head: torch.Tensor, classes: ClassPrompts) -> torch.Tensor:
+        """[B, K, E] text features, classes grouped by where their EOS falls (exact).
+
+        Cropping keeps every class up to the LONGEST EOS; a class with a shorter name would carry padding
+        tokens after its EOS through every block, which nothing reads (causal mask). Running each tail
+        length on its own removes them: on the world's 50 names, 24% fewer tail tokens.
+        """
+        B, P, D = head.shape
+        need = classes.eot - P + 1  # tail tokens up to and including the EOS
+        parts, order = [], []
+        for n in need.unique().tolist():
+            idx = torch.nonzero(need == n).flatten()
+            tails = classes.suffix[idx, :n].unsqueeze(0).expand(B, -1, -1, -1)
+            eot = classes.eot[idx].unsqueeze(0).expand(B, -1)
+            per = max(1, self._chunk_size(n, D) // len(idx))
+            parts.append(torch.cat([encode_shared_prefix(self.tower, head[i : i + per], tails[i : i + per], eot[i : i + per])
+                                    for i in range(0, B, per)]))
+            order.append(idx)
+        inverse = torch.argsort(torch.cat(order))
+        return torch.cat(parts, dim=1)[:, inverse]
 
     def _chunk_size(self, length: int, width: int) -> int:
         # ~ 12 activations of [L, D] (attention + 4x MLP) per layer per sequence, float32

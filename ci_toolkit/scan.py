@@ -120,8 +120,11 @@ class _Partial:
 
 
 def scan(model: CoCoOp, ood: torch.Tensor, out_dir: str | Path | None = None, candidates: list[str] | None = None,
-         cfg: ScanConfig | None = None, progress: bool = True, html: bool = True) -> dict:
-    """Scan `model` with OOD images [N, 3, H, W]; returns the report (and writes it when out_dir is given)."""
+         cfg: ScanConfig | None = None, progress: bool = True, html: bool = True, workers: int = 1) -> dict:
+    """Scan `model` with OOD images [N, 3, H, W]; returns the report (and writes it when out_dir is given).
+
+    workers: processes that invert candidate groups side by side (CLIP-Inspector only; the report is the
+    same whatever the number, so it is not part of the recorded config beyond `runtime_s`)."""
     cfg = cfg or ScanConfig()
     t0 = time.time()
     names = check_candidates(model, candidates)
@@ -135,7 +138,7 @@ def scan(model: CoCoOp, ood: torch.Tensor, out_dir: str | Path | None = None, ca
         partial = _Partial(out, config) if out is not None else None
         done = partial.load() if partial else {}
         results = invert(model, pool, heldout, names, cfg=cfg.inversion, progress=progress,
-                         on_group=partial.save if partial else None, skip=set(done))
+                         on_group=partial.save if partial else None, skip=set(done), workers=workers)
         by_index = {**done, **{r.index: r for r in results}}
         inv = [by_index[i] for i in range(len(names))]
         report = _clip_inspector_report(inv, cfg)

@@ -96,6 +96,7 @@ def test_shared_prefix_path_equals_full_prompts(tiny_model, images):
     fast.square().sum().backward()
     g_fast = x.grad.clone(), tiny_model.prompt_learner.ctx.grad.clone()
     assert tiny_model.shared_prefix
+    assert len(tiny_model.prompts_for().eot.unique()) > 1  # names of several lengths: the bucketed path runs
     x.grad, tiny_model.prompt_learner.ctx.grad = None, None
     tiny_model.shared_prefix = False
     ref = tiny_model(x)

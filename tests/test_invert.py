@@ -75,3 +75,19 @@ def test_bad_inputs_are_named(tiny_model):
         invert(tiny_model, torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), names, progress=False)
     with pytest.raises(CIError, match="unknown inversion loss"):
         InversionConfig(loss="hinge")
+
+
+def test_worker_processes_give_the_same_inversions(tiny_model):
+    g = torch.Generator().manual_seed(4)
+    pool, held = torch.rand(32, 3, 32, 32, generator=g), torch.rand(8, 3, 32, 32, generator=g)
+    names = tiny_model.classnames
+    cfg = InversionConfig(batch_size=8, group=1)
+    seen = []
+    one = invert(tiny_model, pool, held, names, cfg=cfg, progress=False)
+    two = invert(tiny_model, pool, held, names, cfg=cfg, progress=False, workers=2, skip={0},
+                 on_group=lambda rs: seen.extend(r.name for r in rs))
+    assert [r.name for r in two] == names[1:]  # skipped group left out, order kept
+    assert sorted(seen) == sorted(names[1:])  # every finished group reported in this process
+    for a, b in zip(one[1:], two):
+        assert abs(a.loss - b.loss) < 1e-5 and a.asr == b.asr
+        assert torch.allclose(a.delta, b.delta, atol=1e-6)
