@@ -255,6 +255,16 @@ def cmd_bench_repair(args) -> None:
     print(f"{s['n_models']} models: ASR {s['asr_before']:.3f} -> {s['asr_after']:.3f}, ACC {s['acc_before']:.3f} -> {s['acc_after']:.3f}")
 
 
+def cmd_bench_collapse(args) -> None:
+    from .bench.collapse import bench_collapse
+
+    result = bench_collapse(args.zoo, min_asr=args.min_asr, per_class=args.per_class)
+    _write_json(args.out, result)
+    for name, row in result["per_attack"].items():
+        auc = ", ".join(f"{k} {v:.2f}" for k, v in row["auroc"].items())
+        print(f"{name} ({row['n_models']} implanted): AUROC backdoored vs clean: {auc or 'n/a'}")
+
+
 def cmd_bench_speed(args) -> None:
     from .bench.speed import bench_speed
 
@@ -406,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-asr", type=float, default=0.5)
     _add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_bench_repair)
+
+    s = bsub.add_parser("collapse", help="meta-token collapse per attack over a zoo (backdoored vs clean)",
+                        description="collapse_stats of every attacked zoo model and the clean model of its seed, "
+                                    "with the attacker's trigger; per-attack means and AUROC.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--min-asr", type=float, default=0.5, help="attacked models below this seen ASR count as not implanted")
+    s.add_argument("--per-class", type=int, default=4, help="task-domain images per class")
+    s.set_defaults(func=cmd_bench_collapse)
 
     s = bsub.add_parser("speed", help="one inversion step: naive reference vs the toolkit's path (equal loss and gradient)",
                         description="Time the naive and the fast inversion step for MiniCLIP and a ViT-B/16-sized random model.")

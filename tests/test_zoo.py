@@ -89,3 +89,22 @@ def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
     assert (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns == stamp
     roc_figure(res, tmp_path / "roc.png")
     assert (tmp_path / "roc.png").stat().st_size > 1000
+
+
+def test_bench_collapse_on_the_smoke_zoo(zoo):
+    from ci_toolkit.bench.collapse import DIRECTION, bench_collapse
+
+    out, manifest = zoo
+    res = bench_collapse(out, min_asr=0.0, per_class=2, progress=False)
+    assert set(res["per_attack"]) == {"badclip", "blended"}
+    rows = res["per_model"]
+    assert len(rows) == 4 and {r["model"] for r in rows} == {"backdoored", "clean"}
+    for row in res["per_attack"].values():
+        assert row["n_models"] == 1 and set(row["backdoored"]) == set(DIRECTION)
+        assert all(0.0 <= v <= 1.0 for v in row["auroc"].values())
+    # known answer: the encoders are frozen and shared, so f(x) and f(trigger(x)) are the same in the
+    # backdoored model and in the clean model of its seed; only pi(x) and the text side may differ
+    for bad, clean in zip(rows[::2], rows[1::2]):
+        assert (bad["model"], clean["model"]) == ("backdoored", "clean")
+        assert abs(bad["feature_cos"] - clean["feature_cos"]) < 1e-6
+        assert abs(bad["f_spread_ratio"] - clean["f_spread_ratio"]) < 1e-5
