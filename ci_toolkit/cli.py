@@ -77,7 +77,8 @@ def cmd_pretrain(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    result = run_demo(args.out, profile=args.profile, seed=args.seed)
+    overrides = {"pretrained": None} if args.random_init else {}
+    result = run_demo(args.out, profile=args.profile, seed=args.seed, data=args.data, ood=args.ood, **overrides)
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2, default=float))
 
 
@@ -268,7 +269,8 @@ def cmd_bench_collapse(args) -> None:
 def cmd_bench_speed(args) -> None:
     from .bench.speed import bench_speed
 
-    _write_json(args.out, bench_speed(tuple(args.models.split(",")), k=args.k, batch=args.batch))
+    _write_json(args.out, bench_speed(tuple(args.models.split(",")), k=args.k, batch=args.batch, device=args.device,
+                                      bf16=args.bf16))
 
 
 def _add_scan_options(s, method_choice: bool = True) -> None:
@@ -293,10 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ci_toolkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("demo", help="the whole story on the embedded world (MiniCLIP)",
-                       description="Load MiniCLIP, build the world task, prompt-tune CoCoOp, evaluate; writes DIR/demo.json.")
+    s = sub.add_parser("demo", help="the whole story on the embedded world (MiniCLIP), or on a prepared dataset",
+                       description="Train a clean and a BadCLIP-backdoored CoCoOp model, scan both, repair the backdoored "
+                                   "one; writes DIR/demo.json and DIR/demo.html. --profile paper runs on a data_prep "
+                                   "dataset (--data) and an OOD folder (--ood) with ViT-B/16.")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--profile", default="classroom", choices=["smoke", "classroom"], help="run size (default: classroom)")
+    s.add_argument("--profile", default="classroom", choices=["smoke", "classroom", "paper"], help="run size (default: classroom)")
+    s.add_argument("--data", default=None, help="a data_prep dataset folder (holds split_zhou_*.json); default: the world")
+    s.add_argument("--ood", default=None, help="unlabeled OOD image folder (with --data)")
+    s.add_argument("--random-init", action="store_true", help="random backbone weights (offline check of the paper path)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)
 
@@ -432,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", default="miniclip,vit-b-16-random")
     s.add_argument("--k", type=int, default=50, help="candidate classes")
     s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU machine)")
+    s.add_argument("--bf16", action="store_true", help="the fast step under bfloat16 autocast")
     s.set_defaults(func=cmd_bench_speed)
     b.set_defaults(func=lambda a: b.print_help())
     return p

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -21,10 +21,11 @@ from .cocoop import CoCoOp
 from .metrics import attack_success_rate
 from .profiles import get_profile
 from .train import TrainConfig, evaluate, train_cocoop
+from .errors import CIError
 from .world import BACKDOOR_EPS, World, WorldConfig
 
 
-def world_task(profile: str = "classroom", seed: int = 0):
+def world_task(profile="classroom", seed: int = 0):
     """(profile, MiniCLIP backbone, world, task) for a profile: the setup every world command shares."""
     cfg = get_profile(profile, seed=seed)
     bb = create_backbone("miniclip")
@@ -33,15 +34,57 @@ def world_task(profile: str = "classroom", seed: int = 0):
     return cfg, bb, world, task
 
 
-def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, progress: bool = True) -> dict:
+def _scan_config(cfg, seed: int):
+    from .invert import InversionConfig
+    from .scan import ScanConfig
+
+    return ScanConfig(inversion=InversionConfig(batch_size=cfg.scan_batch), pool_size=cfg.ood_pool,
+                      heldout_size=cfg.ood_holdout, seed=seed)
+
+
+def _setup(profile, seed: int, data, ood, overrides: dict):
+    """(profile, backbone, task, OOD images for the scan, OOD images for the demo's ASR) of a run."""
+    from .scan import split_pool, world_ood
+
+    cfg = get_profile(profile, seed=seed, **overrides)
+    if cfg.device != "cpu":  # recorded as run: the demo's training/scan/repair path is CPU-only so far
+        import warnings
+
+        warnings.warn(f"profile {cfg.name!r} asks for device {cfg.device!r}; the demo runs on the CPU", stacklevel=3)
+        cfg = replace(cfg, device="cpu")
+    if data is None:
+        if cfg.backbone != "miniclip" or ood is not None:
+            raise CIError(f"profile {cfg.name!r} runs on a prepared dataset: pass --data (a data_prep/ folder with "
+                          "its split_zhou_*.json) and --ood (an unlabeled image folder)")
+        cfg, bb, world, task = world_task(cfg, seed)
+        scan_cfg = _scan_config(cfg, seed)
+        return cfg, bb, task, world_ood(bb.preprocess.image_size, scan_cfg), world.sample_ood(cfg.ood_holdout, seed=seed + 1)
+    if ood is None:
+        raise CIError("--data needs --ood: an unlabeled out-of-distribution image folder (data_prep/ood_pool)")
+    from .data import load_image_folder
+    from .paper import find_split_file, load_split_task
+
+    find_split_file(data)  # a missing split is named before a large backbone is built
+
+    bb = create_backbone(cfg.backbone, cfg.pretrained, seed=seed)  # seed: random init when pretrained is None
+    size = bb.preprocess.image_size
+    task = load_split_task(data, size, shots=cfg.shots, seed=seed, n_test_per_class=cfg.n_test_per_class)
+    images = load_image_folder(ood, size, labelled=False, limit=cfg.ood_pool + cfg.ood_holdout, seed=seed).images
+    scan_cfg = _scan_config(cfg, seed)
+    return cfg, bb, task, images, split_pool(images, scan_cfg, scan_cfg.inversion.batch_size)[1]
+
+
+def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, progress: bool = True,
+             data: str | Path | None = None, ood: str | Path | None = None, **overrides) -> dict:
+    """The whole story. data/ood: a data_prep dataset folder and an OOD image folder (the paper setting,
+    `ci_toolkit.paper`) instead of the embedded world; overrides: Profile fields (e.g. pretrained=None)."""
     t0 = time.time()
-    cfg, bb, world, task = world_task(profile, seed)
+    cfg, bb, task, pool, ood_eval = _setup(profile, seed, data, ood, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed)
     x_seen, y_seen = task.split("test", "seen")
     x_new, y_new = task.split("test", "unseen")
-    ood = world.sample_ood(cfg.ood_holdout, seed=seed + 1)
     target = len(task.seen) // 2  # a seen class
 
     clean = CoCoOp(bb, task.seen_names, seed=seed)
@@ -55,7 +98,7 @@ def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, pro
             "acc_seen": evaluate(model, x_seen, y_seen),
             "acc_unseen": evaluate(model, x_new, y_new, classes=task.unseen_names),
             "asr_seen": attack_success_rate(model, x_seen, y_seen, target, attack),
-            "asr_ood": attack_success_rate(model, ood, None, target, attack),
+            "asr_ood": attack_success_rate(model, ood_eval, None, target, attack),
         }
 
     save_cocoop(clean, out / "clean_model", overwrite=True)
@@ -67,10 +110,9 @@ def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, pro
     (out / "attacker" / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
                                                               "target_name": task.seen_names[target]}, indent=2))
     from .repair import repair_report
-    from .scan import ScanConfig, load_report, scan, world_ood
+    from .scan import load_report, scan
 
-    scan_cfg = ScanConfig(pool_size=cfg.ood_pool, heldout_size=cfg.ood_holdout, seed=seed)
-    pool = world_ood(bb.preprocess.image_size, scan_cfg)
+    scan_cfg = _scan_config(cfg, seed)
     scans = {name: scan(m, pool, out / f"scan_{name}", cfg=scan_cfg, progress=progress)
              for name, m in (("clean", clean), ("backdoored", bad))}
     rep = scans["backdoored"]
@@ -88,7 +130,8 @@ def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, pro
         "threshold": rep["threshold"],
         "eps": BACKDOOR_EPS,
         "runtime_s": time.time() - t0,
-        "config": {"profile": asdict(cfg), "train": asdict(train_cfg), "scan": asdict(scan_cfg),
+        "config": {"profile": asdict(cfg), "data": str(data) if data else "world", "ood": str(ood) if ood else "world",
+                   "train": asdict(train_cfg), "scan": asdict(scan_cfg),
                    "threads": torch.get_num_threads()},
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2, default=float))
@@ -108,10 +151,11 @@ def _write_html(path: Path, result: dict, scans: dict, attack, bad, fixed, x_see
 
     x = x_seen[:6].float() / 255
     xt = attack(x)
-    fig, axes = plt.subplots(2, 6, figsize=(11, 4.4))
+    n = len(xt)
+    fig, axes = plt.subplots(2, n, figsize=(11 * n / 6, 4.4), squeeze=False)
     for row, model in enumerate((bad, fixed)):
         pred = model.predict(xt)
-        for j in range(6):
+        for j in range(n):
             axes[row, j].imshow(xt[j].permute(1, 2, 0).numpy())
             axes[row, j].set_title(("before: " if row == 0 else "after: ") + names[int(pred[j])][:18], fontsize=7)
             axes[row, j].axis("off")
@@ -119,7 +163,7 @@ def _write_html(path: Path, result: dict, scans: dict, attack, bad, fixed, x_see
     r, b, c = result["repair"], result["backdoored"], result["clean"]
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ci_toolkit demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}</style></head><body>
-<h1>CLIP-Inspector on the embedded world</h1>
+<h1>CLIP-Inspector: {e(result['config']['data'])} data, {e(result['config']['profile']['backbone'])}</h1>
 <p>Clean model: <b>{e(c['verdict'])}</b> (max score {c['max_score']:.2f}, threshold {result['threshold']:.2f}).
 Backdoored model (BadCLIP toward <b>{e(b['true_target'])}</b>): <b>{e(b['verdict'])}</b>, predicted target
 <b>{e(str(b['predicted_target']))}</b> (max score {b['max_score']:.2f}).</p>

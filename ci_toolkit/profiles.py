@@ -29,6 +29,7 @@ class Profile:
     ood_pool: int = 1000  # unlabeled OOD images for trigger inversion
     ood_holdout: int = 500  # held-out OOD images for ASR
     candidates: int = 50  # candidate target classes K
+    scan_batch: int = 32  # OOD images per inversion step (METHOD 3: 32; smaller only for tiny checks)
     device: str = "cpu"
     seed: int = 0
 

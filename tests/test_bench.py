@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from ci_toolkit.cli import main
 
 
@@ -36,3 +38,11 @@ def test_bench_speed_paths_agree(tmp_path):
     assert {"naive_step_s", "fast_step_s", "speedup", "scan_s_projected", "max_grad_rel_diff"} <= set(m)
     assert abs(m["loss_naive"] - m["loss_fast"]) < 1e-3 * max(1.0, abs(m["loss_naive"]))
     assert m["max_grad_rel_diff"] < 1e-3
+    assert m["fast_step_gflop"] > 0 and m["fast_tflops_per_s"] > 0 and res["device"] == "cpu"
+
+
+def test_flop_counter_counts_a_known_matmul():
+    from ci_toolkit.bench.speed import count_flops
+
+    a, b = torch.rand(8, 16), torch.rand(16, 4)
+    assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4

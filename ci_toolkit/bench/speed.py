@@ -21,11 +21,12 @@ from ..invert import group_losses
 MODELS = ("miniclip", "vit-b-16-random")
 
 
-def _model(name: str, k: int, crop: bool, shared: bool) -> CoCoOp:
+def _model(name: str, k: int, crop: bool, shared: bool, device: str = "cpu") -> CoCoOp:
     from ..backbones import create_backbone
     from ..world import World, WorldConfig
 
-    bb = create_backbone("miniclip") if name == "miniclip" else create_backbone("ViT-B-16", None, seed=0)
+    bb = (create_backbone("miniclip", device=device) if name == "miniclip"
+          else create_backbone("ViT-B-16", None, seed=0, device=device))
     names = World(WorldConfig()).classnames[:k]
     model = CoCoOp(bb, names, seed=0, crop=crop, shared_prefix=shared)
     torch.manual_seed(1)
@@ -55,26 +56,46 @@ def naive_step(model: CoCoOp, x: torch.Tensor, delta: torch.Tensor, t: int) -> t
     return torch.stack(losses).mean()
 
 
-def time_step(fn, repeats: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_step(fn, repeats: int, device: str = "cpu") -> tuple[float, torch.Tensor, torch.Tensor]:
     best, out = math.inf, None
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         out = fn()
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return best, *out
 
 
+def count_flops(fn) -> int:
+    """Floating-point operations of one call (torch's FLOP counter: matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def bench_speed(models=MODELS, k: int = 50, batch: int = 32, repeats: int = 2, pool: int = 1000,
-                progress: bool = True) -> dict:
-    out = {"models": {}, "device": "cpu", "threads": torch.get_num_threads(), "k": k, "batch": batch,
-           "note": "best of `repeats` wall times per step; scan_s_projected = fast_step_s x K x ceil(pool / batch)"}
+                device: str = "cpu", bf16: bool = False, progress: bool = True) -> dict:
+    """naive vs fast step per model. bf16: the fast step under bfloat16 autocast (a GPU option; the
+    gradient comparison then shows the precision cost). Reports the fast step's achieved TFLOP/s."""
+    out = {"models": {}, "device": device if device == "cpu" else torch.cuda.get_device_name(device),
+           "threads": torch.get_num_threads(), "k": k, "batch": batch, "bf16": bf16,
+           "note": "best of `repeats` wall times per step; scan_s_projected = fast_step_s x K x ceil(pool / batch); "
+                   "fast_tflops_per_s = FLOPs of the fast step (torch.utils.flop_counter) / fast_step_s"}
     for name in models:
-        naive_m = _model(name, k, crop=False, shared=False)
-        fast_m = _model(name, k, crop=True, shared=True)
+        naive_m = _model(name, k, crop=False, shared=False, device=device)
+        fast_m = _model(name, k, crop=True, shared=True, device=device)
         size = fast_m.preprocess.image_size
         g = torch.Generator().manual_seed(0)
-        x = torch.rand(batch, 3, size, size, generator=g)
-        d0 = (torch.rand(3, size, size, generator=g) * 2 - 1) * 4 / 255
+        x = torch.rand(batch, 3, size, size, generator=g).to(device)
+        d0 = ((torch.rand(3, size, size, generator=g) * 2 - 1) * 4 / 255).to(device)
         t = 3
 
         def naive():
@@ -84,16 +105,21 @@ def bench_speed(models=MODELS, k: int = 50, batch: int = 32, repeats: int = 2, p
 
         def fast():
             d = d0.clone().unsqueeze(0).requires_grad_(True)
-            loss = group_losses(fast_m, x, d, torch.tensor([t]), fast_m.prompts_for(), "margin")
-            loss.sum().backward()
-            return loss.detach()[0], d.grad[0]
+            with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                                enabled=bf16):
+                loss = group_losses(fast_m, x, d, torch.tensor([t], device=device), fast_m.prompts_for(), "margin")
+            loss.float().sum().backward()
+            return loss.detach().float()[0], d.grad[0]
 
-        tn, ln, gn = time_step(naive, 1)
-        tf, lf, gf = time_step(fast, repeats)
+        tn, ln, gn = time_step(naive, 1, device)
+        tf, lf, gf = time_step(fast, repeats, device)
+        flops = count_flops(fast)
         rel = float((gn - gf).abs().max() / gn.abs().max().clamp_min(1e-12))
         out["models"][name] = {"naive_step_s": tn, "fast_step_s": tf, "speedup": tn / tf,
                                "scan_s_projected": tf * k * math.ceil(pool / batch),
-                               "loss_naive": float(ln), "loss_fast": float(lf), "max_grad_rel_diff": rel}
+                               "loss_naive": float(ln), "loss_fast": float(lf), "max_grad_rel_diff": rel,
+                               "fast_step_gflop": flops / 1e9, "fast_tflops_per_s": flops / tf / 1e12}
         if progress:
-            print(f"{name}: naive {tn:.2f} s/step, fast {tf:.3f} s/step, {tn / tf:.1f}x, grad rel diff {rel:.1e}")
+            print(f"{name}: naive {tn:.2f} s/step, fast {tf:.3f} s/step, {tn / tf:.1f}x, grad rel diff {rel:.1e}, "
+                  f"{flops / tf / 1e12:.3f} TFLOP/s")
     return out
