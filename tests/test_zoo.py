@@ -102,6 +102,8 @@ def test_bench_collapse_on_the_smoke_zoo(zoo):
     for row in res["per_attack"].values():
         assert row["n_models"] == 1 and set(row["backdoored"]) == set(DIRECTION)
         assert all(0.0 <= v <= 1.0 for v in row["auroc"].values())
+        assert set(row["paired_beyond"]) == set(DIRECTION)
+        assert row["paired_beyond"]["feature_cos"] == 0.0  # equal f(x) in both models: never "beyond"
     # known answer: the encoders are frozen and shared, so f(x) and f(trigger(x)) are the same in the
     # backdoored model and in the clean model of its seed; only pi(x) and the text side may differ
     for bad, clean in zip(rows[::2], rows[1::2]):

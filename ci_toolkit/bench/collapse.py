@@ -3,8 +3,9 @@
 For every attacked model: `collapse_stats` with its attacker's trigger and target, on the backdoored model
 and on the clean model of the same seed (same data, same trigger): a figure separates backdoored from
 clean when the backdoored value is beyond the clean one. Per attack: the mean of each figure for both,
-and the pairwise AUROC (backdoored vs clean rows of that attack; 1.0 = every backdoored model beyond
-every clean one, in the direction of the collapse). Images: labelled task-domain renders of the model's
+`paired_beyond` (the fraction of models whose value is beyond that of the clean model of their seed, in
+the direction of the collapse) and the AUROC over all rows of that attack (1.0 = every backdoored model
+beyond every clean one, across seeds too). Images: labelled task-domain renders of the model's
 own classes (the world's, seeded), not the training images.
 """
 
@@ -55,6 +56,9 @@ def bench_collapse(zoo: str | Path, min_asr: float = 0.5, per_class: int = 4, se
         for label in ("backdoored", "clean"):
             sel = [r for r in mine if r["model"] == label]
             entry[label] = {k: sum(r[k] for r in sel) / len(sel) for k in DIRECTION} if sel else {}
+        pairs = list(zip(mine[::2], mine[1::2]))  # (backdoored, clean of its seed), same images and trigger
+        entry["paired_beyond"] = ({k: sum(sgn * (b[k] - c[k]) > 0 for b, c in pairs) / len(pairs)
+                                   for k, sgn in DIRECTION.items()} if pairs else {})
         labels = [int(r["model"] == "backdoored") for r in mine]
         entry["auroc"] = ({k: float(roc_auc_score(labels, [s * r[k] for r in mine])) for k, s in DIRECTION.items()}
                           if len(set(labels)) == 2 else {})
@@ -62,4 +66,5 @@ def bench_collapse(zoo: str | Path, min_asr: float = 0.5, per_class: int = 4, se
     return {"per_attack": per_attack, "per_model": rows, "runtime_s": time.time() - t0,
             "config": {"zoo": str(zoo), "min_asr": min_asr, "per_class": per_class, "seed": seed,
                        "direction": DIRECTION,
-                       "note": "auroc: backdoored vs clean model of the same seed, same trigger; implanted models only"}}
+                       "note": "paired_beyond: backdoored beyond the clean model of its seed (same images, same trigger); "
+                               "auroc: all backdoored vs all clean rows of the attack; implanted models only"}}
