@@ -43,7 +43,7 @@ def _scan_config(cfg, seed: int):
 
 
 def _setup(profile, seed: int, data, ood, overrides: dict):
-    """(profile, backbone, task, OOD images for the scan, OOD images for the demo's ASR) of a run."""
+    """(profile, backbone, task, OOD images for the scan, OOD images for the demo's ASR, scan config)."""
     from .scan import split_pool, world_ood
 
     cfg = get_profile(profile, seed=seed, **overrides)
@@ -58,20 +58,20 @@ def _setup(profile, seed: int, data, ood, overrides: dict):
                           "its split_zhou_*.json) and --ood (an unlabeled image folder)")
         cfg, bb, world, task = world_task(cfg, seed)
         scan_cfg = _scan_config(cfg, seed)
-        return cfg, bb, task, world_ood(bb.preprocess.image_size, scan_cfg), world.sample_ood(cfg.ood_holdout, seed=seed + 1)
+        return (cfg, bb, task, world_ood(bb.preprocess.image_size, scan_cfg),
+                world.sample_ood(cfg.ood_holdout, seed=seed + 1), scan_cfg)
     if ood is None:
         raise CIError("--data needs --ood: an unlabeled out-of-distribution image folder (data_prep/ood_pool)")
     from .data import load_image_folder
     from .paper import find_split_file, load_split_task
 
     find_split_file(data)  # a missing split is named before a large backbone is built
-
     bb = create_backbone(cfg.backbone, cfg.pretrained, seed=seed)  # seed: random init when pretrained is None
     size = bb.preprocess.image_size
     task = load_split_task(data, size, shots=cfg.shots, seed=seed, n_test_per_class=cfg.n_test_per_class)
     images = load_image_folder(ood, size, labelled=False, limit=cfg.ood_pool + cfg.ood_holdout, seed=seed).images
     scan_cfg = _scan_config(cfg, seed)
-    return cfg, bb, task, images, split_pool(images, scan_cfg, scan_cfg.inversion.batch_size)[1]
+    return cfg, bb, task, images, split_pool(images, scan_cfg, scan_cfg.inversion.batch_size)[1], scan_cfg
 
 
 def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, progress: bool = True,
@@ -79,7 +79,7 @@ def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, pro
     """The whole story. data/ood: a data_prep dataset folder and an OOD image folder (the paper setting,
     `ci_toolkit.paper`) instead of the embedded world; overrides: Profile fields (e.g. pretrained=None)."""
     t0 = time.time()
-    cfg, bb, task, pool, ood_eval = _setup(profile, seed, data, ood, overrides)
+    cfg, bb, task, pool, ood_eval, scan_cfg = _setup(profile, seed, data, ood, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed)
@@ -112,7 +112,6 @@ def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, pro
     from .repair import repair_report
     from .scan import load_report, scan
 
-    scan_cfg = _scan_config(cfg, seed)
     scans = {name: scan(m, pool, out / f"scan_{name}", cfg=scan_cfg, progress=progress)
              for name, m in (("clean", clean), ("backdoored", bad))}
     rep = scans["backdoored"]

@@ -33,10 +33,9 @@ def die_with_parent(parent_pid: int | None = None) -> None:
 
 def process_pool(workers: int):
     """A spawn-context ProcessPoolExecutor whose workers die with the parent."""
+    import os
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
-
-    import os
 
     return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=die_with_parent,
                                initargs=(os.getpid(),))

@@ -23,7 +23,6 @@ DIRECTION = {"pi_spread_ratio": -1, "pi_shift": 1, "text_turn": 1, "f_spread_rat
 
 def bench_collapse(zoo: str | Path, min_asr: float = 0.5, per_class: int = 4, seed: int = 7,
                    progress: bool = True) -> dict:
-    import torch
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
@@ -41,9 +40,7 @@ def bench_collapse(zoo: str | Path, min_asr: float = 0.5, per_class: int = 4, se
         bad = load_cocoop(zoo / m["path"])
         clean = load_cocoop(zoo / clean_by_seed[m["seed"]]["path"])
         attack = load_attack(zoo / "attacker" / Path(m["path"]).name)
-        x, _ = world_labelled(list(bad.classnames), bad.preprocess.image_size, per_class, seed + m["seed"])
-        with torch.no_grad():
-            x = x.float() / 255
+        x, _ = world_labelled(list(bad.classnames), bad.preprocess.image_size, per_class, seed + m["seed"])  # uint8
         implanted = (m["asr_seen"] or 0) >= min_asr
         for label, model in (("backdoored", bad), ("clean", clean)):
             rows.append({"path": m["path"], "attack": m["attack"], "model": label, "implanted": implanted,
