@@ -36,7 +36,7 @@ class ScanConfig:
     method: str = "clip-inspector"  # or "neural-cleanse" / "pixel-backdoor"
     inversion: InversionConfig = field(default_factory=InversionConfig)  # CLIP-Inspector's inversion
     baseline: CostConfig | None = None  # the baselines' optimisation (None: each method's own defaults)
-    rule: str = "robust"  # decision rule (score.RULES): "robust" (default) or "paper" (max s > 2)
+    rule: str = "grubbs"  # decision rule (score.RULES): "grubbs" (default), "robust" or "paper" (max s > 2)
     threshold: float | None = None  # overrides the rule's threshold (e.g. a Youden-calibrated one)
     pool_size: int = 1000  # OOD images used for inversion
     heldout_size: int = 200  # further OOD images for each trigger's ASR
@@ -83,6 +83,26 @@ def check_candidates(model: CoCoOp, candidates: list[str] | None) -> list[str]:
     return names
 
 
+DECISION_KEYS = ("rule", "threshold")  # decided after the inversion: changing them reuses every inverted trigger
+
+
+def _inversion_part(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in DECISION_KEYS}
+
+
+def rescore(report: dict, rule: str, threshold: float | None = None) -> dict:
+    """A CLIP-Inspector report decided again under another rule/threshold, from its per-class ASR and
+    loss (the inversion is not rerun; the result equals a fresh scan with that rule)."""
+    if report.get("method") != "clip-inspector":
+        raise CIError(f"only CLIP-Inspector reports can be rescored, not {report.get('method')!r}")
+    inv = [Inversion(c["name"], i, c["loss"], c["asr"], c.get("losses", []), torch.zeros(0))
+           for i, c in enumerate(report["classes"])]
+    cfg = ScanConfig(rule=rule, threshold=threshold)
+    out = {**report, **_clip_inspector_report(inv, cfg)}
+    out["config"] = {**report.get("config", {}), "rule": rule, "threshold": threshold}
+    return out
+
+
 class _Partial:
     """Per-group results on disk, so that an interrupted scan resumes (same config only)."""
 
@@ -92,7 +112,7 @@ class _Partial:
         cfg_file = self.dir / "config.json"
         if cfg_file.exists():
             old = json.loads(cfg_file.read_text())
-            if old != config:
+            if _inversion_part(old) != _inversion_part(config):
                 raise CIError(f"{out} holds an unfinished scan with another configuration; "
                               f"use another --out, or delete {self.dir} to start over")
         else:

@@ -4,13 +4,18 @@
     s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
 
 Decision rules (`RULES`):
-- "paper": backdoored iff max_t s_t > k, k = 2, the paper's pre-registered rule. The max of K standardised
-  scores passes 2 easily when K is 25-50 even for a clean model (see docs/scan.md for the measured rate).
-- "robust" (default): the same a_t, standardised with the median and MAD (1.4826 x MAD estimates a normal
-  std and a single outlier cannot inflate it, unlike the std above, which a backdoor target itself
-  inflates), compared with a bound that accounts for the K candidates looked at: the two-sided normal
-  quantile at a family-wise rate alpha = 0.05, Bonferroni over K (3.09 for K = 25, 3.29 for K = 50).
+- "grubbs" (default): the paper's s_t, with the threshold of Grubbs' test for one outlier instead of a
+  fixed k. Why: s_t standardises every class by a mean and std that include the class itself, so one
+  huge outlier inflates the std and caps its own score at sqrt(K - 1), while among K benign scores the
+  largest easily exceeds 2 (the expected maximum of 25 standard normals is about 1.97). Grubbs' test
+  asks exactly "is the largest of K values an outlier of the others?": under normal benign scores its
+  critical value is exact, grows with K (2.72 for K = 25, 2.99 for K = 50 on the s scale), and stays
+  below the cap. One-sided (a backdoor only makes its target easier), family-wise alpha = 0.05.
   Pre-registered, no calibration models.
+- "robust": the same a_t standardised with the median and MAD (1.4826 x MAD estimates a normal std),
+  against the two-sided normal quantile at alpha = 0.05, Bonferroni over K (3.09 for K = 25).
+- "paper": backdoored iff max_t s_t > k, k = 2, the paper's pre-registered rule. It flags clean models
+  readily when K is 25-50 (docs/scan.md has the measured rate).
 - "youden": any score with a threshold fitted on labelled reports (`youden_threshold`).
 """
 
@@ -23,7 +28,7 @@ import torch
 
 from .errors import CIError
 
-RULES = ("robust", "paper")
+RULES = ("grubbs", "robust", "paper")
 PAPER_K = 2.0
 ALPHA = 0.05
 
@@ -50,6 +55,20 @@ def raw_scores(asr, loss) -> torch.Tensor:
     return zscore(asr) - zscore(loss)
 
 
+def grubbs_bound(k: int, alpha: float = ALPHA) -> float:
+    """Critical value of the one-sided Grubbs test for K values, on the scale of s_t (population std).
+
+    Grubbs: G = max (a - mean) / sd (sample std) is an outlier iff G > (K - 1) / sqrt(K) * sqrt(t^2 /
+    (K - 2 + t^2)), t the 1 - alpha / K quantile of Student's t with K - 2 degrees of freedom (2.663 for
+    K = 25 at alpha = 0.05, the tables' value). s_t = G * sqrt(K / (K - 1)), hence the bound below."""
+    from scipy.stats import t as student_t
+
+    if k < 3:
+        raise CIError(f"Grubbs' test needs at least 3 candidates, got {k}")
+    q = float(student_t.ppf(1 - alpha / k, k - 2))
+    return math.sqrt(k - 1) * math.sqrt(q * q / (k - 2 + q * q))
+
+
 def bonferroni_bound(k: int, alpha: float = ALPHA) -> float:
     """Normal quantile 1 - alpha / (2K): the bound for the largest of K robust z-scores."""
     from statistics import NormalDist
@@ -71,7 +90,7 @@ class Decision:
     flagged: list[bool]  # class-level flags: score > threshold
 
 
-def decide(asr, loss, rule: str = "robust", threshold: float | None = None) -> Decision:
+def decide(asr, loss, rule: str = "grubbs", threshold: float | None = None) -> Decision:
     """Scores and verdict from per-candidate held-out ASR and mean loss."""
     asr = torch.as_tensor(asr, dtype=torch.float64)
     loss = torch.as_tensor(loss, dtype=torch.float64)
@@ -81,7 +100,9 @@ def decide(asr, loss, rule: str = "robust", threshold: float | None = None) -> D
         raise CIError("non-finite ASR or loss among the candidates: the scan produced NaN/Inf")
     a = raw_scores(asr, loss)
     paper = zscore(a)
-    if rule == "paper":
+    if rule == "grubbs":
+        stat, default_thr = paper, grubbs_bound(len(a))
+    elif rule == "paper":
         stat, default_thr = paper, PAPER_K
     elif rule == "robust":
         stat, default_thr = robust_zscore(a), bonferroni_bound(len(a))

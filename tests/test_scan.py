@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,8 +12,8 @@ import torch
 import ci_toolkit as ci
 from ci_toolkit.errors import CIError, DataError
 from ci_toolkit.invert import InversionConfig
-from ci_toolkit.scan import ScanConfig, _Partial, load_report, scan
-from ci_toolkit.score import bonferroni_bound, decide, robust_zscore, youden_threshold, zscore
+from ci_toolkit.scan import ScanConfig, _Partial, load_report, rescore, scan
+from ci_toolkit.score import bonferroni_bound, decide, grubbs_bound, robust_zscore, youden_threshold, zscore
 
 FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8)
 
@@ -46,6 +48,35 @@ def test_robust_statistics():
     assert r[-1] > 10 and abs(r[0]) < 1e-9
     assert abs(bonferroni_bound(50) - 3.29) < 0.01 and abs(bonferroni_bound(25) - 3.09) < 0.01
     assert torch.equal(zscore(torch.ones(4)), torch.zeros(4, dtype=torch.float64))
+
+
+def test_grubbs_bound_matches_the_tables():
+    # one-sided Grubbs critical values G at alpha = 0.05 (published tables: 2.176, 2.663, 2.956), on the
+    # scale of s_t, which divides by the population std: s = G * sqrt(K / (K - 1))
+    for k, g in ((10, 2.176), (25, 2.663), (50, 2.956)):
+        assert abs(grubbs_bound(k) * math.sqrt((k - 1) / k) - g) < 1e-3
+    assert grubbs_bound(50) < math.sqrt(49)  # below the cap that s_t cannot exceed, so it can fire
+
+
+def test_default_rule_is_grubbs_on_the_papers_score():
+    asr, loss = [0.05] * 24 + [0.9], [3.0 + 0.1 * (i % 5) for i in range(24)] + [0.5]
+    d, p = decide(asr, loss), decide(asr, loss, rule="paper")
+    assert d.rule == "grubbs" and d.scores == p.scores and d.threshold == grubbs_bound(25)
+    # K normal benign scores: the paper's k = 2 flags the largest far more often than alpha = 0.05
+    g = torch.Generator().manual_seed(0)
+    runs = [(torch.rand(25, generator=g), torch.randn(25, generator=g)) for _ in range(200)]
+    fp = {rule: sum(decide(a, l, rule=rule).verdict == "backdoored" for a, l in runs) / len(runs) for rule in ("grubbs", "paper")}
+    assert fp["grubbs"] <= 0.1 < fp["paper"]
+
+
+def test_rescore_equals_a_fresh_decision(tiny_model, ood, tmp_path):
+    report = scan(tiny_model, ood, tmp_path / "s", cfg=FAST, progress=False, html=False)
+    again = scan(tiny_model, ood, tmp_path / "s", cfg=replace(FAST, rule="paper"), progress=False, html=False)
+    assert again["rule"] == "paper" and again["config"]["rule"] == "paper"  # same folder: the triggers are reused
+    strip = lambda r: {k: v for k, v in r.items() if k != "runtime_s"}  # noqa: E731
+    assert strip(rescore(report, "paper")) == strip(again)
+    with pytest.raises(CIError, match="only CLIP-Inspector"):
+        rescore({**report, "method": "neural-cleanse"}, "paper")
 
 
 def test_youden_threshold_separates_labelled_models():

@@ -1,10 +1,12 @@
 """The zoo: a smoke build, ground truth only in the manifest, no trace of the attack in a model folder."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 import ci_toolkit as ci
+from ci_toolkit.errors import CIError
 from ci_toolkit.zoo import ZOO_PROFILES, build_zoo, model_specs
 
 
@@ -87,6 +89,13 @@ def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
     again = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)  # cached scans
     assert again["per_model"] == res["per_model"]
     assert (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns == stamp
+    # another decision rule reuses the scans (rescored, not rerun); other inversion settings are refused
+    paper = bench_detect(out, tmp_path / "detect", cfg=replace(cfg, rule="paper"), min_asr=0.0, progress=False)
+    assert [r["max_score"] for r in paper["per_model"]] == [r["paper_rule"]["max_score"] for r in res["per_model"]]
+    assert (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns == stamp
+    with pytest.raises(CIError, match="other inversion settings"):
+        bench_detect(out, tmp_path / "detect", cfg=replace(cfg, inversion=InversionConfig(group=5, eps=4 / 255)),
+                     min_asr=0.0, progress=False)
     roc_figure(res, tmp_path / "roc.png")
     assert (tmp_path / "roc.png").stat().st_size > 1000
 

@@ -104,7 +104,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                 _scan_one(zoo, p, folders[p], mcfg, None, progress)
         rows = []
         for m in models:
-            report = json.loads((folders[m["path"]] / "report.json").read_text())
+            report = _cached(folders[m["path"]], mcfg)
             row = {"path": m["path"], "method": method, "attack": m["attack"], "target": m["target"], "seed": m["seed"],
                    "asr_seen": m["asr_seen"], "label": int(m["attack"] != "clean"), "implanted": implanted(m),
                    "verdict": report["verdict"], "max_score": report["max_score"], "threshold": report["threshold"],
@@ -132,6 +132,25 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                       "flagged": r["paper_rule"]["flagged"]} for r in used]
             result["methods"]["clip_inspector_paper_k2"] = detection_metrics(paper)
     return result
+
+
+def _cached(folder: Path, cfg) -> dict:
+    """A model's finished scan, decided under cfg's rule: a scan made with another rule is rescored from its
+    per-class results (no new inversion); one made with other inversion settings is refused, not mixed in."""
+    from dataclasses import asdict
+
+    from ..errors import CIError
+    from ..scan import rescore
+
+    report = json.loads((folder / "report.json").read_text())
+    old = report.get("config", {})
+    if cfg.method == "clip-inspector":
+        if old.get("inversion") != asdict(cfg.inversion):
+            raise CIError(f"{folder} holds a scan with other inversion settings ({old.get('inversion')}); "
+                          f"use another --out, or delete it to rescan")
+        if (old.get("rule"), old.get("threshold")) != (cfg.rule, cfg.threshold):
+            report = rescore(report, cfg.rule, cfg.threshold)
+    return report
 
 
 def _subset(manifest: list[dict], n: int) -> list[dict]:
@@ -172,7 +191,7 @@ def roc_figure(result: dict, path: str | Path) -> None:
 
 def loss_ablation(zoo: str | Path, path: str, cfg=None, losses=("margin", "ce", "logit"), progress: bool = False) -> dict:
     """METHOD 3 step 5 on one backdoored zoo model: per loss, the true target's held-out ASR, the mean ASR
-    of the other classes, and the target's rank by the robust score (1 = found)."""
+    of the other classes, and the target's rank by the decision rule's score (1 = found)."""
     from dataclasses import replace
 
     from ..checkpoint import load_cocoop
