@@ -19,9 +19,9 @@ from .train import TrainConfig, train_cocoop
 
 @dataclass(frozen=True)
 class RepairConfig:
-    epochs: int = 3  # passes over the labelled clean set
+    epochs: int = 10  # passes over the labelled clean set (the clean training's length; 3 left ACC 4.5 points down)
     batch_size: int = 32
-    lr: float = 0.01  # SGD (CoCoOp's optimiser family); small: the model is already tuned
+    lr: float = 0.02  # SGD (CoCoOp's optimiser family), cosine; a fifth of training's 0.1: the model is already tuned
     trigger_weight: float = 1.0  # weight of CE(x + delta, y) next to CE(x, y)
     seed: int = 0
 
