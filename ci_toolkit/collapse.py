@@ -32,6 +32,10 @@ def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor]
     pi_shift           |mean pi(trigger(x)) - mean pi(x)| / spread of pi(x): the cluster moves away
     text_turn          mean over classes c != target of cos(g_c, g_target) triggered minus clean:
                        how far the class text embeddings turn toward the target
+    meta_gain          mean over triggered images of the target's cosine margin (cos to the target's text
+                       minus the best other class's) with the meta tokens of the triggered image minus with
+                       those of the clean image, the image feature f(trigger(x)) held: what the meta-token
+                       path alone adds to the target, whichever way it turns the text embeddings
     """
     model.eval()
     x = as_float(images)
@@ -44,6 +48,10 @@ def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor]
     def turn(g):
         return float(torch.einsum("nke,ne->nk", g[:, others], g[:, target]).mean())
 
+    def margin(f, g):  # [N]: cos to the target's text minus the best other class's
+        c = torch.einsum("ne,nke->nk", f, g)
+        return c[:, target] - c[:, others].max(-1).values
+
     s_f0, s_p0 = mean_pairwise_distance(f0), mean_pairwise_distance(p0)
     return {
         "feature_cos": float(F.cosine_similarity(f0, f1).mean()),
@@ -51,4 +59,5 @@ def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor]
         "pi_spread_ratio": mean_pairwise_distance(p1) / max(s_p0, 1e-12),
         "pi_shift": float((p1.mean(0) - p0.mean(0)).norm()) / max(s_p0, 1e-12),
         "text_turn": turn(g1) - turn(g0),
+        "meta_gain": float((margin(f1, g1) - margin(f1, g0)).mean()),
     }

@@ -21,9 +21,19 @@ def test_identity_trigger_changes_nothing(tiny_model, images):
     s = collapse_stats(tiny_model, images, lambda x: x, target=1)
     assert abs(s["feature_cos"] - 1) < 1e-5 and abs(s["pi_spread_ratio"] - 1) < 1e-5
     assert abs(s["f_spread_ratio"] - 1) < 1e-5 and abs(s["text_turn"]) < 1e-6 and s["pi_shift"] < 1e-5
+    assert abs(s["meta_gain"]) < 1e-6
 
 
 def test_a_constant_image_collapses_the_meta_tokens(tiny_model, images):
     _alive(tiny_model)
     s = collapse_stats(tiny_model, images, lambda x: torch.full_like(x, 0.5), target=1)
     assert s["pi_spread_ratio"] < 1e-3 and s["f_spread_ratio"] < 1e-3  # every triggered input is the same
+
+
+def test_meta_gain_is_zero_when_the_meta_tokens_ignore_the_image(tiny_model, images):
+    with torch.no_grad():  # pi(x) = the meta-net's output bias for every image: no meta-token path
+        tiny_model.prompt_learner.meta_net.linear2.weight.zero_()
+    noise = torch.rand(images.shape[1:], generator=torch.Generator().manual_seed(0)) * 0.5
+    s = collapse_stats(tiny_model, images, lambda x: (x + noise).clamp(0, 1), target=1)
+    assert s["feature_cos"] < 0.999  # the image feature moved ...
+    assert abs(s["meta_gain"]) < 1e-6 and abs(s["text_turn"]) < 1e-6  # ... but nothing went through pi

@@ -38,7 +38,7 @@ def _check_04(m):
 def _check_02(m):
     for who in ("clean", "backdoored"):
         assert -1 <= m[f"{who}_feature_cos"] <= 1 and m[f"{who}_pi_spread_ratio"] >= 0
-    assert abs(m["clean_text_turn"]) < 1
+    assert abs(m["clean_text_turn"]) < 1 and abs(m["backdoored_meta_gain"]) <= 2  # a difference of cosine margins
 
 
 def _check_05(m):

@@ -18,7 +18,7 @@ from .detect import read_manifest
 
 # +1: a larger value means collapse (text turns toward the target, pi moves);
 # -1: a smaller value means collapse (pi spread shrinks; f(x) barely moves, cos stays high -> not signed)
-DIRECTION = {"pi_spread_ratio": -1, "pi_shift": 1, "text_turn": 1, "f_spread_ratio": -1, "feature_cos": 1}
+DIRECTION = {"pi_spread_ratio": -1, "pi_shift": 1, "text_turn": 1, "meta_gain": 1, "f_spread_ratio": -1, "feature_cos": 1}
 
 
 def bench_collapse(zoo: str | Path, min_asr: float = 0.5, per_class: int = 4, seed: int = 7,
