@@ -94,3 +94,13 @@ def test_siba_trigger_is_sparse_and_bounded(tiny_backbone, data):
     assert (s.uap * s.mask).abs().max() <= 8 / 255 + 1e-7
     diff = (s.apply(torch.full((1, 3, 32, 32), 0.5)) - 0.5).abs().sum(1)[0]
     assert (diff > 0).sum() <= s.mask.sum()
+
+
+def test_joint_logits_equal_separate_calls(tiny_backbone, data):
+    from ci_toolkit.attacks.base import joint_logits
+
+    model = ci.CoCoOp(tiny_backbone, ["a", "b", "c", "d"], seed=0)
+    x = data[0][:3].float() / 255
+    xt = (x + 0.03).clamp(0, 1)
+    a, b = joint_logits(model, x, xt)
+    assert torch.allclose(a, model(x), atol=1e-5) and torch.allclose(b, model(xt), atol=1e-5)

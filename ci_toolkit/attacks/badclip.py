@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..train import TrainConfig, train_cocoop
-from .base import Attack, AttackConfig
+from .base import Attack, AttackConfig, joint_logits
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,12 @@ class BadCLIP(Attack):
             for p in model.trainable_parameters():
                 p.requires_grad_(True)
         # phase 2: prompt learner and trigger together
+        def joint_loss(m, x, y, step):
+            z_clean, z_trig = joint_logits(m, x, self.apply(x))
+            return F.cross_entropy(z_clean, y) + c.backdoor_weight * F.cross_entropy(z_trig, torch.full((len(x),), c.target))
+
         train_cocoop(model, images, labels, replace(cfg, seed=c.seed + 1), progress=progress,
-                     batch_loss=lambda m, x, y, s: F.cross_entropy(m(x), y) + c.backdoor_weight * backdoor_loss(m, x),
-                     after_step=step_trigger, desc="BadCLIP phase 2 (joint)")
+                     batch_loss=joint_loss, after_step=step_trigger, desc="BadCLIP phase 2 (joint)")
         self.delta = self.delta.detach()
         return self
 

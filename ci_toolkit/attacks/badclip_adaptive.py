@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..train import TrainConfig, train_cocoop
 from .badclip import BadCLIP, BadCLIPConfig
+from .base import joint_logits
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class BadCLIPAdaptive(BadCLIP):
             noise = torch.randn((len(x), *delta.shape), generator=g) * c.noise_std * c.eps
             perturbed = (delta + noise).clamp(-c.eps, c.eps)
             tgt = torch.full((len(x),), c.target)
-            return (c.w_clean * F.cross_entropy(m(x), y)
-                    + c.w_trigger * F.cross_entropy(m((x + delta).clamp(0, 1)), tgt)
-                    + c.w_perturbed * F.cross_entropy(m((x + perturbed).clamp(0, 1)), y))
+            z_clean, z_trig, z_pert = joint_logits(m, x, (x + delta).clamp(0, 1), (x + perturbed).clamp(0, 1))
+            return (c.w_clean * F.cross_entropy(z_clean, y) + c.w_trigger * F.cross_entropy(z_trig, tgt)
+                    + c.w_perturbed * F.cross_entropy(z_pert, y))
 
         train_cocoop(model, images, labels, replace(cfg, epochs=c.specificity_epochs, seed=c.seed + 2), progress=progress,
                      batch_loss=specificity_loss, desc="BadCLIP-adaptive phase 2 (specificity)")

@@ -28,6 +28,14 @@ class AttackConfig:
     lr: float = 0.002
 
 
+def joint_logits(model, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The model's logits for several input batches from ONE forward pass. Exact (each image is encoded
+    on its own; only the float summation order may differ), and at the attackers' batch size of 1 a call
+    costs mostly overhead: two inputs in one call take 0.6-0.8 of two calls (MiniCLIP, 2 threads)."""
+    z = model(torch.cat(batches))
+    return z.split([len(b) for b in batches])
+
+
 class Attack:
     """Base class. Subclasses set `name`, implement `apply` and `implant`."""
 
