@@ -144,7 +144,8 @@ def scan(model: CoCoOp, ood: torch.Tensor, out_dir: str | Path | None = None, ca
     """Scan `model` with OOD images [N, 3, H, W]; returns the report (and writes it when out_dir is given).
 
     workers: processes that invert candidate groups side by side (CLIP-Inspector only; the report is the
-    same whatever the number, so it is not part of the recorded config beyond `runtime_s`)."""
+    same whatever the number up to float rounding: the groups are cut differently, so it is not part of the
+    recorded config beyond `runtime_s`)."""
     cfg = cfg or ScanConfig()
     t0 = time.time()
     names = check_candidates(model, candidates)
