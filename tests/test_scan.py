@@ -69,10 +69,19 @@ def test_default_rule_is_grubbs_on_the_papers_score():
     assert fp["grubbs"] <= 0.1 < fp["paper"]
 
 
-def test_rescore_equals_a_fresh_decision(tiny_model, ood, tmp_path):
+def test_rescore_equals_a_fresh_decision(tiny_model, ood, tmp_path, monkeypatch):
+    import ci_toolkit.scan as scan_module
+
     report = scan(tiny_model, ood, tmp_path / "s", cfg=FAST, progress=False, html=False)
+    real_invert = scan_module.invert
+
+    def no_new_groups(*args, skip=frozenset(), **kw):  # same folder, another rule: every group is reused
+        assert len(skip) == len(tiny_model.classnames)
+        return real_invert(*args, skip=skip, **kw)
+
+    monkeypatch.setattr(scan_module, "invert", no_new_groups)
     again = scan(tiny_model, ood, tmp_path / "s", cfg=replace(FAST, rule="paper"), progress=False, html=False)
-    assert again["rule"] == "paper" and again["config"]["rule"] == "paper"  # same folder: the triggers are reused
+    assert again["rule"] == "paper" and again["config"]["rule"] == "paper"
     strip = lambda r: {k: v for k, v in r.items() if k != "runtime_s"}  # noqa: E731
     assert strip(rescore(report, "paper")) == strip(again)
     with pytest.raises(CIError, match="only CLIP-Inspector"):
