@@ -3,6 +3,7 @@
     DIR/manifest.json                ground truth: [{"path", "attack", "target", "seed", "acc_*", "asr_*"}, ...]
     DIR/models/m000/                 delivered models: model.json + prompt_learner.safetensors, nothing else
     DIR/attacker/m000/               the attacker's artefacts (trigger, config, poisoned indices), kept apart
+    DIR/build.json                   one row per build session: models built, workers, wall-clock seconds
 
 Model folders carry neutral names and the same format whether clean or backdoored: a scanner handed
 `models/m007` sees no trace of the attack. Building is resumable: finished models are skipped.
@@ -125,6 +126,7 @@ def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress
     from .workers import process_pool
 
     p = _profile(profile)
+    t_start = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
@@ -155,4 +157,18 @@ def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress
             for f in as_completed(futures):
                 record(f.result())
     bar.close()
+    _log_build(out, p, workers, len(todo), time.time() - t_start)
     return manifest
+
+
+def _log_build(out: Path, p: ZooProfile, workers: int, built: int, wall_s: float) -> None:
+    """Append this session to DIR/build.json: a resumed build's sessions add up to its total wall time."""
+    import os
+    import platform
+
+    path = out / "build.json"
+    log = json.loads(path.read_text()) if path.exists() else []
+    log.append({"profile": p.name, "models_built": built, "models_total": len(model_specs(p)), "workers": workers,
+                "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "wall_s": wall_s,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    path.write_text(json.dumps(log, indent=2))

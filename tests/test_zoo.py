@@ -51,6 +51,10 @@ def test_resume_skips_finished_models(zoo):
     again = build_zoo(out, "smoke", progress=False)
     assert again == manifest
     assert (out / manifest[0]["path"] / "prompt_learner.safetensors").stat().st_mtime_ns == stamp
+    # each build session is logged with its wall time; the resumed one built nothing
+    log = json.loads((out / "build.json").read_text())
+    assert [row["models_built"] for row in log][-2:] == [len(manifest), 0]
+    assert all(row["wall_s"] > 0 and row["models_total"] == len(manifest) for row in log)
 
 
 def test_full_profile_shape():
