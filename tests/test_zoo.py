@@ -75,6 +75,8 @@ def test_bench_attacks_from_the_zoo(zoo):
         assert {"acc_seen", "acc_unseen", "asr_seen", "asr_unseen", "asr_ood", "asr_clean_model", "ssim", "eps"} <= set(row)
         assert 0 <= row["asr_clean_model"] <= 1
     assert res["clean"]["acc_seen"] == manifest[0]["acc_seen"]
+    log = json.loads((out / "build.json").read_text())  # the build's wall time comes along
+    assert res["build"]["wall_s"] == sum(s["wall_s"] for s in log) and res["build"]["sessions"] == log
 
 
 def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):

@@ -81,6 +81,12 @@ def attacks_from_zoo(zoo) -> dict:
         attacks[name] = {**{k: mean(mine, k) for k in keys if all(k in r for r in mine)}, "eps": cfg.get("eps"),
                          "n_models": len(mine), "min_asr_seen": min(r["asr_seen"] for r in mine),
                          "per_model": mine, "config": cfg}
-    return {"clean": {k: mean(clean, k) for k in ("acc_seen", "acc_unseen")}, "attacks": attacks,
-            "config": {"zoo": str(zoo), "n_clean": len(clean),
-                       "asr_definition": "triggered test images whose true class != target, predicted as target"}}
+    out = {"clean": {k: mean(clean, k) for k in ("acc_seen", "acc_unseen")}, "attacks": attacks,
+           "config": {"zoo": str(zoo), "n_clean": len(clean),
+                      "asr_definition": "triggered test images whose true class != target, predicted as target"}}
+    build_log = Path(zoo) / "build.json"  # written by build_zoo (zoos built before it existed have none)
+    if build_log.exists():
+        sessions = json.loads(build_log.read_text())
+        out["build"] = {"wall_s": sum(s["wall_s"] for s in sessions),
+                        "train_s": sum(m.get("train_s", 0.0) for m in manifest), "sessions": sessions}
+    return out
