@@ -57,12 +57,23 @@ def test_resume_skips_finished_models(zoo):
     assert all(row["wall_s"] > 0 and row["models_total"] == len(manifest) for row in log)
 
 
-def test_full_profile_shape():
-    specs = model_specs(ZOO_PROFILES["full"])
+@pytest.mark.parametrize("name", ["full", "holdout"])
+def test_full_profile_shape(name):
+    specs = model_specs(ZOO_PROFILES[name])
     assert len(specs) >= 30 and sum(s["attack"] == "clean" for s in specs) >= 6
-    for attack in ZOO_PROFILES["full"].attacks:
+    for attack in ZOO_PROFILES[name].attacks:
         mine = [s for s in specs if s["attack"] == attack]
         assert len(mine) >= 4 and len({s["target"] for s in mine}) == len(mine)
+
+
+def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices():
+    held = model_specs(ZOO_PROFILES["holdout"])
+    for other in ("full", "classroom"):
+        used = model_specs(ZOO_PROFILES[other])
+        assert not {s["seed"] for s in held} & {s["seed"] for s in used}
+        for attack in ZOO_PROFILES["holdout"].attacks:
+            held_t = {s["target"] for s in held if s["attack"] == attack}
+            assert not held_t & {s["target"] for s in used if s["attack"] == attack}, (other, attack)
 
 
 def test_bench_attacks_from_the_zoo(zoo):
