@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
@@ -42,18 +42,19 @@ class ZooProfile:
     target_offset: int = 0  # shifts the targets: zoos with other targets for held-out evaluation
 
 
+_FULL = ZooProfile("full", attacks=("badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets"),
+                   seeds=(0, 1, 2, 3, 4, 5), per_attack=4)
+
 ZOO_PROFILES = {
     "smoke": ZooProfile("smoke", attacks=("badclip", "blended"), seeds=(0,), per_attack=1, n_classes=10,
                         n_test_per_class=4, epochs=1, ood_eval=32),
     # other seeds and targets than `full`: the scanner's eps and decision rule are chosen on this one
     "classroom": ZooProfile("classroom", attacks=("badclip", "badclip_adaptive", "blended"), seeds=(100, 101),
                             per_attack=2, target_offset=1),
-    "full": ZooProfile("full", attacks=("badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets"),
-                       seeds=(0, 1, 2, 3, 4, 5), per_attack=4),
+    "full": _FULL,
     # `full` again with other seeds and other targets for every attack: the hold-out zoo on which the
     # scanner's eps and decision rule (chosen on `classroom`, looked at on `full`) are reported
-    "holdout": ZooProfile("holdout", attacks=("badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets"),
-                          seeds=(200, 201, 202, 203, 204, 205), per_attack=4, target_offset=3),
+    "holdout": replace(_FULL, name="holdout", seeds=(200, 201, 202, 203, 204, 205), target_offset=3),
 }
 
 
