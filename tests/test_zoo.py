@@ -57,7 +57,7 @@ def test_resume_skips_finished_models(zoo):
     assert all(row["wall_s"] > 0 and row["models_total"] == len(manifest) for row in log)
 
 
-@pytest.mark.parametrize("name", ["full", "holdout"])
+@pytest.mark.parametrize("name", ["full", "holdout", "holdout2"])
 def test_full_profile_shape(name):
     specs = model_specs(ZOO_PROFILES[name])
     assert len(specs) >= 30 and sum(s["attack"] == "clean" for s in specs) >= 6
@@ -66,12 +66,14 @@ def test_full_profile_shape(name):
         assert len(mine) >= 4 and len({s["target"] for s in mine}) == len(mine)
 
 
-def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices():
-    held = model_specs(ZOO_PROFILES["holdout"])
-    for other in ("full", "classroom"):
+@pytest.mark.parametrize("name, used_for_choices", [("holdout", ("full", "classroom")),
+                                                     ("holdout2", ("full", "classroom", "holdout"))])
+def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices(name, used_for_choices):
+    held = model_specs(ZOO_PROFILES[name])
+    for other in used_for_choices:
         used = model_specs(ZOO_PROFILES[other])
         assert not {s["seed"] for s in held} & {s["seed"] for s in used}
-        for attack in ZOO_PROFILES["holdout"].attacks:
+        for attack in ZOO_PROFILES[name].attacks:
             held_t = {s["target"] for s in held if s["attack"] == attack}
             assert not held_t & {s["target"] for s in used if s["attack"] == attack}, (other, attack)
 
