@@ -278,8 +278,9 @@ def _add_scan_options(s, method_choice: bool = True) -> None:
         s.add_argument("--method", default="clip-inspector", choices=["clip-inspector", "neural-cleanse", "pixel-backdoor"])
     s.add_argument("--eps", type=float, default=10.0, help="trigger bound in 1/255 pixel units (default 10, docs/scan.md)")
     s.add_argument("--loss", default="margin", choices=["margin", "ce", "logit"], help="inversion loss (default margin)")
-    s.add_argument("--rule", default="grubbs", choices=["grubbs", "robust", "paper"],
-                   help="decision rule: grubbs (the paper's s, Grubbs' one-outlier bound for K candidates; default), "
+    s.add_argument("--rule", default="meta-gain", choices=["meta-gain", "grubbs", "robust", "paper"],
+                   help="decision rule: meta-gain (does the top trigger work through the prompt learner; default), "
+                        "grubbs (the paper's s, Grubbs' one-outlier bound for K candidates), "
                         "robust (median/MAD z, Bonferroni bound) or paper (max s > 2)")
     s.add_argument("--threshold", type=float, default=None, help="override the rule's threshold (e.g. Youden-calibrated)")
     s.add_argument("--pool-size", type=int, default=1000, help="OOD images for inversion (default 1000)")

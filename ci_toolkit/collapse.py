@@ -22,6 +22,34 @@ def mean_pairwise_distance(v: torch.Tensor) -> float:
     return float(d.sum() / max(1, n * (n - 1)))
 
 
+def target_margin(f: torch.Tensor, g: torch.Tensor, target: int) -> torch.Tensor:
+    """[N]: cos(f, g_target) minus the largest cos(f, g_c) over the other classes c."""
+    c = torch.einsum("ne,nke->nk", f, g)
+    others = torch.cat([c[:, :target], c[:, target + 1 :]], dim=1)
+    return c[:, target] - others.max(-1).values
+
+
+@torch.no_grad()
+def meta_gains(model, images: torch.Tensor, deltas: torch.Tensor, targets: list[int], classes=None) -> torch.Tensor:
+    """[G]: for each reconstructed trigger deltas[g] toward targets[g], the `meta_gain` of `collapse_stats`
+    in LOGITS (x the model's logit scale): how much the target's margin on triggered images grows when the
+    meta tokens of the triggered image replace those of the clean image, the image feature held.
+
+    Why it separates: in a clean model a trigger that sends images to class t works through the image
+    feature (the meta tokens follow it only slightly); a prompt-learner backdoor is the meta-token path
+    itself, so the trigger that inversion finds for the target gains through it (METHOD 7's collapse)."""
+    model.eval()
+    classes = classes if classes is not None else model.prompts_for()
+    x = as_float(images)
+    g0 = model.text_features(model.meta_tokens(model.encode_image(x)), classes)  # clean meta tokens
+    out = []
+    for d, t in zip(deltas, targets):
+        f1 = model.encode_image((x + d).clamp(0, 1))
+        g1 = model.text_features(model.meta_tokens(f1), classes)
+        out.append((target_margin(f1, g1, int(t)) - target_margin(f1, g0, int(t))).mean())
+    return torch.stack(out).float() * float(model.logit_scale) if out else torch.zeros(0)
+
+
 @torch.no_grad()
 def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor], torch.Tensor], target: int) -> dict:
     """For clean images and the same images triggered:
@@ -48,9 +76,8 @@ def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor]
     def turn(g):
         return float(torch.einsum("nke,ne->nk", g[:, others], g[:, target]).mean())
 
-    def margin(f, g):  # [N]: cos to the target's text minus the best other class's
-        c = torch.einsum("ne,nke->nk", f, g)
-        return c[:, target] - c[:, others].max(-1).values
+    def margin(f, g):
+        return target_margin(f, g, target)
 
     s_f0, s_p0 = mean_pairwise_distance(f0), mean_pairwise_distance(p0)
     return {

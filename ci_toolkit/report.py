@@ -34,7 +34,8 @@ def score_figure(report: dict):
     names = [r["name"][:28] for r in rows]
     colours = ["tab:red" if r["flagged"] else "tab:blue" for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, max(3, 0.22 * len(rows))), sharey=True)
-    for ax, key, title in zip(axes, ("score", "asr", "loss"), ("score", "held-out ASR", "mean loss")):
+    rule = report.get("rule") or ""
+    for ax, key, title in zip(axes, ("score", "asr", "loss"), (f"score ({rule})", "held-out ASR", "mean loss")):
         ax.barh(range(len(rows)), [r[key] for r in rows], color=colours)
         ax.set_title(title)
     axes[0].axvline(report["threshold"], color="k", ls="--", lw=1)

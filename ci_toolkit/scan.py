@@ -36,8 +36,10 @@ class ScanConfig:
     method: str = "clip-inspector"  # or "neural-cleanse" / "pixel-backdoor"
     inversion: InversionConfig = field(default_factory=InversionConfig)  # CLIP-Inspector's inversion
     baseline: CostConfig | None = None  # the baselines' optimisation (None: each method's own defaults)
-    rule: str = "grubbs"  # decision rule (score.RULES): "grubbs" (default), "robust" or "paper" (max s > 2)
+    rule: str = "meta-gain"  # decision rule (score.RULES): "meta-gain" (default), "grubbs", "robust", "paper" (k = 2)
     threshold: float | None = None  # overrides the rule's threshold (e.g. a Youden-calibrated one)
+    meta_candidates: int = 8  # the highest-ASR candidates whose meta gain is measured (score.py)
+    meta_images: int = 64  # held-out images the meta gains are measured on
     pool_size: int = 1000  # OOD images used for inversion
     heldout_size: int = 200  # further OOD images for each trigger's ASR
     seed: int = 0  # pool split and order
@@ -98,7 +100,7 @@ def rescore(report: dict, rule: str, threshold: float | None = None) -> dict:
     inv = [Inversion(c["name"], i, c["loss"], c["asr"], c.get("losses", []), torch.zeros(0))
            for i, c in enumerate(report["classes"])]
     cfg = ScanConfig(rule=rule, threshold=threshold)
-    out = {**report, **_clip_inspector_report(inv, cfg)}
+    out = {**report, **_clip_inspector_report(inv, cfg, [c.get("meta_gain") for c in report["classes"]])}
     out["config"] = {**report.get("config", {}), "rule": rule, "threshold": threshold}
     return out
 
@@ -162,7 +164,7 @@ def scan(model: CoCoOp, ood: torch.Tensor, out_dir: str | Path | None = None, ca
                          on_group=partial.save if partial else None, skip=set(done), workers=workers)
         by_index = {**done, **{r.index: r for r in results}}
         inv = [by_index[i] for i in range(len(names))]
-        report = _clip_inspector_report(inv, cfg)
+        report = _clip_inspector_report(inv, cfg, measure_meta_gains(model, heldout, inv, names, cfg))
         deltas = torch.stack([r.delta for r in inv])
     else:
         from .baselines import run_baseline
@@ -174,11 +176,26 @@ def scan(model: CoCoOp, ood: torch.Tensor, out_dir: str | Path | None = None, ca
     return report
 
 
-def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig) -> dict:
+def measure_meta_gains(model: CoCoOp, heldout: torch.Tensor, inv: list[Inversion], names: list[str],
+                       cfg: ScanConfig) -> list[float | None]:
+    """Meta gains (logits) of the `cfg.meta_candidates` highest-ASR candidates' triggers; None for the rest."""
+    from .collapse import meta_gains
+
+    top = sorted(range(len(inv)), key=lambda i: -inv[i].asr)[: cfg.meta_candidates]
+    gains = meta_gains(model, heldout[: cfg.meta_images], torch.stack([inv[i].delta for i in top]), top,
+                       model.prompts_for(names))
+    out: list[float | None] = [None] * len(inv)
+    for i, g in zip(top, gains.tolist()):
+        out[i] = g
+    return out
+
+
+def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: list[float | None]) -> dict:
     asr = [r.asr for r in inv]
     loss = [r.loss for r in inv]
-    d = decide(asr, loss, cfg.rule, cfg.threshold)
+    d = decide(asr, loss, cfg.rule, cfg.threshold, meta_gain)
     paper = decide(asr, loss, "paper")
+    grubbs = decide(asr, loss, "grubbs")
     return {
         "verdict": d.verdict,
         "max_score": d.max_score,
@@ -189,10 +206,12 @@ def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig) -> dict:
         "rule": d.rule,
         "paper_rule": {"verdict": paper.verdict, "max_score": paper.max_score, "threshold": paper.threshold,
                        "gap": paper.gap},
+        "grubbs_rule": {"verdict": grubbs.verdict, "max_score": grubbs.max_score, "threshold": grubbs.threshold,
+                        "gap": grubbs.gap},
         "classes": [
-            {"name": r.name, "asr": r.asr, "loss": r.loss, "score": s, "paper_score": ps, "flagged": fl,
-             "losses": r.losses}
-            for r, s, ps, fl in zip(inv, d.scores, d.paper_scores, d.flagged)
+            {"name": r.name, "asr": r.asr, "loss": r.loss, "score": s, "paper_score": ps, "meta_gain": mg,
+             "flagged": fl, "losses": r.losses}
+            for r, s, ps, mg, fl in zip(inv, d.scores, d.paper_scores, meta_gain, d.flagged)
         ],
     }
 

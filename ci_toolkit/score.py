@@ -4,7 +4,16 @@
     s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
 
 Decision rules (`RULES`):
-- "grubbs" (default): the paper's s_t, with the threshold of Grubbs' test for one outlier instead of a
+- "meta-gain" (default): the inversion ranks the candidates as above; the verdict asks whether the top
+  candidates' reconstructed triggers work THROUGH THE PROMPT LEARNER. meta_gain_t (collapse.meta_gains,
+  logits) is what the meta tokens of the triggered image add to t's margin, the image feature held. The
+  predicted target is the candidate maximising ASR_t x max(meta_gain_t, 0) among the `meta_candidates`
+  highest-ASR ones; backdoored iff its meta gain > META_GAIN_LOGITS. Why: on every zoo the largest s_t of a
+  clean model belongs to a natural sink (a class the frozen encoders make easy), which scores as high as
+  an adaptive backdoor; its trigger works through the image feature, a backdoor's through the meta
+  tokens. The threshold is a constant of the toolkit, chosen once on the full zoos (docs/scan.md); an
+  audit needs no calibration models.
+- "grubbs": the paper's s_t, with the threshold of Grubbs' test for one outlier instead of a
   fixed k. Why: s_t standardises every class by a mean and std that include the class itself, so one
   huge outlier inflates the std and caps its own score at sqrt(K - 1), while among K benign scores the
   largest easily exceeds 2 (the expected maximum of 25 standard normals is about 1.97). Grubbs' test
@@ -28,8 +37,11 @@ import torch
 
 from .errors import CIError
 
-RULES = ("grubbs", "robust", "paper")
+RULES = ("meta-gain", "grubbs", "robust", "paper")
 PAPER_K = 2.0
+# Meta-gain threshold in logits: on the full zoos (benchmarks/detect.json, detect_rebuild.json scans) the
+# class-level-F1-best interval was (1.02, 2.06) (clean models <= 0.46); 1.5 is inside it (docs/scan.md)
+META_GAIN_LOGITS = 1.5
 ALPHA = 0.05
 
 
@@ -90,8 +102,9 @@ class Decision:
     flagged: list[bool]  # class-level flags: score > threshold
 
 
-def decide(asr, loss, rule: str = "grubbs", threshold: float | None = None) -> Decision:
-    """Scores and verdict from per-candidate held-out ASR and mean loss."""
+def decide(asr, loss, rule: str = "meta-gain", threshold: float | None = None, meta_gain=None) -> Decision:
+    """Scores and verdict from per-candidate held-out ASR and mean loss (and, for "meta-gain", the meta
+    gains in logits, None for candidates whose gain was not measured)."""
     asr = torch.as_tensor(asr, dtype=torch.float64)
     loss = torch.as_tensor(loss, dtype=torch.float64)
     if asr.shape != loss.shape or asr.ndim != 1 or len(asr) < 3:
@@ -100,6 +113,8 @@ def decide(asr, loss, rule: str = "grubbs", threshold: float | None = None) -> D
         raise CIError("non-finite ASR or loss among the candidates: the scan produced NaN/Inf")
     a = raw_scores(asr, loss)
     paper = zscore(a)
+    if rule == "meta-gain":
+        return _decide_meta_gain(asr, paper, meta_gain, threshold)
     if rule == "grubbs":
         stat, default_thr = paper, grubbs_bound(len(a))
     elif rule == "paper":
@@ -117,6 +132,27 @@ def decide(asr, loss, rule: str = "grubbs", threshold: float | None = None) -> D
         verdict="backdoored" if backdoored else "clean", rule=rule, scores=stat.tolist(), paper_scores=paper.tolist(),
         max_score=mx, threshold=thr, predicted_target=top if backdoored else None, top=top,
         gap=float(top2.values[0] - top2.values[1]), flagged=(stat > thr).tolist(),
+    )
+
+
+def _decide_meta_gain(asr: torch.Tensor, paper: torch.Tensor, meta_gain, threshold: float | None) -> Decision:
+    if meta_gain is None or len(meta_gain) != len(asr) or all(g is None for g in meta_gain):
+        raise CIError("the meta-gain rule needs per-candidate meta gains (a scan from before this rule has "
+                      "none: rescan, or decide it with rule='grubbs')")
+    measured = [g is not None for g in meta_gain]
+    gain = torch.tensor([float(g) if g is not None else 0.0 for g in meta_gain], dtype=torch.float64)
+    if not torch.isfinite(gain).all():
+        raise CIError("non-finite meta gain among the candidates: the model produces NaN/Inf")
+    rank = torch.where(torch.tensor(measured), asr * gain.clamp(min=0), torch.tensor(-1.0, dtype=torch.float64))
+    top = int(rank.argmax())
+    thr = META_GAIN_LOGITS if threshold is None else float(threshold)
+    mx = float(gain[top])
+    backdoored = mx > thr
+    others = torch.cat([gain[:top], gain[top + 1 :]])
+    return Decision(
+        verdict="backdoored" if backdoored else "clean", rule="meta-gain", scores=gain.tolist(),
+        paper_scores=paper.tolist(), max_score=mx, threshold=thr, predicted_target=top if backdoored else None,
+        top=top, gap=mx - float(others.max()), flagged=[backdoored and i == top for i in range(len(gain))],
     )
 
 

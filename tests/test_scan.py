@@ -13,7 +13,7 @@ import ci_toolkit as ci
 from ci_toolkit.errors import CIError, DataError
 from ci_toolkit.invert import InversionConfig
 from ci_toolkit.scan import ScanConfig, _Partial, load_report, rescore, scan
-from ci_toolkit.score import bonferroni_bound, decide, grubbs_bound, robust_zscore, youden_threshold, zscore
+from ci_toolkit.score import META_GAIN_LOGITS, bonferroni_bound, decide, grubbs_bound, robust_zscore, youden_threshold, zscore
 
 FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8)
 
@@ -27,10 +27,10 @@ def ood():
 def test_outlier_class_is_found_and_uniform_classes_are_clean():
     asr = [0.05] * 24 + [0.9]
     loss = [3.0 + 0.1 * (i % 5) for i in range(24)] + [0.5]
-    d = decide(asr, loss)
+    d = decide(asr, loss, rule="grubbs")
     assert d.verdict == "backdoored" and d.predicted_target == 24 and d.flagged[24] and sum(d.flagged) == 1
     g = torch.Generator().manual_seed(0)
-    noise = decide(0.05 + 0.01 * torch.rand(25, generator=g), 3 + 0.1 * torch.randn(25, generator=g))
+    noise = decide(0.05 + 0.01 * torch.rand(25, generator=g), 3 + 0.1 * torch.randn(25, generator=g), rule="grubbs")
     assert noise.verdict == "clean" and noise.predicted_target is None
 
 
@@ -58,9 +58,26 @@ def test_grubbs_bound_matches_the_tables():
     assert grubbs_bound(50) < math.sqrt(49)  # below the cap that s_t cannot exceed, so it can fire
 
 
-def test_default_rule_is_grubbs_on_the_papers_score():
+def test_default_rule_is_meta_gain():
+    asr = [0.6, 0.9, 0.3, 0.2]  # class 0: the natural sink (high ASR, no meta gain); class 1: through the prompt learner
+    loss = [0.5, 0.4, 2.0, 2.5]
+    d = decide(asr, loss, meta_gain=[0.2, 4.0, None, None])
+    assert d.rule == "meta-gain" and d.threshold == META_GAIN_LOGITS
+    assert d.verdict == "backdoored" and d.predicted_target == 1 and d.flagged == [False, True, False, False]
+    assert d.max_score == 4.0 and d.gap == 4.0 - 0.2 and d.scores == [0.2, 4.0, 0.0, 0.0]
+    sink = decide(asr, loss, meta_gain=[0.4, 0.1, None, None])  # the top trigger works through the image feature
+    assert sink.verdict == "clean" and sink.predicted_target is None and sink.top == 0 and not any(sink.flagged)
+    # ranked by ASR x gain: a larger gain with a useless trigger does not win
+    assert decide([0.9, 0.05, 0.1], [1, 2, 2], meta_gain=[2.0, 5.0, 0.0]).predicted_target == 0
+    with pytest.raises(CIError, match="needs per-candidate meta gains"):
+        decide(asr, loss)
+    with pytest.raises(CIError, match="non-finite meta gain"):
+        decide(asr, loss, meta_gain=[float("nan"), 1.0, None, None])
+
+
+def test_grubbs_rule_on_the_papers_score():
     asr, loss = [0.05] * 24 + [0.9], [3.0 + 0.1 * (i % 5) for i in range(24)] + [0.5]
-    d, p = decide(asr, loss), decide(asr, loss, rule="paper")
+    d, p = decide(asr, loss, rule="grubbs"), decide(asr, loss, rule="paper")
     assert d.rule == "grubbs" and d.scores == p.scores and d.threshold == grubbs_bound(25)
     # K normal benign scores: the paper's k = 2 flags the largest far more often than alpha = 0.05
     g = torch.Generator().manual_seed(0)
@@ -93,6 +110,20 @@ def test_youden_threshold_separates_labelled_models():
     assert 2.0 < t < 5.0
     with pytest.raises(CIError, match="both clean and backdoored"):
         youden_threshold([1.0, 2.0], [0, 0])
+
+
+def test_meta_gain_is_zero_without_a_meta_net_and_matches_collapse_stats(tiny_model, ood):
+    from ci_toolkit.collapse import collapse_stats, meta_gains
+
+    deltas = 0.05 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    gains = meta_gains(tiny_model, ood[:8], deltas, [0, 2])
+    for d, t, g in zip(deltas, [0, 2], gains):
+        stats = collapse_stats(tiny_model, ood[:8], lambda x, d=d: (x + d).clamp(0, 1), t)
+        assert abs(stats["meta_gain"] * float(tiny_model.logit_scale) - float(g)) < 1e-4
+    with torch.no_grad():  # meta tokens always 0: the triggered image's meta tokens add nothing
+        tiny_model.prompt_learner.meta_net.linear2.weight.zero_()
+        tiny_model.prompt_learner.meta_net.linear2.bias.zero_()
+    assert torch.equal(meta_gains(tiny_model, ood[:8], deltas, [0, 2]), torch.zeros(2))
 
 
 def test_decide_rejects_nan():

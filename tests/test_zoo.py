@@ -112,6 +112,19 @@ def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
     paper = bench_detect(out, tmp_path / "detect", cfg=replace(cfg, rule="paper"), min_asr=0.0, progress=False)
     assert [r["max_score"] for r in paper["per_model"]] == [r["paper_rule"]["max_score"] for r in res["per_model"]]
     assert (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns == stamp
+    assert "clip_inspector_grubbs" in res["methods"]
+    # a scan from before the meta-gain rule (no meta gains in its report) gets them measured from its triggers
+    rep_file = tmp_path / "detect" / "scans" / "clip-inspector" / "m001" / "report.json"
+    report = json.loads(rep_file.read_text())
+    gains = [c["meta_gain"] for c in report["classes"]]
+    assert sum(g is not None for g in gains) == min(cfg.meta_candidates, len(gains))
+    for c in report["classes"]:
+        del c["meta_gain"]
+    rep_file.write_text(json.dumps({**report, "rule": "grubbs", "config": {**report["config"], "rule": "grubbs"}}))
+    upgraded = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
+    stored = [c["meta_gain"] for c in json.loads(rep_file.read_text())["classes"]]
+    assert all((a is None and b is None) or abs(a - b) < 1e-4 for a, b in zip(stored, gains))
+    assert [r["verdict"] for r in upgraded["per_model"]] == [r["verdict"] for r in res["per_model"]]
     with pytest.raises(CIError, match="other inversion settings"):
         bench_detect(out, tmp_path / "detect", cfg=replace(cfg, inversion=InversionConfig(group=5, eps=4 / 255)),
                      min_asr=0.0, progress=False)

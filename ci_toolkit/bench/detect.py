@@ -104,7 +104,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                 _scan_one(zoo, p, folders[p], mcfg, None, progress)
         rows = []
         for m in models:
-            report = _cached(folders[m["path"]], mcfg)
+            report = _cached(folders[m["path"]], mcfg, zoo / m["path"])
             row = {"path": m["path"], "method": method, "attack": m["attack"], "target": m["target"], "seed": m["seed"],
                    "asr_seen": m["asr_seen"], "label": int(m["attack"] != "clean"), "implanted": implanted(m),
                    "verdict": report["verdict"], "max_score": report["max_score"], "threshold": report["threshold"],
@@ -114,6 +114,9 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
             if "paper_rule" in report:  # the same scan under the paper's k = 2 rule
                 flags = [c["name"] for c in report["classes"] if c["paper_score"] > report["paper_rule"]["threshold"]]
                 row["paper_rule"] = {**report["paper_rule"], "flagged": flags}
+            if "grubbs_rule" in report:  # ... and under Grubbs' bound on the paper's s_t
+                flags = [c["name"] for c in report["classes"] if c["paper_score"] > report["grubbs_rule"]["threshold"]]
+                row["grubbs_rule"] = {**report["grubbs_rule"], "flagged": flags}
             rows.append(row)
             result["per_model"].append(row)
         used = [r for r in rows if r["implanted"]]
@@ -131,12 +134,17 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
             paper = [{**r, "verdict": r["paper_rule"]["verdict"], "max_score": r["paper_rule"]["max_score"],
                       "flagged": r["paper_rule"]["flagged"]} for r in used]
             result["methods"]["clip_inspector_paper_k2"] = detection_metrics(paper)
+        if method == "clip-inspector" and used and all("grubbs_rule" in r for r in used):
+            grubbs = [{**r, "verdict": r["grubbs_rule"]["verdict"], "max_score": r["grubbs_rule"]["max_score"],
+                       "flagged": r["grubbs_rule"]["flagged"]} for r in used]
+            result["methods"]["clip_inspector_grubbs"] = detection_metrics(grubbs)
     return result
 
 
-def _cached(folder: Path, cfg) -> dict:
+def _cached(folder: Path, cfg, model_path: Path) -> dict:
     """A model's finished scan, decided under cfg's rule: a scan made with another rule is rescored from its
-    per-class results (no new inversion); one made with other inversion settings is refused, not mixed in."""
+    per-class results (no new inversion); one made with other inversion settings is refused, not mixed in.
+    A scan from before the meta-gain rule gets its meta gains measured from its saved triggers (seconds)."""
     from dataclasses import asdict
 
     from ..errors import CIError
@@ -148,8 +156,32 @@ def _cached(folder: Path, cfg) -> dict:
         if old.get("inversion") != asdict(cfg.inversion):
             raise CIError(f"{folder} holds a scan with other inversion settings ({old.get('inversion')}); "
                           f"use another --out, or delete it to rescan")
+        if cfg.rule == "meta-gain" and all(c.get("meta_gain") is None for c in report["classes"]):
+            report = _add_meta_gains(folder, report, cfg, model_path)
+            old = report["config"]
         if (old.get("rule"), old.get("threshold")) != (cfg.rule, cfg.threshold):
             report = rescore(report, cfg.rule, cfg.threshold)
+    return report
+
+
+def _add_meta_gains(folder: Path, report: dict, cfg, model_path: Path) -> dict:
+    """Measure the meta gains of a finished scan's saved triggers; stored in its report.json (a field added,
+    nothing else changed) so that the next run reads them."""
+    from ..checkpoint import load_cocoop
+    from ..invert import Inversion
+    from ..scan import load_report, measure_meta_gains, split_pool, world_ood
+
+    report, deltas = load_report(folder)
+    model = load_cocoop(model_path)
+    _, heldout = split_pool(world_ood(model.preprocess.image_size, cfg), cfg, cfg.inversion.batch_size)
+    inv = [Inversion(c["name"], i, c["loss"], c["asr"], [], deltas[i]) for i, c in enumerate(report["classes"])]
+    gains = measure_meta_gains(model, heldout, inv, [c["name"] for c in report["classes"]], cfg)
+    for c, g in zip(report["classes"], gains):
+        c["meta_gain"] = g
+    report["config"].update(meta_candidates=cfg.meta_candidates, meta_images=cfg.meta_images)
+    tmp = folder / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(folder / "report.json")
     return report
 
 
@@ -209,7 +241,8 @@ def loss_ablation(zoo: str | Path, path: str, cfg=None, losses=("margin", "ce", 
     table = {}
     for loss in losses:
         res = invert(model, pool, heldout, model.classnames, cfg=replace(cfg.inversion, loss=loss), progress=progress)
-        d = decide([r.asr for r in res], [r.loss for r in res], cfg.rule)
+        # ranked by the paper's s_t (the loss is what is compared; meta gains are not measured here)
+        d = decide([r.asr for r in res], [r.loss for r in res], "grubbs" if cfg.rule == "meta-gain" else cfg.rule)
         others = [r.asr for r in res if r.index != t]
         table[loss] = {"target_asr": res[t].asr, "benign_asr": sum(others) / len(others),
                        "target_rank": 1 + sum(s > d.scores[t] for s in d.scores), "max_score": d.max_score}
