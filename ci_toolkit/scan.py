@@ -246,4 +246,5 @@ def load_report(path: str | Path) -> tuple[dict, torch.Tensor]:
     return report, deltas
 
 
-__all__ = ["METHODS", "ScanConfig", "scan", "load_report", "split_pool", "world_ood", "check_candidates"]
+__all__ = ["METHODS", "ScanConfig", "scan", "rescore", "measure_meta_gains", "load_report", "split_pool", "world_ood",
+           "check_candidates"]
