@@ -76,9 +76,6 @@ def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor]
     def turn(g):
         return float(torch.einsum("nke,ne->nk", g[:, others], g[:, target]).mean())
 
-    def margin(f, g):
-        return target_margin(f, g, target)
-
     s_f0, s_p0 = mean_pairwise_distance(f0), mean_pairwise_distance(p0)
     return {
         "feature_cos": float(F.cosine_similarity(f0, f1).mean()),
@@ -86,5 +83,5 @@ def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor]
         "pi_spread_ratio": mean_pairwise_distance(p1) / max(s_p0, 1e-12),
         "pi_shift": float((p1.mean(0) - p0.mean(0)).norm()) / max(s_p0, 1e-12),
         "text_turn": turn(g1) - turn(g0),
-        "meta_gain": float((margin(f1, g1) - margin(f1, g0)).mean()),
+        "meta_gain": float((target_margin(f1, g1, target) - target_margin(f1, g0, target)).mean()),
     }

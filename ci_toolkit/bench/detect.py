@@ -111,12 +111,10 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                    "predicted_target": report["predicted_target"], "top_class": report.get("top_class"),
                    "gap": report["gap"], "runtime_s": report["runtime_s"],
                    "flagged": [c["name"] for c in report["classes"] if c["flagged"]]}
-            if "paper_rule" in report:  # the same scan under the paper's k = 2 rule
-                flags = [c["name"] for c in report["classes"] if c["paper_score"] > report["paper_rule"]["threshold"]]
-                row["paper_rule"] = {**report["paper_rule"], "flagged": flags}
-            if "grubbs_rule" in report:  # ... and under Grubbs' bound on the paper's s_t
-                flags = [c["name"] for c in report["classes"] if c["paper_score"] > report["grubbs_rule"]["threshold"]]
-                row["grubbs_rule"] = {**report["grubbs_rule"], "flagged": flags}
+            for key in OTHER_RULES:  # the same scan under the paper's s_t with k = 2 and with Grubbs' bound
+                if key in report:
+                    flags = [c["name"] for c in report["classes"] if c["paper_score"] > report[key]["threshold"]]
+                    row[key] = {**report[key], "flagged": flags}
             rows.append(row)
             result["per_model"].append(row)
         used = [r for r in rows if r["implanted"]]
@@ -130,15 +128,14 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                                         "verdict": None, "scanned": False})
         metrics["wall_s"] = time.time() - t0
         result["methods"][METHOD_KEYS[method]] = metrics
-        if method == "clip-inspector" and all("paper_rule" in r for r in used):
-            paper = [{**r, "verdict": r["paper_rule"]["verdict"], "max_score": r["paper_rule"]["max_score"],
-                      "flagged": r["paper_rule"]["flagged"]} for r in used]
-            result["methods"]["clip_inspector_paper_k2"] = detection_metrics(paper)
-        if method == "clip-inspector" and used and all("grubbs_rule" in r for r in used):
-            grubbs = [{**r, "verdict": r["grubbs_rule"]["verdict"], "max_score": r["grubbs_rule"]["max_score"],
-                       "flagged": r["grubbs_rule"]["flagged"]} for r in used]
-            result["methods"]["clip_inspector_grubbs"] = detection_metrics(grubbs)
+        for key, name in OTHER_RULES.items():
+            if method == "clip-inspector" and used and all(key in r for r in used):
+                result["methods"][name] = detection_metrics([{**r, **r[key]} for r in used])
     return result
+
+
+# report key -> benchmark key of the paper-score rules every CLIP-Inspector report also decides
+OTHER_RULES = {"paper_rule": "clip_inspector_paper_k2", "grubbs_rule": "clip_inspector_grubbs"}
 
 
 def _cached(folder: Path, cfg, model_path: Path) -> dict:
@@ -171,7 +168,7 @@ def _add_meta_gains(folder: Path, report: dict, cfg, model_path: Path) -> dict:
     from ..invert import Inversion
     from ..scan import load_report, measure_meta_gains, split_pool, world_ood
 
-    report, deltas = load_report(folder)
+    _, deltas = load_report(folder)
     model = load_cocoop(model_path)
     _, heldout = split_pool(world_ood(model.preprocess.image_size, cfg), cfg, cfg.inversion.batch_size)
     inv = [Inversion(c["name"], i, c["loss"], c["asr"], [], deltas[i]) for i, c in enumerate(report["classes"])]
