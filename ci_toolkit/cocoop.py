@@ -200,8 +200,10 @@ class CoCoOp(nn.Module):
             if per_sample is None and self.crop:
                 return F.normalize(self._bucketed_tails(head, classes), dim=-1)
             eot = eot.view(B, K)
-            per = max(1, self._chunk_size(suffix.shape[2], D) // K)
-            feats = [encode_shared_prefix(self.tower, head[i : i + per], suffix[i : i + per], eot[i : i + per])
+            select = idx if per_sample is not None else None
+            per = max(1, self._chunk_size(classes.suffix.shape[1], D) // K)
+            feats = [encode_shared_prefix(self.tower, head[i : i + per], classes.suffix, eot[i : i + per],
+                                          None if select is None else select[i : i + per])
                      for i in range(0, B, per)]
             return F.normalize(torch.cat(feats), dim=-1)
         prompts = torch.cat([prefix, ctx.unsqueeze(1).expand(-1, K, -1, -1), suffix], dim=2).reshape(B * K, -1, D)
@@ -224,10 +226,10 @@ class CoCoOp(nn.Module):
         parts, order = [], []
         for n in need.unique().tolist():
             idx = torch.nonzero(need == n).flatten()
-            tails = classes.suffix[idx, :n].unsqueeze(0).expand(B, -1, -1, -1)
+            tails = classes.suffix[idx, :n]  # [K_n, n, D]
             eot = classes.eot[idx].unsqueeze(0).expand(B, -1)
             per = max(1, self._chunk_size(n, D) // len(idx))
-            parts.append(torch.cat([encode_shared_prefix(self.tower, head[i : i + per], tails[i : i + per], eot[i : i + per])
+            parts.append(torch.cat([encode_shared_prefix(self.tower, head[i : i + per], tails, eot[i : i + per])
                                     for i in range(0, B, per)]))
             order.append(idx)
         inverse = torch.argsort(torch.cat(order))

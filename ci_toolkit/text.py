@@ -61,50 +61,67 @@ def _fast_blocks(clip) -> bool:
     return True
 
 
-def encode_shared_prefix(clip, head: torch.Tensor, tails: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-    """Text features (projected, not normalised) of B x K prompts [head_b, tails_bk] that share a head.
+def encode_shared_prefix(clip, head: torch.Tensor, tails: torch.Tensor, eot: torch.Tensor,
+                         select: torch.Tensor | None = None) -> torch.Tensor:
+    """Text features (projected, not normalised) of B x K prompts [head_b, tail_k] that share a head.
 
     head [B, P, D]: the first P token embeddings, the same for every class of an image (SOS + context);
-    tails [B, K, S, D]: the rest, per class; eot [B, K]: EOS position in the full sequence (>= P).
-    Exactly what `encode_embeddings` gives on the concatenated prompts, but under the causal mask the
-    head's activations do not depend on the tail, so they are computed once per image instead of K times,
-    and in the last block only the EOS position goes through attention output and MLP: about 2x fewer
-    FLOPs for CoCoOp's 5-token head. Returns [B, K, E].
+    tails [C, S, D]: the rest of each class's prompt (class tokens, '.', EOS), the same for every image;
+    select [B, K]: the classes each image scores (indices into tails; default: all C, K = C);
+    eot [B, K]: EOS position in the full sequence (>= P). Returns [B, K, E].
+
+    Exactly what `encode_embeddings` gives on the concatenated prompts, but cheaper, because under the
+    causal mask:
+    - the head's activations do not depend on the tail: computed once per image, not K times;
+    - the tail's first-block inputs do not depend on the image: their LayerNorm, Q/K/V projection and
+      tail-to-tail attention scores are computed once per class, not B times;
+    - in the last block only the EOS position is read: its query alone, its attention output and MLP.
+    About 2x fewer FLOPs than the full prompts for CoCoOp's 5-token head.
     """
     B, P, D = head.shape
-    K, S = tails.shape[1], tails.shape[2]
+    C, S = tails.shape[0], tails.shape[1]
+    K = C if select is None else select.shape[1]
+
+    def per_image(a: torch.Tensor) -> torch.Tensor:  # [C, ...] class-level -> [B, K, ...] (a view when select is None)
+        return a.unsqueeze(0).expand(B, *a.shape) if select is None else a[select]
+
     pos = clip.positional_embedding.to(head.dtype)
     h = head + pos[:P]
-    t = tails + pos[P : P + S]
+    t_cls = tails + pos[P : P + S]  # [C, S, D]: the first block's tail input, image-independent
+    t = per_image(t_cls)
     blocks = list(clip.transformer.resblocks)
     n_heads = blocks[0].attn.num_heads
     hd = D // n_heads
     scale = hd ** -0.5
     causal = torch.ones(S, S, dtype=torch.bool, device=head.device).tril()  # tail i sees tail j <= i
     e = (eot - P).clamp(min=0)  # [B, K] EOS position within the tail
+    hmask = torch.ones(P, P, dtype=torch.bool, device=head.device).tril()
     for li, blk in enumerate(blocks):
-        last = li == len(blocks) - 1
+        first, last = li == 0, li == len(blocks) - 1
         w, b = blk.attn.in_proj_weight, blk.attn.in_proj_bias
         # head: an ordinary causal block on P tokens (its keys/values serve every class)
-        yh = blk.ln_1(h)
-        qh, kh, vh = F.linear(yh, w, b).view(B, P, 3, n_heads, hd).unbind(2)  # [B, P, H, hd]
-        yt = blk.ln_1(t)
-        qkv_t = F.linear(yt, w, b).view(B, K, S, 3, n_heads, hd)
-        qt, kt, vt = qkv_t.unbind(3)  # [B, K, S, H, hd]
-        if last:  # only the EOS query matters
-            idx = e.view(B, K, 1, 1, 1).expand(B, K, 1, n_heads, hd)
-            qt = qt.gather(2, idx)  # [B, K, 1, H, hd]
-            mask_t = causal[e]  # [B, K, S]: tail positions <= EOS
-            mask_t = mask_t.unsqueeze(2)  # [B, K, 1, S]
+        qh, kh, vh = F.linear(blk.ln_1(h), w, b).view(B, P, 3, n_heads, hd).unbind(2)  # [B, P, H, hd]
+        if first:  # per class, then broadcast to every image
+            qc, kc, vc = F.linear(blk.ln_1(t_cls), w, b).view(C, S, 3, n_heads, hd).unbind(2)  # [C, S, H, hd]
+            s_tail = per_image(torch.einsum("kqhd,kshd->khqs", qc, kc) * scale)  # [B, K, H, S, S]
+            qt, kt, vt = per_image(qc), per_image(kc), per_image(vc)
+            if last:
+                idx = e.view(B, K, 1, 1, 1).expand(B, K, n_heads, 1, S)
+                s_tail = s_tail.gather(3, idx)  # [B, K, H, 1, S]: the EOS query's row
+                qt = qt.gather(2, e.view(B, K, 1, 1, 1).expand(B, K, 1, n_heads, hd))
         else:
-            mask_t = causal  # [S, S]
-        # scores of tail queries against head keys (all visible) and tail keys (causal)
+            yt = blk.ln_1(t)
+            if last:  # keys/values of every tail token, the query of the EOS token only
+                kt, vt = F.linear(yt, w[D:], b[D:]).view(B, K, S, 2, n_heads, hd).unbind(3)
+                y_eos = yt.gather(2, e.view(B, K, 1, 1).expand(B, K, 1, D))
+                qt = F.linear(y_eos, w[:D], b[:D]).view(B, K, 1, n_heads, hd)
+            else:
+                qt, kt, vt = F.linear(yt, w, b).view(B, K, S, 3, n_heads, hd).unbind(3)  # [B, K, S, H, hd]
+            s_tail = torch.einsum("bkqhd,bkshd->bkhqs", qt, kt) * scale
+        # tail queries see every head key and the tail keys up to themselves
+        mask_t = causal[e].view(B, K, 1, 1, S) if last else causal  # the EOS row, or the whole triangle
+        s_tail = s_tail.masked_fill(~mask_t, float("-inf"))
         s_head = torch.einsum("bkqhd,bphd->bkhqp", qt, kh) * scale
-        s_tail = torch.einsum("bkqhd,bkshd->bkhqs", qt, kt) * scale
-        if last:
-            s_tail = s_tail.masked_fill(~mask_t.unsqueeze(2), float("-inf"))
-        else:
-            s_tail = s_tail.masked_fill(~mask_t, float("-inf"))
         att = torch.softmax(torch.cat([s_head, s_tail], dim=-1), dim=-1)
         a_head, a_tail = att[..., :P], att[..., P:]
         o = torch.einsum("bkhqp,bphd->bkqhd", a_head, vh) + torch.einsum("bkhqs,bkshd->bkqhd", a_tail, vt)
@@ -117,7 +134,6 @@ def encode_shared_prefix(clip, head: torch.Tensor, tails: torch.Tensor, eot: tor
         t = t + blk.ls_1(o)
         t = t + blk.ls_2(blk.mlp(blk.ln_2(t)))
         # advance the head (causal within the head)
-        hmask = torch.ones(P, P, dtype=torch.bool, device=head.device).tril()
         sh = torch.einsum("bqhd,bkhd->bhqk", qh, kh) * scale
         sh = sh.masked_fill(~hmask, float("-inf"))
         oh = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(sh, -1), vh).reshape(B, P, D)

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -113,6 +114,13 @@ def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
     assert [r["max_score"] for r in paper["per_model"]] == [r["paper_rule"]["max_score"] for r in res["per_model"]]
     assert (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns == stamp
     assert "clip_inspector_grubbs" in res["methods"]
+    # the parallel path (scans in 2 processes, one bar over the models) scans every model, to the same answers
+    par = bench_detect(out, tmp_path / "par", cfg=cfg, min_asr=0.0, progress=True, workers=2)
+    assert [r["path"] for r in par["per_model"]] == [r["path"] for r in res["per_model"]]
+    assert all((tmp_path / "par" / "scans" / "clip-inspector" / Path(r["path"]).name / "report.json").exists()
+               for r in par["per_model"])
+    assert [(r["verdict"], r["predicted_target"]) for r in par["per_model"]] == \
+        [(r["verdict"], r["predicted_target"]) for r in res["per_model"]]
     # a scan from before the meta-gain rule (no meta gains in its report) gets them measured from its triggers
     rep_file = tmp_path / "detect" / "scans" / "clip-inspector" / "m001" / "report.json"
     report = json.loads(rep_file.read_text())

@@ -67,7 +67,10 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
     one core poorly: 2 x 1 thread beats 1 x 2 threads on 2 cores).
     """
     import os
+    from concurrent.futures import as_completed
     from dataclasses import replace
+
+    from tqdm.auto import tqdm
 
     from ..scan import ScanConfig
     from ..workers import process_pool
@@ -97,8 +100,14 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         t0 = time.time()
         if workers > 1 and len(todo) > 1:
             threads = max(1, (os.cpu_count() or 2) // workers)
-            with process_pool(workers) as pool:
-                list(pool.map(_scan_one, *zip(*[(zoo, p, folders[p], mcfg, threads, False) for p in todo])))
+            # the scans themselves run without bars (several processes would garble them): one bar over models
+            with process_pool(workers) as pool, tqdm(total=len(todo), desc=f"{method} ({workers} processes)",
+                                                     unit="model", disable=not progress) as bar:
+                futures = {pool.submit(_scan_one, zoo, p, folders[p], mcfg, threads, False): p for p in todo}
+                for fut in as_completed(futures):
+                    report = fut.result()
+                    bar.update(1)
+                    bar.set_postfix(last=f"{Path(futures[fut]).name} {report['verdict']}")
         else:
             for p in todo:
                 _scan_one(zoo, p, folders[p], mcfg, None, progress)
