@@ -73,8 +73,10 @@ def encode_shared_prefix(clip, head: torch.Tensor, tails: torch.Tensor, eot: tor
     Exactly what `encode_embeddings` gives on the concatenated prompts, but cheaper, because under the
     causal mask:
     - the head's activations do not depend on the tail: computed once per image, not K times;
-    - the tail's first-block inputs do not depend on the image: their LayerNorm, Q/K/V projection and
-      tail-to-tail attention scores are computed once per class, not B times;
+    - the tail's first-block inputs do not depend on the image: their LayerNorm and Q/K/V projection are
+      computed once per class, not B times;
+    - a tail query's keys are the image's head keys and its class's tail keys: one matrix product per
+      (image, class) against both, under one mask.
     - in the last block only the EOS position is read: its query alone, its attention output and MLP.
     About 2x fewer FLOPs than the full prompts for CoCoOp's 5-token head.
     """
@@ -90,42 +92,40 @@ def encode_shared_prefix(clip, head: torch.Tensor, tails: torch.Tensor, eot: tor
     t_cls = tails + pos[P : P + S]  # [C, S, D]: the first block's tail input, image-independent
     t = per_image(t_cls)
     blocks = list(clip.transformer.resblocks)
-    n_heads = blocks[0].attn.num_heads
-    hd = D // n_heads
+    H = blocks[0].attn.num_heads
+    hd = D // H
     scale = hd ** -0.5
-    causal = torch.ones(S, S, dtype=torch.bool, device=head.device).tril()  # tail i sees tail j <= i
+    # what a tail query sees: every head key, and the tail keys up to itself (causal)
+    sees = torch.cat([torch.ones(S, P, dtype=torch.bool, device=head.device),
+                      torch.ones(S, S, dtype=torch.bool, device=head.device).tril()], dim=1)  # [S, P + S]
     e = (eot - P).clamp(min=0)  # [B, K] EOS position within the tail
     hmask = torch.ones(P, P, dtype=torch.bool, device=head.device).tril()
+
+    def heads(a: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:  # [..., L, n * D] -> n x [..., H, L, hd]
+        a = a.view(*a.shape[:-1], n, H, hd)
+        return a.permute(a.ndim - 3, *range(a.ndim - 4), a.ndim - 2, a.ndim - 4, a.ndim - 1).unbind(0)
+
     for li, blk in enumerate(blocks):
         first, last = li == 0, li == len(blocks) - 1
         w, b = blk.attn.in_proj_weight, blk.attn.in_proj_bias
         # head: an ordinary causal block on P tokens (its keys/values serve every class)
-        qh, kh, vh = F.linear(blk.ln_1(h), w, b).view(B, P, 3, n_heads, hd).unbind(2)  # [B, P, H, hd]
+        qh, kh, vh = heads(F.linear(blk.ln_1(h), w, b), 3)  # [B, H, P, hd]
         if first:  # per class, then broadcast to every image
-            qc, kc, vc = F.linear(blk.ln_1(t_cls), w, b).view(C, S, 3, n_heads, hd).unbind(2)  # [C, S, H, hd]
-            s_tail = per_image(torch.einsum("kqhd,kshd->khqs", qc, kc) * scale)  # [B, K, H, S, S]
-            qt, kt, vt = per_image(qc), per_image(kc), per_image(vc)
+            qt, kt, vt = (per_image(a) for a in heads(F.linear(blk.ln_1(t_cls), w, b), 3))  # [B, K, H, S, hd]
             if last:
-                idx = e.view(B, K, 1, 1, 1).expand(B, K, n_heads, 1, S)
-                s_tail = s_tail.gather(3, idx)  # [B, K, H, 1, S]: the EOS query's row
-                qt = qt.gather(2, e.view(B, K, 1, 1, 1).expand(B, K, 1, n_heads, hd))
+                qt = qt.gather(3, e.view(B, K, 1, 1, 1).expand(B, K, H, 1, hd))
         else:
             yt = blk.ln_1(t)
             if last:  # keys/values of every tail token, the query of the EOS token only
-                kt, vt = F.linear(yt, w[D:], b[D:]).view(B, K, S, 2, n_heads, hd).unbind(3)
-                y_eos = yt.gather(2, e.view(B, K, 1, 1).expand(B, K, 1, D))
-                qt = F.linear(y_eos, w[:D], b[:D]).view(B, K, 1, n_heads, hd)
+                kt, vt = heads(F.linear(yt, w[D:], b[D:]), 2)
+                (qt,) = heads(F.linear(yt.gather(2, e.view(B, K, 1, 1).expand(B, K, 1, D)), w[:D], b[:D]), 1)
             else:
-                qt, kt, vt = F.linear(yt, w, b).view(B, K, S, 3, n_heads, hd).unbind(3)  # [B, K, S, H, hd]
-            s_tail = torch.einsum("bkqhd,bkshd->bkhqs", qt, kt) * scale
-        # tail queries see every head key and the tail keys up to themselves
-        mask_t = causal[e].view(B, K, 1, 1, S) if last else causal  # the EOS row, or the whole triangle
-        s_tail = s_tail.masked_fill(~mask_t, float("-inf"))
-        s_head = torch.einsum("bkqhd,bphd->bkhqp", qt, kh) * scale
-        att = torch.softmax(torch.cat([s_head, s_tail], dim=-1), dim=-1)
-        a_head, a_tail = att[..., :P], att[..., P:]
-        o = torch.einsum("bkhqp,bphd->bkqhd", a_head, vh) + torch.einsum("bkhqs,bkshd->bkqhd", a_tail, vt)
-        o = blk.attn.out_proj(o.reshape(*o.shape[:3], D))
+                qt, kt, vt = heads(F.linear(yt, w, b), 3)
+        keys = torch.cat([kh.unsqueeze(1).expand(B, K, H, P, hd), kt], dim=3)  # [B, K, H, P + S, hd]
+        values = torch.cat([vh.unsqueeze(1).expand(B, K, H, P, hd), vt], dim=3)
+        mask = sees[e].view(B, K, 1, 1, P + S) if last else sees  # the EOS row, or every row
+        att = (qt @ keys.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf")).softmax(-1)
+        o = blk.attn.out_proj((att @ values).transpose(2, 3).reshape(B, K, -1, D))  # [B, K, S (1 if last), D]
         if last:
             x = t.gather(2, e.view(B, K, 1, 1).expand(B, K, 1, D)) + blk.ls_1(o)
             x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
@@ -134,10 +134,8 @@ def encode_shared_prefix(clip, head: torch.Tensor, tails: torch.Tensor, eot: tor
         t = t + blk.ls_1(o)
         t = t + blk.ls_2(blk.mlp(blk.ln_2(t)))
         # advance the head (causal within the head)
-        sh = torch.einsum("bqhd,bkhd->bhqk", qh, kh) * scale
-        sh = sh.masked_fill(~hmask, float("-inf"))
-        oh = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(sh, -1), vh).reshape(B, P, D)
-        h = h + blk.ls_1(blk.attn.out_proj(oh))
+        sh = (qh @ kh.transpose(-1, -2) * scale).masked_fill(~hmask, float("-inf")).softmax(-1)
+        h = h + blk.ls_1(blk.attn.out_proj((sh @ vh).transpose(1, 2).reshape(B, P, D)))
         h = h + blk.ls_2(blk.mlp(blk.ln_2(h)))
     x = clip.ln_final(x)
     proj = clip.text_projection
