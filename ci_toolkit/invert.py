@@ -97,16 +97,39 @@ def group_losses(model: CoCoOp, x: torch.Tensor, deltas: torch.Tensor, targets: 
     return per.view(G, B).mean(1)
 
 
+TIE_TOL = 1e-3  # logits: a rival this close to the target is settled by the full argmax, not the first stage
+
+
 @torch.no_grad()
 def trigger_asr(model: CoCoOp, images: torch.Tensor, deltas: torch.Tensor, targets: torch.Tensor,
-                classes: ClassPrompts, batch_size: int = 128) -> torch.Tensor:
-    """[G]: fraction of `images` that delta_g sends to targets[g] (argmax over `classes`)."""
-    hits = torch.zeros(len(deltas))
-    per = max(1, batch_size // len(deltas))
+                classes: ClassPrompts, batch_size: int = 128, rivals: int = 3) -> torch.Tensor:
+    """[G]: fraction of `images` that delta_g sends to targets[g] (argmax over `classes`).
+
+    Exact, in two stages: a triggered image is a hit only if its target's logit beats every other, so it
+    is first scored against its target and `rivals` likely winners (the clean image's top classes); one
+    that clearly loses there is a miss, and only the rest are scored against all classes. Most triggers
+    miss most images, so this costs about half the full pass (rivals=0: every image gets the full pass).
+    """
+    G = len(deltas)
+    hits = torch.zeros(G)
+    per = max(1, batch_size // G)
     for i in range(0, len(images), per):
         x = as_float(images[i : i + per])
-        z = model(_triggered(x, deltas), classes).view(len(deltas), len(x), -1)
-        hits += (z.argmax(-1) == targets.unsqueeze(1)).float().sum(1)
+        b = len(x)
+        t = targets.repeat_interleave(b)  # [G * b], group-major like _triggered
+        f = model.encode_image(_triggered(x, deltas))
+        meta = model.meta_tokens(f)
+        open_ = torch.ones(G * b, dtype=torch.bool)
+        if 0 < rivals < len(classes):
+            top = model(x, classes).topk(rivals, dim=-1).indices.repeat(G, 1)  # [G * b, R]
+            pick = torch.cat([t.unsqueeze(1), top], dim=1)
+            z = model.logit_scale * torch.einsum("ne,npe->np", f, model.text_features(meta, classes, per_sample=pick))
+            open_ = ~(z[:, 1:] > z[:, :1] + TIE_TOL).any(1)
+        if open_.any():
+            z = model.logit_scale * torch.einsum("ne,nke->nk", f[open_], model.text_features(meta[open_], classes))
+            hit = z.argmax(-1) == t[open_]
+            group = torch.arange(G).repeat_interleave(b)[open_]
+            hits.index_add_(0, group[hit], torch.ones(int(hit.sum())))
     return hits / len(images)
 
 

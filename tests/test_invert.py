@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ci_toolkit.errors import CIError
-from ci_toolkit.invert import InversionConfig, group_losses, invert
+from ci_toolkit.invert import InversionConfig, group_losses, invert, trigger_asr
 
 
 def _plain_margin(model, x, delta, t, names):
@@ -91,3 +91,19 @@ def test_worker_processes_give_the_same_inversions(tiny_model):
     for a, b in zip(one[1:], two):
         assert abs(a.loss - b.loss) < 1e-5 and a.asr == b.asr
         assert torch.allclose(a.delta, b.delta, atol=1e-6)
+
+
+def test_two_stage_asr_equals_the_full_argmax(tiny_model):
+    g = torch.Generator().manual_seed(7)
+    images = torch.rand(40, 3, 32, 32, generator=g)
+    deltas = (torch.rand(6, 3, 32, 32, generator=g) - 0.5) * 0.6  # strong enough to move some images
+    targets = torch.tensor([0, 1, 2, 3, 0, 2]) % len(tiny_model.classnames)
+    prompts = tiny_model.prompts_for()
+    full = trigger_asr(tiny_model, images, deltas, targets, prompts, rivals=0)
+    assert 0 < full.sum() and (full < 1).any()  # hits and misses: both stages have work
+    with torch.no_grad():  # the plain definition: argmax of the logits of each triggered image
+        plain = torch.stack([(tiny_model((images + d).clamp(0, 1)).argmax(-1) == t).float().mean()
+                             for d, t in zip(deltas, targets)])
+    assert torch.equal(full, plain)
+    for r in (1, 2):
+        assert torch.equal(trigger_asr(tiny_model, images, deltas, targets, prompts, batch_size=16, rivals=r), full)
