@@ -242,8 +242,14 @@ def cmd_repair(args) -> None:
     save_cocoop(fixed, out / "model")
     _write_json(out / "repair.json", {**result, "config": {"report": str(args.report), "data": args.data,
                                                             "seed": args.seed}})
+    for a in result["attempts"][:-1]:  # the guard's retries (RepairConfig.max_acc_drop)
+        print(f"trigger weight {a['trigger_weight']:g}: repair-set ACC {a['train_acc_before']:.3f} -> {a['train_acc']:.3f},"
+              f" more than the allowed drop; repairing again with a lower weight")
+    if not result["attempts"][-1]["accepted"]:
+        print("warning: every trigger weight tried cost more clean accuracy than allowed; the gentlest repair is kept")
     print(f"ASR ({result['trigger_used']} trigger) {result['asr_before']:.3f} -> {result['asr_after']:.3f}, "
-          f"ACC {result['acc_before']:.3f} -> {result['acc_after']:.3f}; repaired model in {out / 'model'}")
+          f"ACC {result['acc_before']:.3f} -> {result['acc_after']:.3f} (trigger weight {result['trigger_weight']:g}); "
+          f"repaired model in {out / 'model'}")
 
 
 def cmd_bench_repair(args) -> None:

@@ -24,6 +24,13 @@ class RepairConfig:
     lr: float = 0.02  # SGD (CoCoOp's optimiser family), cosine; a fifth of training's 0.1: the model is already tuned
     trigger_weight: float = 1.0  # weight of CE(x + delta, y) next to CE(x, y)
     seed: int = 0
+    # The guard (repair_report): a repair that costs more than `max_acc_drop` of clean accuracy on the
+    # repair set itself is run again from the input with the trigger weight times `backoff`, at most
+    # `retries` times. Why: a reconstructed trigger the prompt learner cannot undo (or a wrong class's) makes
+    # the trigger term fight the clean term; the repairer sees it on its own labelled data, no test set needed.
+    max_acc_drop: float = 0.05
+    backoff: float = 0.3
+    retries: int = 2
 
 
 def repair(model, delta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, cfg: RepairConfig | None = None,
@@ -41,6 +48,30 @@ def repair(model, delta: torch.Tensor, images: torch.Tensor, labels: torch.Tenso
     tc = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     history = train_cocoop(fixed, images, labels, tc, progress=progress, batch_loss=loss, desc="repair")
     return fixed, history
+
+
+def guarded_repair(model, delta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                   cfg: RepairConfig | None = None, progress: bool = True) -> tuple[object, list[dict]]:
+    """`repair`, run again with a lower trigger weight while it costs more than cfg.max_acc_drop of
+    clean accuracy on `images` (the repair set: no held-out data is used to choose). Returns the repaired
+    copy (the last attempt's: the gentlest tried) and the attempts [{"trigger_weight", "train_acc_before",
+    "train_acc", "accepted"}]."""
+    from dataclasses import replace
+
+    from .train import evaluate
+
+    cfg = cfg or RepairConfig()
+    acc0 = evaluate(model, images, labels)
+    weight, attempts = cfg.trigger_weight, []
+    for _ in range(1 + max(0, cfg.retries)):
+        fixed, _ = repair(model, delta, images, labels, replace(cfg, trigger_weight=weight), progress=progress)
+        acc = evaluate(fixed, images, labels)
+        ok = acc >= acc0 - cfg.max_acc_drop
+        attempts.append({"trigger_weight": weight, "train_acc_before": acc0, "train_acc": acc, "accepted": ok})
+        if ok:
+            break
+        weight *= cfg.backoff
+    return fixed, attempts
 
 
 def world_labelled(names: list[str], image_size: int, per_class: int, seed: int, domain: str = "task"):
@@ -74,9 +105,10 @@ def repair_report(model, delta, train, test, trigger=None, target: int | None = 
     trig = trigger if trigger is not None else (lambda x: (x + delta).clamp(0, 1))
     (x_tr, y_tr), (x_te, y_te) = train, test
     before = {"acc": evaluate(model, x_te, y_te), "asr": attack_success_rate(model, x_te, y_te, target, trig)}
-    fixed, _ = repair(model, delta, x_tr, y_tr, cfg, progress=progress)
+    fixed, attempts = guarded_repair(model, delta, x_tr, y_tr, cfg, progress=progress)
     out = {"asr_before": before["asr"], "asr_after": attack_success_rate(fixed, x_te, y_te, target, trig),
            "acc_before": before["acc"], "acc_after": evaluate(fixed, x_te, y_te), "trigger_used": used,
-           "target": model.classnames[target], "steps": cfg.epochs * math.ceil(len(x_tr) / cfg.batch_size)}
+           "target": model.classnames[target], "trigger_weight": attempts[-1]["trigger_weight"], "attempts": attempts,
+           "steps": sum(cfg.epochs * math.ceil(len(x_tr) / cfg.batch_size) for _ in attempts)}
     out["runtime_s"] = time.time() - t0
     return fixed, out

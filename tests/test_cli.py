@@ -104,7 +104,8 @@ def test_repair_command_writes_json_and_never_touches_the_input(tiny_model, tmp_
     assert main([*args, "--out", str(tmp_path / "m")]) == 2  # refuses to write over the input
     assert main([*args, "--out", str(tmp_path / "fixed")]) == 0
     res = json.loads((tmp_path / "fixed" / "repair.json").read_text())
-    assert {"asr_before", "asr_after", "acc_before", "acc_after", "trigger_used", "steps", "runtime_s"} <= set(res)
+    assert {"asr_before", "asr_after", "acc_before", "acc_after", "trigger_used", "steps", "runtime_s", "trigger_weight",
+            "attempts"} <= set(res)
     assert res["trigger_used"] == "reconstructed"
     ci.load_cocoop(tmp_path / "fixed" / "model")
     assert (tmp_path / "m" / "prompt_learner.safetensors").read_bytes() == before

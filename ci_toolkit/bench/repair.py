@@ -50,7 +50,8 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg=None, scan_cfg=Non
         rows.append(row)
         if progress:
             print(f"{m['path']} {m['attack']}: ASR {res['asr_before']:.3f} -> {res['asr_after']:.3f}, "
-                  f"ACC {res['acc_before']:.3f} -> {res['acc_after']:.3f} (trigger of {top!r}, true {m['target']!r})")
+                  f"ACC {res['acc_before']:.3f} -> {res['acc_after']:.3f} (trigger of {top!r}, true {m['target']!r}, "
+                  f"weight {res['trigger_weight']:g})")
     mean = lambda k: sum(r[k] for r in rows) / len(rows) if rows else float("nan")  # noqa: E731
     from dataclasses import asdict
 
