@@ -204,13 +204,18 @@ def cmd_bench_detect(args) -> None:
 
 
 def cmd_repair(args) -> None:
+    from dataclasses import asdict
+
     import torch
 
     from .attacks import load_attack
     from .checkpoint import load_cocoop, save_cocoop
     from .data import load_image_folder
-    from .repair import repair_report, world_labelled
+    from .repair import RepairConfig, repair_report, world_labelled
     from .scan import load_report
+
+    if not 0 <= args.max_acc_drop <= 1:
+        raise CIError(f"--max-acc-drop is a fraction of accuracy in [0, 1], got {args.max_acc_drop}")
 
     out = Path(args.out)
     if out.resolve() == Path(args.model).resolve():
@@ -238,10 +243,11 @@ def cmd_repair(args) -> None:
     if args.attacker:
         attack = load_attack(args.attacker)
         trigger, target = attack, attack.target
-    fixed, result = repair_report(model, delta, train, test, trigger, target)
+    cfg = RepairConfig(max_acc_drop=args.max_acc_drop)
+    fixed, result = repair_report(model, delta, train, test, trigger, target, cfg)
     save_cocoop(fixed, out / "model")
     _write_json(out / "repair.json", {**result, "config": {"report": str(args.report), "data": args.data,
-                                                            "seed": args.seed}})
+                                                            "seed": args.seed, "repair": asdict(cfg)}})
     for a in result["attempts"][:-1]:  # the guard's retries (RepairConfig.max_acc_drop)
         print(f"trigger weight {a['trigger_weight']:g}: repair-set ACC {a['train_acc_before']:.3f} -> {a['train_acc']:.3f},"
               f" more than the allowed drop; repairing again with a lower weight")
@@ -362,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attacker", default=None, help="the attacker's artefacts folder, when known: ASR is measured with the real trigger")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-acc-drop", type=float, default=0.05,
+                   help="clean-accuracy loss on the repair set that sends the repair back with a 0.3x trigger weight "
+                        "(default 0.05; 1 keeps the first repair whatever it costs)")
     s.set_defaults(func=cmd_repair)
 
     s = sub.add_parser("info", help="versions, the embedded backbone, the device", description="Print versions and setup.")

@@ -102,11 +102,13 @@ def test_repair_command_writes_json_and_never_touches_the_input(tiny_model, tmp_
             Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()).save(data / name.replace(" ", "_") / f"{i}.png")
     args = ["repair", str(tmp_path / "m"), "--report", str(tmp_path / "scan" / "report.json"), "--data", str(data)]
     assert main([*args, "--out", str(tmp_path / "m")]) == 2  # refuses to write over the input
+    assert main([*args, "--out", str(tmp_path / "x"), "--max-acc-drop", "2"]) == 2  # a fraction, not points
+    assert "--max-acc-drop" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main([*args, "--out", str(tmp_path / "fixed")]) == 0
     res = json.loads((tmp_path / "fixed" / "repair.json").read_text())
     assert {"asr_before", "asr_after", "acc_before", "acc_after", "trigger_used", "steps", "runtime_s", "trigger_weight",
             "attempts"} <= set(res)
-    assert res["trigger_used"] == "reconstructed"
+    assert res["trigger_used"] == "reconstructed" and res["config"]["repair"]["max_acc_drop"] == 0.05
     ci.load_cocoop(tmp_path / "fixed" / "model")
     assert (tmp_path / "m" / "prompt_learner.safetensors").read_bytes() == before
     assert main([*args, "--out", str(tmp_path / "fixed")]) == 2  # never overwrites a previous repair
