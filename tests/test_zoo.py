@@ -159,3 +159,30 @@ def test_bench_collapse_on_the_smoke_zoo(zoo):
         assert (bad["model"], clean["model"]) == ("backdoored", "clean")
         assert abs(bad["feature_cos"] - clean["feature_cos"]) < 1e-6
         assert abs(bad["f_spread_ratio"] - clean["f_spread_ratio"]) < 1e-5
+
+
+def test_bench_repair_repairs_with_the_trigger_of_the_class_the_rule_picks(zoo, tmp_path):
+    from ci_toolkit.bench.repair import bench_repair
+    from ci_toolkit.invert import InversionConfig
+    from ci_toolkit.repair import RepairConfig
+    from ci_toolkit.scan import ScanConfig, rescore
+
+    out, manifest = zoo
+    prof = ZOO_PROFILES["smoke"]
+    scan_cfg = ScanConfig(inversion=InversionConfig(group=5), pool_size=64, heldout_size=16)
+    kw = dict(min_asr=0.0, n_classes=prof.n_classes, n_test_per_class=prof.n_test_per_class, progress=False,
+              cfg=RepairConfig(epochs=1))
+    res = bench_repair(out, tmp_path / "det", scan_cfg=scan_cfg, **kw)
+    backdoored = [m for m in manifest if m["attack"] != "clean"]
+    assert [r["path"] for r in res["per_model"]] == [m["path"] for m in backdoored]
+    assert res["config"]["rule"] == "meta-gain" and res["summary"]["n_models"] == len(backdoored)
+    # a scan stored under another rule is decided again under the configured one before its trigger is chosen
+    rep_file = tmp_path / "det" / "scans" / "clip-inspector" / Path(backdoored[0]["path"]).name / "report.json"
+    grubbs = rescore(json.loads(rep_file.read_text()), "grubbs")
+    paper = rescore(grubbs, "paper")
+    pick = paper["predicted_target"] or paper["top_class"]
+    decoy = next(c["name"] for c in grubbs["classes"] if c["name"] != pick)  # what the stored decision says
+    rep_file.write_text(json.dumps({**grubbs, "predicted_target": decoy, "top_class": decoy}))
+    again = bench_repair(out, tmp_path / "det", scan_cfg=replace(scan_cfg, rule="paper"), **kw)
+    assert again["per_model"][0]["repaired_with"] == (paper["predicted_target"] or paper["top_class"])
+    assert again["per_model"][0]["verdict"] == paper["verdict"] and again["config"]["rule"] == "paper"

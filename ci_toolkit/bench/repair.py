@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .detect import read_manifest
+from .detect import _cached, read_manifest
 
 
 def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg=None, scan_cfg=None, min_asr: float = 0.5,
@@ -35,7 +35,10 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg=None, scan_cfg=Non
         folder = detect_dir / "scans" / "clip-inspector" / name
         if not (folder / "report.json").exists():
             scan(model, world_ood(model.preprocess.image_size, scan_cfg), folder, cfg=scan_cfg, progress=progress)
-        report, deltas = load_report(folder)
+        _, deltas = load_report(folder)
+        # decided under scan_cfg's rule (default: meta-gain), as bench detect does: a scan stored under an
+        # older rule is rescored from its per-class results, never re-inverted
+        report = _cached(folder, scan_cfg, zoo / m["path"])
         top = report["predicted_target"] or report["top_class"]
         delta = deltas[[c["name"] for c in report["classes"]].index(top)]
         world = World(WorldConfig(image_size=model.preprocess.image_size))
@@ -46,6 +49,7 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg=None, scan_cfg=Non
         _, res = repair_report(model, delta, (task.train_x, task.train_y), task.split("test", "seen"), attack,
                                attack.target, cfg, progress=False)
         row = {"path": m["path"], "attack": m["attack"], "true_target": m["target"], "repaired_with": top,
+               "verdict": report["verdict"],
                "scan_found_target": top == m["target"], **res}
         rows.append(row)
         if progress:
@@ -58,5 +62,6 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg=None, scan_cfg=Non
     return {"summary": {k: mean(k) for k in ("asr_before", "asr_after", "acc_before", "acc_after")} | {"n_models": len(rows)},
             "per_model": rows, "runtime_s": time.time() - t0,
             "config": {"zoo": str(zoo), "detect_dir": str(detect_dir), "min_asr": min_asr, "repair": asdict(cfg),
+                       "rule": scan_cfg.rule,
                        "asr": "the attacker's real trigger, seen-class test split"}}
 
