@@ -185,27 +185,27 @@ class CoCoOp(nn.Module):
         B = meta.shape[0]
         ctx = self.prompt_learner.ctx.unsqueeze(0) + meta.unsqueeze(1)  # [B, n_ctx, D]
         D = ctx.shape[-1]
-        if per_sample is None:
-            K = len(classes)
-            prefix = classes.prefix.unsqueeze(0).expand(B, -1, -1, -1)
-            suffix = classes.suffix.unsqueeze(0).expand(B, -1, -1, -1)
-            eot = classes.eot.repeat(B)
-        else:
-            K = per_sample.shape[1]
-            idx = per_sample.to(classes.prefix.device)
-            prefix, suffix, eot = classes.prefix[idx], classes.suffix[idx], classes.eot[idx].flatten()
+        # which classes each image scores: all of them, or its own per_sample row
+        select = None if per_sample is None else per_sample.to(classes.prefix.device)  # [B, P]
+        K = len(classes) if select is None else select.shape[1]
+        eot = classes.eot.repeat(B) if select is None else classes.eot[select].flatten()
         if self.shared_prefix and _fast_blocks(self.tower):
             # the SOS token is the same for every class: the head [SOS, ctx + pi(x)] is shared by all K
             head = torch.cat([classes.prefix[:1].expand(B, -1, -1), ctx], dim=1)
-            if per_sample is None and self.crop:
+            if select is None and self.crop:
                 return F.normalize(self._bucketed_tails(head, classes), dim=-1)
             eot = eot.view(B, K)
-            select = idx if per_sample is not None else None
             per = max(1, self._chunk_size(classes.suffix.shape[1], D) // K)
             feats = [encode_shared_prefix(self.tower, head[i : i + per], classes.suffix, eot[i : i + per],
                                           None if select is None else select[i : i + per])
                      for i in range(0, B, per)]
             return F.normalize(torch.cat(feats), dim=-1)
+        # the reference path: every prompt in full
+        if select is None:
+            prefix = classes.prefix.unsqueeze(0).expand(B, -1, -1, -1)
+            suffix = classes.suffix.unsqueeze(0).expand(B, -1, -1, -1)
+        else:
+            prefix, suffix = classes.prefix[select], classes.suffix[select]
         prompts = torch.cat([prefix, ctx.unsqueeze(1).expand(-1, K, -1, -1), suffix], dim=2).reshape(B * K, -1, D)
         chunk = self._chunk_size(prompts.shape[1], D)
         feats = [

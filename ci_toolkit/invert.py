@@ -14,6 +14,8 @@ Exact speed-ups (tests/test_invert.py checks them against the plain path):
   without a graph and only the target and its strongest competitor are recomputed with one;
 - `group` candidates are optimised in one batch: their deltas are independent rows of one tensor, and
   Adam is element-wise, so this equals optimising them one after another.
+- the held-out ASR scores each triggered image against its target and the clean image's top classes
+  first; only images that do not clearly lose there get all K logits (`trigger_asr`);
 - groups are independent, so `workers` processes can run them side by side (one thread each): on a
   2-core CPU two single-thread processes do more work than one process with two threads, whose small
   matrix products do not split well.

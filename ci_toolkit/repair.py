@@ -109,6 +109,6 @@ def repair_report(model, delta, train, test, trigger=None, target: int | None = 
     out = {"asr_before": before["asr"], "asr_after": attack_success_rate(fixed, x_te, y_te, target, trig),
            "acc_before": before["acc"], "acc_after": evaluate(fixed, x_te, y_te), "trigger_used": used,
            "target": model.classnames[target], "trigger_weight": attempts[-1]["trigger_weight"], "attempts": attempts,
-           "steps": sum(cfg.epochs * math.ceil(len(x_tr) / cfg.batch_size) for _ in attempts)}
+           "steps": len(attempts) * cfg.epochs * math.ceil(len(x_tr) / cfg.batch_size)}
     out["runtime_s"] = time.time() - t0
     return fixed, out

@@ -76,7 +76,7 @@ def encode_shared_prefix(clip, head: torch.Tensor, tails: torch.Tensor, eot: tor
     - the tail's first-block inputs do not depend on the image: their LayerNorm and Q/K/V projection are
       computed once per class, not B times;
     - a tail query's keys are the image's head keys and its class's tail keys: one matrix product per
-      (image, class) against both, under one mask.
+      (image, class) against both, under one mask;
     - in the last block only the EOS position is read: its query alone, its attention output and MLP.
     About 2x fewer FLOPs than the full prompts for CoCoOp's 5-token head.
     """
