@@ -58,6 +58,12 @@ ZOO_PROFILES = {
     # a second hold-out, built after `holdout` had been looked at: the decision rule revised after that look
     # is reported here (target_offset: the first offset sharing no (attack, target) with the zoos above)
     "holdout2": replace(_FULL, name="holdout2", seeds=(300, 301, 302, 303, 304, 305), target_offset=6),
+    # a third hold-out, built before the session-10 changes to the scan were tried on the zoos above. Only
+    # the attacks that implant on MiniCLIP: WaNet, SIBA and BadNets reached seen ASR <= 0.065 in all 48 of
+    # their models over four zoos (docs/world.md), so they would be listed, not scanned; dropping them
+    # saves a third of the build. Targets: the next offset sharing no (attack, target) with the zoos above.
+    "holdout3": replace(_FULL, name="holdout3", attacks=("badclip", "badclip_adaptive", "blended"),
+                        seeds=(400, 401, 402, 403, 404, 405), target_offset=15),
 }
 
 

@@ -58,17 +58,18 @@ def test_resume_skips_finished_models(zoo):
     assert all(row["wall_s"] > 0 and row["models_total"] == len(manifest) for row in log)
 
 
-@pytest.mark.parametrize("name", ["full", "holdout", "holdout2"])
+@pytest.mark.parametrize("name", ["full", "holdout", "holdout2", "holdout3"])
 def test_full_profile_shape(name):
     specs = model_specs(ZOO_PROFILES[name])
-    assert len(specs) >= 30 and sum(s["attack"] == "clean" for s in specs) >= 6
+    assert len(specs) >= 6 + 4 * len(ZOO_PROFILES[name].attacks) and sum(s["attack"] == "clean" for s in specs) >= 6
     for attack in ZOO_PROFILES[name].attacks:
         mine = [s for s in specs if s["attack"] == attack]
         assert len(mine) >= 4 and len({s["target"] for s in mine}) == len(mine)
 
 
 @pytest.mark.parametrize("name, used_for_choices", [("holdout", ("full", "classroom")),
-                                                     ("holdout2", ("full", "classroom", "holdout"))])
+                                                     ("holdout2", ("full", "classroom", "holdout")),
+                                                     ("holdout3", ("full", "classroom", "holdout", "holdout2"))])
 def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices(name, used_for_choices):
     held = model_specs(ZOO_PROFILES[name])
     for other in used_for_choices:
