@@ -187,3 +187,11 @@ def test_bench_repair_repairs_with_the_trigger_of_the_class_the_rule_picks(zoo, 
     again = bench_repair(out, tmp_path / "det", scan_cfg=replace(scan_cfg, rule="paper"), **kw)
     assert again["per_model"][0]["repaired_with"] == (paper["predicted_target"] or paper["top_class"])
     assert again["per_model"][0]["verdict"] == paper["verdict"] and again["config"]["rule"] == "paper"
+
+
+def test_cli_offers_every_zoo_profile():
+    from ci_toolkit.cli import build_parser
+
+    zoo_cmd = build_parser()._subparsers._group_actions[0].choices["zoo"]
+    profile = next(a for a in zoo_cmd._actions if a.dest == "profile")
+    assert set(profile.choices) == set(ZOO_PROFILES)
