@@ -278,6 +278,16 @@ def cmd_bench_collapse(args) -> None:
         print(f"{name} ({row['n_models']} implanted): AUROC backdoored vs clean: {auc or 'n/a'}")
 
 
+def cmd_bench_gates(args) -> None:
+    from .bench.gates import bench_gates
+
+    result = bench_gates(args.zoo, eps_255=tuple(float(e) for e in args.eps.split(",")), min_asr=args.min_asr)
+    _write_json(args.out, result)
+    for name, row in result["per_attack"].items():
+        cells = ", ".join(f"{e}/255 opening {v['opening']:.2f} ASR {v['asr']:.2f}" for e, v in row["eps"].items())
+        print(f"{name} ({row['n_models']} implanted, trigger ASR {row['trigger_asr']:.2f}): {cells}")
+
+
 def cmd_bench_speed(args) -> None:
     from .bench.speed import bench_speed
 
@@ -450,6 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-asr", type=float, default=0.5, help="attacked models below this seen ASR count as not implanted")
     s.add_argument("--per-class", type=int, default=4, help="task-domain images per class")
     s.set_defaults(func=cmd_bench_collapse)
+
+    s = bsub.add_parser("gates", help="can an eps-bounded perturbation open the meta-net unit a backdoor uses?",
+                        description="For every implanted zoo model: the meta-net hidden unit its trigger raises most, "
+                                    "and what a universal perturbation optimised to raise that unit reaches at each eps.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--eps", default="8,10,16,24", help="comma-separated bounds in 1/255 pixel units")
+    s.add_argument("--min-asr", type=float, default=0.5, help="attacked models below this seen ASR count as not implanted")
+    s.set_defaults(func=cmd_bench_gates)
 
     s = bsub.add_parser("speed", help="one inversion step: naive reference vs the toolkit's path (equal loss and gradient)",
                         description="Time the naive and the fast inversion step for MiniCLIP and a ViT-B/16-sized random model.")

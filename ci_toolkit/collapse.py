@@ -85,3 +85,35 @@ def collapse_stats(model, images: torch.Tensor, trigger: Callable[[torch.Tensor]
         "text_turn": turn(g1) - turn(g0),
         "meta_gain": float((target_margin(f1, g1, target) - target_margin(f1, g0, target)).mean()),
     }
+
+
+def gate_preactivations(model, images: torch.Tensor) -> torch.Tensor:
+    """[N, H]: the meta-net's hidden pre-activations (before the ReLU) on images: its "gates"."""
+    with torch.no_grad():
+        return model.prompt_learner.meta_net.linear1(model.encode_image(as_float(images)))
+
+
+def open_gate(model, pool: torch.Tensor, unit: int, eps: float, lr: float | None = None, batch_size: int = 32,
+              seed: int = 0) -> torch.Tensor:
+    """A universal perturbation |delta| <= eps that drives meta-net hidden unit `unit` up over `pool`.
+
+    A white-box probe, not part of the scan: it asks whether an eps-bounded perturbation can open the gate
+    that a backdoor trigger opens. The objective is the unit's pre-activation itself, so it has a gradient
+    even where the ReLU is shut (where the margin loss, which sees the unit only after its ReLU, has none).
+    Adam (lr eps / 4: sign-like steps reach the bound in a few steps), one pass over `pool` in seeded order,
+    projection to [-eps, eps] after each step. Returns delta [1, 3, H, W]."""
+    x = as_float(pool)
+    lin1 = model.prompt_learner.meta_net.linear1
+    delta = torch.zeros(1, *x.shape[1:], requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr if lr is not None else eps / 4)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    model.eval()
+    for i in range(0, len(x) - batch_size + 1, batch_size):
+        b = x[order[i : i + batch_size]]
+        loss = -lin1(model.encode_image((b + delta).clamp(0, 1)))[:, unit].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            delta.clamp_(-eps, eps)
+    return delta.detach()

@@ -37,3 +37,16 @@ def test_meta_gain_is_zero_when_the_meta_tokens_ignore_the_image(tiny_model, ima
     s = collapse_stats(tiny_model, images, lambda x: (x + noise).clamp(0, 1), target=1)
     assert s["feature_cos"] < 0.999  # the image feature moved ...
     assert abs(s["meta_gain"]) < 1e-6 and abs(s["text_turn"]) < 1e-6  # ... but nothing went through pi
+
+
+def test_open_gate_stays_in_the_bound_and_raises_its_unit(tiny_model):
+    from ci_toolkit.collapse import gate_preactivations, open_gate
+
+    pool = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    base = gate_preactivations(tiny_model, pool).mean(0)
+    for unit in range(len(base)):
+        d = open_gate(tiny_model, pool, unit, eps=8 / 255)
+        assert d.shape == (1, 3, 32, 32) and d.abs().max() <= 8 / 255 + 1e-7
+        assert gate_preactivations(tiny_model, (pool + d).clamp(0, 1)).mean(0)[unit] > base[unit]
+    # known answer: no budget, no perturbation
+    assert open_gate(tiny_model, pool, 0, eps=0.0).abs().max() == 0

@@ -141,6 +141,20 @@ def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
     assert (tmp_path / "roc.png").stat().st_size > 1000
 
 
+def test_bench_gates_on_the_smoke_zoo(zoo):
+    from ci_toolkit.bench.gates import bench_gates
+
+    out, manifest = zoo
+    res = bench_gates(out, eps_255=(0.0, 8.0), min_asr=0.0, pool_size=64, heldout_size=16, progress=False)
+    assert set(res["per_attack"]) == {"badclip", "blended"} and len(res["per_model"]) == 2
+    for r in res["per_model"]:
+        assert 0 <= r["unit"] < r["units"]
+        # known answer: eps 0 is no perturbation: the unit stays at its clean level, the ASR is the clean one
+        assert r["eps"]["0.0"]["opening"] == 0.0 and r["eps"]["0.0"]["asr"] == r["clean_asr"]
+        assert 0 <= r["eps"]["8.0"]["asr"] <= 1
+    assert res["config"]["eps_255"] == [0.0, 8.0]
+
+
 def test_bench_collapse_on_the_smoke_zoo(zoo):
     from ci_toolkit.bench.collapse import DIRECTION, bench_collapse
 

@@ -1,0 +1,76 @@
+"""`ci-toolkit bench gates`: how large a perturbation must be to open the meta-net gate a backdoor uses.
+
+Why: the scan's inversion works only if an eps-bounded trigger reaches the backdoor. In CoCoOp the
+backdoor lives in the meta-net (Linear - ReLU - Linear): the attacker's trigger switches on hidden units
+that clean images leave off or low. For every implanted zoo model this benchmark finds the unit the
+attacker's trigger raises most (its pre-activation on held-out OOD images, triggered minus clean), then
+asks, for each eps, what a universal perturbation optimised to raise exactly that unit achieves
+(`collapse.open_gate`): `opening` = how far it moves the unit from the clean level toward the triggered
+level (0 = not at all, 1 = as far as the trigger), and `asr` = the fraction of held-out images it sends to
+the target (`clean_asr`: without it). A gate that only opens beyond the scan's eps explains a backdoor
+the scan cannot find, whatever the decision rule. Images: the scan's OOD pool and held-out split.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .detect import read_manifest
+
+EPS_255 = (8.0, 10.0, 16.0, 24.0)  # the attacker's bound, the scan's default, and two larger
+
+
+def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_size: int = 512,
+                heldout_size: int = 200, seed: int = 0, progress: bool = True) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..attacks import load_attack
+    from ..checkpoint import load_cocoop
+    from ..collapse import gate_preactivations, open_gate
+    from ..scan import ScanConfig, split_pool, world_ood
+
+    zoo = Path(zoo)
+    implanted = [m for m in read_manifest(zoo) if m["attack"] != "clean" and (m["asr_seen"] or 0) >= min_asr]
+    cfg = ScanConfig(pool_size=pool_size, heldout_size=heldout_size, seed=seed)
+    rows, t0 = [], time.time()
+    bar = tqdm(total=len(implanted) * len(eps_255), desc="gates", disable=not progress)
+    for m in implanted:
+        model = load_cocoop(zoo / m["path"]).eval()
+        attack = load_attack(zoo / "attacker" / Path(m["path"]).name)
+        pool, held = split_pool(world_ood(model.preprocess.image_size, cfg), cfg)
+        held = held.float() / 255 if held.dtype == torch.uint8 else held
+        target = attack.target
+        h0 = gate_preactivations(model, held).mean(0)
+        h1 = gate_preactivations(model, attack.apply(held)).mean(0)
+        unit = int((h1 - h0).argmax())
+
+        def hits(x):
+            with torch.no_grad():
+                return float((model(x).argmax(1) == target).float().mean())
+
+        row = {"path": m["path"], "attack": m["attack"], "target": m["target"], "asr_seen": m["asr_seen"],
+               "unit": unit, "units": len(h0), "clean_level": float(h0[unit]), "trigger_level": float(h1[unit]),
+               "trigger_asr": hits(attack.apply(held)), "clean_asr": hits(held), "eps": {}}
+        for e in eps_255:
+            delta = open_gate(model, pool, unit, e / 255, seed=seed)
+            xd = (held + delta).clamp(0, 1)
+            level = float(gate_preactivations(model, xd).mean(0)[unit])
+            row["eps"][str(e)] = {"level": level, "opening": (level - row["clean_level"]) /
+                                  max(row["trigger_level"] - row["clean_level"], 1e-12), "asr": hits(xd)}
+            bar.update(1)
+        rows.append(row)
+    bar.close()
+    per_attack = {}
+    for name in sorted({r["attack"] for r in rows}):
+        mine = [r for r in rows if r["attack"] == name]
+        per_attack[name] = {"n_models": len(mine), "trigger_asr": sum(r["trigger_asr"] for r in mine) / len(mine),
+                            "eps": {str(e): {k: sum(r["eps"][str(e)][k] for r in mine) / len(mine) for k in ("opening", "asr")}
+                                    for e in eps_255}}
+    return {"per_attack": per_attack, "per_model": rows, "runtime_s": time.time() - t0,
+            "config": {"zoo": str(zoo), "eps_255": list(eps_255), "min_asr": min_asr, "pool_size": pool_size,
+                       "heldout_size": heldout_size, "seed": seed, "ood": "world (the scan's OOD set)",
+                       "note": "unit: the meta-net hidden unit the attacker's trigger raises most; opening: "
+                               "(level with the eps-bounded gate-opening perturbation - clean level) / (trigger "
+                               "level - clean level); asr: held-out images sent to the target by it"}}
