@@ -117,3 +117,36 @@ def open_gate(model, pool: torch.Tensor, unit: int, eps: float, lr: float | None
         with torch.no_grad():
             delta.clamp_(-eps, eps)
     return delta.detach()
+
+
+def gate_probe(model, pool: torch.Tensor, heldout: torch.Tensor, eps: float, classes=None, meta_images: int = 64,
+               seed: int = 0, units: list[int] | None = None) -> tuple[list[dict], torch.Tensor]:
+    """Open each meta-net hidden unit in turn and see where the images go: for unit u, delta_u =
+    `open_gate(model, pool, u, eps)`; on `heldout`, the class c_u that delta_u sends most images to, that
+    fraction (`asr`, as the scan's held-out ASR) and the meta gain of delta_u toward c_u (logits, on the
+    first `meta_images`). Returns (one row per unit, deltas [H, 3, h, w]); `units`: only these (each unit's
+    row is computed on its own, so a split over processes gives the same rows).
+
+    Why: a prompt-learner backdoor is a gate in the meta-net that its trigger opens. The margin-loss
+    inversion sees a gate only through its ReLU, so one that clean images leave shut gives it no gradient;
+    a unit's pre-activation always has one. No class list is needed to find the gate: its class is where
+    the opened gate sends the images, and the meta gain says whether it gets there through the prompt
+    learner (a backdoor) or not."""
+    classes = classes if classes is not None else model.prompts_for()
+    units = list(range(model.prompt_learner.meta_net.linear1.out_features)) if units is None else list(units)
+    deltas = torch.cat([open_gate(model, pool, u, eps, seed=seed) for u in units])
+    x = as_float(heldout)
+    m = min(meta_images, len(x))
+    rows = []
+    with torch.no_grad():
+        g0 = model.text_features(model.meta_tokens(model.encode_image(x[:m])), classes)  # clean meta tokens
+        for u, d in zip(units, deltas):
+            # one text pass per unit serves both the prediction and the meta gain (as `meta_gains`, whose
+            # first `m` triggered images are these)
+            f1 = model.encode_image((x + d).clamp(0, 1))
+            g1 = model.text_features(model.meta_tokens(f1), classes)
+            counts = torch.bincount(torch.einsum("ne,nke->nk", f1, g1).argmax(-1), minlength=len(classes))
+            c = int(counts.argmax())
+            gain = (target_margin(f1[:m], g1[:m], c) - target_margin(f1[:m], g0, c)).mean() * float(model.logit_scale)
+            rows.append({"unit": u, "class": c, "asr": float(counts[c]) / len(x), "meta_gain": float(gain)})
+    return rows, deltas

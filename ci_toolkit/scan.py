@@ -40,6 +40,8 @@ class ScanConfig:
     threshold: float | None = None  # overrides the rule's threshold (e.g. a Youden-calibrated one)
     meta_candidates: int = 8  # the highest-ASR candidates whose meta gain is measured (score.py)
     meta_images: int = 64  # held-out images the meta gains are measured on
+    probe_eps: float | None = 16 / 255  # gate probe (collapse.gate_probe) bound; None: no probe (docs/scan.md)
+    probe_images: int = 512  # pool images the gate probe optimises on (one pass, batches of 32)
     pool_size: int = 1000  # OOD images used for inversion
     heldout_size: int = 200  # further OOD images for each trigger's ASR
     seed: int = 0  # pool split and order
@@ -100,7 +102,8 @@ def rescore(report: dict, rule: str, threshold: float | None = None) -> dict:
     inv = [Inversion(c["name"], i, c["loss"], c["asr"], c.get("losses", []), torch.zeros(0))
            for i, c in enumerate(report["classes"])]
     cfg = ScanConfig(rule=rule, threshold=threshold)
-    out = {**report, **_clip_inspector_report(inv, cfg, [c.get("meta_gain") for c in report["classes"]])}
+    out = {**report, **_clip_inspector_report(inv, cfg, [c.get("meta_gain") for c in report["classes"]],
+                                              report.get("gate_probe"))}
     out["config"] = {**report.get("config", {}), "rule": rule, "threshold": threshold}
     return out
 
@@ -164,7 +167,8 @@ def scan(model: CoCoOp, ood: torch.Tensor, out_dir: str | Path | None = None, ca
                          on_group=partial.save if partial else None, skip=set(done), workers=workers)
         by_index = {**done, **{r.index: r for r in results}}
         inv = [by_index[i] for i in range(len(names))]
-        report = _clip_inspector_report(inv, cfg, measure_meta_gains(model, heldout, inv, names, cfg))
+        probe = measure_gate_probe(model, pool, heldout, names, cfg, out, workers)
+        report = _clip_inspector_report(inv, cfg, measure_meta_gains(model, heldout, inv, names, cfg), probe)
         deltas = torch.stack([r.delta for r in inv])
     else:
         from .baselines import run_baseline
@@ -190,10 +194,48 @@ def measure_meta_gains(model: CoCoOp, heldout: torch.Tensor, inv: list[Inversion
     return out
 
 
-def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: list[float | None]) -> dict:
+def _probe_worker(model: CoCoOp, pool, heldout, names, cfg: ScanConfig, units: list[int], threads: int):
+    from .collapse import gate_probe
+
+    torch.set_num_threads(threads)
+    return gate_probe(model, pool, heldout, cfg.probe_eps, model.prompts_for(names), cfg.meta_images, cfg.seed, units)
+
+
+def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor, names: list[str], cfg: ScanConfig,
+                       out: Path | None = None, workers: int = 1) -> dict | None:
+    """The gate probe's report entry (collapse.gate_probe at cfg.probe_eps; None when off); its perturbations
+    go to out/gate_probe.safetensors. workers > 1: the units are split over that many processes."""
+    if cfg.probe_eps is None:
+        return None
+    pool = pool[: cfg.probe_images]
+    units = list(range(model.prompt_learner.meta_net.linear1.out_features))
+    if workers > 1 and len(units) > 1:
+        from .workers import process_pool
+
+        chunks = [c.tolist() for c in torch.tensor(units).tensor_split(min(workers, len(units)))]
+        threads = max(1, torch.get_num_threads() // workers)
+        with process_pool(len(chunks)) as ex:
+            parts = [f.result() for f in [ex.submit(_probe_worker, model, pool, heldout, names, cfg, c, threads)
+                                          for c in chunks]]
+        rows, deltas = [r for p in parts for r in p[0]], torch.cat([p[1] for p in parts])
+    else:
+        rows, deltas = _probe_worker(model, pool, heldout, names, cfg, units, torch.get_num_threads())
+    if out is not None:
+        from safetensors.torch import save_file
+
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"deltas": deltas.contiguous()}, str(out / "gate_probe.safetensors"))
+    return {"eps": cfg.probe_eps, "images": min(cfg.probe_images, len(pool)),
+            "units": [{**r, "class": names[r["class"]]} for r in rows]}
+
+
+def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: list[float | None],
+                           probe: dict | None = None) -> dict:
     asr = [r.asr for r in inv]
     loss = [r.loss for r in inv]
-    d = decide(asr, loss, cfg.rule, cfg.threshold, meta_gain)
+    index = {r.name: i for i, r in enumerate(inv)}
+    probes = [(index[u["class"]], u["asr"], u["meta_gain"]) for u in probe["units"]] if probe else None
+    d = decide(asr, loss, cfg.rule, cfg.threshold, meta_gain, probes)
     paper = decide(asr, loss, "paper")
     grubbs = decide(asr, loss, "grubbs")
     return {
@@ -213,6 +255,7 @@ def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: lis
              "flagged": fl, "losses": r.losses}
             for r, s, ps, mg, fl in zip(inv, d.scores, d.paper_scores, meta_gain, d.flagged)
         ],
+        **({"gate_probe": probe} if probe else {}),
     }
 
 
@@ -246,5 +289,5 @@ def load_report(path: str | Path) -> tuple[dict, torch.Tensor]:
     return report, deltas
 
 
-__all__ = ["METHODS", "ScanConfig", "scan", "rescore", "measure_meta_gains", "load_report", "split_pool", "world_ood",
+__all__ = ["METHODS", "ScanConfig", "scan", "rescore", "measure_meta_gains", "measure_gate_probe", "load_report", "split_pool", "world_ood",
            "check_candidates"]

@@ -4,15 +4,19 @@
     s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
 
 Decision rules (`RULES`):
-- "meta-gain" (default): the inversion ranks the candidates as above; the verdict asks whether the top
-  candidates' reconstructed triggers work THROUGH THE PROMPT LEARNER. meta_gain_t (collapse.meta_gains,
-  logits) is what the meta tokens of the triggered image add to t's margin, the image feature held. The
-  predicted target is the candidate maximising ASR_t x max(meta_gain_t, 0) among the `meta_candidates`
-  highest-ASR ones; backdoored iff its meta gain > META_GAIN_LOGITS. Why: on every zoo the largest s_t of a
-  clean model belongs to a natural sink (a class the frozen encoders make easy), which scores as high as
-  an adaptive backdoor; its trigger works through the image feature, a backdoor's through the meta
-  tokens. The threshold is a constant of the toolkit, chosen once on the full zoos (docs/scan.md); an
-  audit needs no calibration models.
+- "meta-gain" (default): the inversion ranks the candidates as above; the verdict asks whether the
+  scan's triggers work THROUGH THE PROMPT LEARNER. meta_gain (collapse.meta_gains, logits) is what the
+  meta tokens of the triggered image add to the class's margin, the image feature held. The triggers: the
+  inverted ones of the `meta_candidates` highest-ASR candidates, and the gate probe's (collapse.gate_probe:
+  one per meta-net hidden unit, optimised to open that unit at a larger bound, its class where it sends
+  the images). Each class scores the best ASR x max(meta_gain, 0) of its triggers (logits gained through
+  the prompt learner per held-out image); the predicted target is the top class; backdoored iff its score
+  exceeds META_GAIN_SCORE. Why: on every zoo the largest s_t of a clean model belongs to a natural sink (a
+  class the frozen encoders make easy), which scores as high as an adaptive backdoor; its trigger works
+  through the image feature, a backdoor's through the meta tokens. The probe finds the backdoors whose
+  gate clean images leave shut (Blended on MiniCLIP): the margin loss gets no gradient through a shut
+  ReLU. The threshold is a constant of the toolkit, chosen once on four zoos (docs/scan.md); an audit
+  needs no calibration models.
 - "grubbs": the paper's s_t, with the threshold of Grubbs' test for one outlier instead of a
   fixed k. Why: s_t standardises every class by a mean and std that include the class itself, so one
   huge outlier inflates the std and caps its own score at sqrt(K - 1), while among K benign scores the
@@ -39,9 +43,10 @@ from .errors import CIError
 
 RULES = ("meta-gain", "grubbs", "robust", "paper")
 PAPER_K = 2.0
-# Meta-gain threshold in logits: on the full zoos (benchmarks/detect.json, detect_rebuild.json scans) the
-# class-level-F1-best interval was (1.02, 2.06) (clean models <= 0.46); 1.5 is inside it (docs/scan.md)
-META_GAIN_LOGITS = 1.5
+# Meta-gain threshold on ASR x meta gain (logits): over the 65 scans of the four zoos before holdout3, with
+# the gate probe, the class-level-F1-best (then accuracy-best) interval was (0.70, 0.86); 0.78 is its middle
+# (clean models <= 0.45). Sessions 8-9 thresholded the meta gain alone at 1.5, without the probe (docs/scan.md)
+META_GAIN_SCORE = 0.78
 ALPHA = 0.05
 
 
@@ -102,9 +107,10 @@ class Decision:
     flagged: list[bool]  # class-level flags: score > threshold
 
 
-def decide(asr, loss, rule: str = "meta-gain", threshold: float | None = None, meta_gain=None) -> Decision:
+def decide(asr, loss, rule: str = "meta-gain", threshold: float | None = None, meta_gain=None, probes=None) -> Decision:
     """Scores and verdict from per-candidate held-out ASR and mean loss (and, for "meta-gain", the meta
-    gains in logits, None for candidates whose gain was not measured)."""
+    gains in logits, None for candidates whose gain was not measured, and the gate probe's triggers as
+    (candidate index, ASR, meta gain) triples)."""
     asr = torch.as_tensor(asr, dtype=torch.float64)
     loss = torch.as_tensor(loss, dtype=torch.float64)
     if asr.shape != loss.shape or asr.ndim != 1 or len(asr) < 3:
@@ -114,7 +120,7 @@ def decide(asr, loss, rule: str = "meta-gain", threshold: float | None = None, m
     a = raw_scores(asr, loss)
     paper = zscore(a)
     if rule == "meta-gain":
-        return _decide_meta_gain(asr, paper, meta_gain, threshold)
+        return _decide_meta_gain(asr, paper, meta_gain, threshold, probes)
     if rule == "grubbs":
         stat, default_thr = paper, grubbs_bound(len(a))
     elif rule == "paper":
@@ -135,24 +141,31 @@ def decide(asr, loss, rule: str = "meta-gain", threshold: float | None = None, m
     )
 
 
-def _decide_meta_gain(asr: torch.Tensor, paper: torch.Tensor, meta_gain, threshold: float | None) -> Decision:
+def _decide_meta_gain(asr: torch.Tensor, paper: torch.Tensor, meta_gain, threshold: float | None,
+                      probes=None) -> Decision:
     if meta_gain is None or len(meta_gain) != len(asr) or all(g is None for g in meta_gain):
         raise CIError("the meta-gain rule needs per-candidate meta gains (a scan from before this rule has "
                       "none: rescan, or decide it with rule='grubbs')")
-    measured = [g is not None for g in meta_gain]
-    gain = torch.tensor([float(g) if g is not None else 0.0 for g in meta_gain], dtype=torch.float64)
-    if not torch.isfinite(gain).all():
-        raise CIError("non-finite meta gain among the candidates: the model produces NaN/Inf")
-    rank = torch.where(torch.tensor(measured), asr * gain.clamp(min=0), torch.tensor(-1.0, dtype=torch.float64))
-    top = int(rank.argmax())
-    thr = META_GAIN_LOGITS if threshold is None else float(threshold)
-    mx = float(gain[top])
+    # every trigger the scan has: (class, ASR, meta gain) of the measured inverted candidates, then the probe's
+    triggers = [(i, float(asr[i]), float(g)) for i, g in enumerate(meta_gain) if g is not None]
+    triggers += [(int(c), float(a), float(g)) for c, a, g in (probes or [])]
+    if not all(math.isfinite(a) and math.isfinite(g) for _, a, g in triggers):
+        raise CIError("non-finite meta gain or ASR among the triggers: the model produces NaN/Inf")
+    if any(not 0 <= c < len(asr) for c, _, _ in triggers):
+        raise CIError("a gate-probe class index is out of the candidate range")
+    # per class: the best ASR x meta gain (logits per held-out image gained through the prompt learner)
+    value = [0.0] * len(asr)
+    for c, a, g in triggers:
+        value[c] = max(value[c], a * max(g, 0.0))
+    thr = META_GAIN_SCORE if threshold is None else float(threshold)
+    top = max(range(len(value)), key=lambda i: (value[i], -i))
+    mx = value[top]
     backdoored = mx > thr
-    others = torch.cat([gain[:top], gain[top + 1 :]])
+    others = value[:top] + value[top + 1 :]
     return Decision(
-        verdict="backdoored" if backdoored else "clean", rule="meta-gain", scores=gain.tolist(),
+        verdict="backdoored" if backdoored else "clean", rule="meta-gain", scores=value,
         paper_scores=paper.tolist(), max_score=mx, threshold=thr, predicted_target=top if backdoored else None,
-        top=top, gap=mx - float(others.max()), flagged=[backdoored and i == top for i in range(len(gain))],
+        top=top, gap=mx - max(others), flagged=[backdoored and i == top for i in range(len(value))],
     )
 
 

@@ -50,3 +50,19 @@ def test_open_gate_stays_in_the_bound_and_raises_its_unit(tiny_model):
         assert gate_preactivations(tiny_model, (pool + d).clamp(0, 1)).mean(0)[unit] > base[unit]
     # known answer: no budget, no perturbation
     assert open_gate(tiny_model, pool, 0, eps=0.0).abs().max() == 0
+
+
+def test_gate_probe_rows_match_the_plain_computation(tiny_model):
+    from ci_toolkit.collapse import gate_probe, meta_gains
+
+    g = torch.Generator().manual_seed(4)
+    pool, held = torch.rand(64, 3, 32, 32, generator=g), torch.rand(24, 3, 32, 32, generator=g)
+    rows, deltas = gate_probe(tiny_model, pool, held, eps=16 / 255, meta_images=16)
+    assert len(rows) == len(deltas) == tiny_model.prompt_learner.meta_net.linear1.out_features
+    for r, d in zip(rows, deltas):
+        with torch.no_grad():
+            pred = tiny_model((held + d).clamp(0, 1)).argmax(-1)
+        counts = torch.bincount(pred, minlength=len(tiny_model.classnames))
+        assert counts[r["class"]] == counts.max() and r["asr"] == float(counts.max()) / len(held)
+        plain = meta_gains(tiny_model, held[:16], d[None], [r["class"]])[0]
+        assert abs(r["meta_gain"] - float(plain)) < 1e-4

@@ -13,7 +13,7 @@ import ci_toolkit as ci
 from ci_toolkit.errors import CIError, DataError
 from ci_toolkit.invert import InversionConfig
 from ci_toolkit.scan import ScanConfig, _Partial, load_report, rescore, scan
-from ci_toolkit.score import META_GAIN_LOGITS, bonferroni_bound, decide, grubbs_bound, robust_zscore, youden_threshold, zscore
+from ci_toolkit.score import META_GAIN_SCORE, bonferroni_bound, decide, grubbs_bound, robust_zscore, youden_threshold, zscore
 
 FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8)
 
@@ -62,9 +62,10 @@ def test_default_rule_is_meta_gain():
     asr = [0.6, 0.9, 0.3, 0.2]  # class 0: the natural sink (high ASR, no meta gain); class 1: through the prompt learner
     loss = [0.5, 0.4, 2.0, 2.5]
     d = decide(asr, loss, meta_gain=[0.2, 4.0, None, None])
-    assert d.rule == "meta-gain" and d.threshold == META_GAIN_LOGITS
+    assert d.rule == "meta-gain" and d.threshold == META_GAIN_SCORE
     assert d.verdict == "backdoored" and d.predicted_target == 1 and d.flagged == [False, True, False, False]
-    assert d.max_score == 4.0 and d.gap == 4.0 - 0.2 and d.scores == [0.2, 4.0, 0.0, 0.0]
+    # the statistic: ASR x meta gain, per class the best of its triggers
+    assert d.max_score == 0.9 * 4.0 and d.gap == 0.9 * 4.0 - 0.6 * 0.2 and d.scores == [0.6 * 0.2, 0.9 * 4.0, 0.0, 0.0]
     sink = decide(asr, loss, meta_gain=[0.4, 0.1, None, None])  # the top trigger works through the image feature
     assert sink.verdict == "clean" and sink.predicted_target is None and sink.top == 0 and not any(sink.flagged)
     # ranked by ASR x gain: a larger gain with a useless trigger does not win
@@ -73,6 +74,22 @@ def test_default_rule_is_meta_gain():
         decide(asr, loss)
     with pytest.raises(CIError, match="non-finite meta gain"):
         decide(asr, loss, meta_gain=[float("nan"), 1.0, None, None])
+
+
+def test_meta_gain_rule_takes_the_gate_probes_triggers():
+    asr, loss, gains = [0.6, 0.1, 0.3, 0.2], [0.5, 3.0, 2.0, 2.5], [0.2, None, 0.1, None]
+    assert decide(asr, loss, meta_gain=gains).verdict == "clean"
+    # a gate the inversion did not open: the probe's perturbation sends 85% of the images to class 3 through the
+    # prompt learner; class 3's own inverted trigger had no gain measured
+    d = decide(asr, loss, meta_gain=gains, probes=[(1, 0.5, 0.3), (3, 0.85, 2.0)])
+    assert d.verdict == "backdoored" and d.predicted_target == 3 and d.max_score == 0.85 * 2.0
+    assert d.scores[1] == 0.5 * 0.3 and d.flagged == [False, False, False, True]
+    # a probe trigger below its class's inverted one does not lower the class's score
+    assert decide(asr, loss, meta_gain=gains, probes=[(0, 0.1, 0.1)]).scores[0] == 0.6 * 0.2
+    with pytest.raises(CIError, match="non-finite"):
+        decide(asr, loss, meta_gain=gains, probes=[(3, float("nan"), 2.0)])
+    with pytest.raises(CIError, match="out of the candidate range"):
+        decide(asr, loss, meta_gain=gains, probes=[(4, 0.9, 2.0)])
 
 
 def test_grubbs_rule_on_the_papers_score():
@@ -197,3 +214,22 @@ def test_baselines_produce_reports(tiny_model, ood, tmp_path, method):
     assert report["method"] == method and report["rule"] == "mad"
     assert len(report["classes"]) == 4 and all(0 <= c["asr"] <= 1 for c in report["classes"])
     assert (tmp_path / "report.html").exists()
+
+
+def test_scan_reports_the_gate_probe_and_splits_it_over_processes(tiny_model, ood, tmp_path):
+    from ci_toolkit.scan import measure_gate_probe, split_pool
+
+    report = scan(tiny_model, ood, tmp_path / "s", cfg=FAST, progress=False, html=False)
+    probe = report["gate_probe"]
+    hidden = tiny_model.prompt_learner.meta_net.linear1.out_features
+    assert probe["eps"] == FAST.probe_eps and [u["unit"] for u in probe["units"]] == list(range(hidden))
+    assert all(u["class"] in tiny_model.classnames and 0 <= u["asr"] <= 1 for u in probe["units"])
+    from safetensors.torch import load_file
+
+    deltas = load_file(str(tmp_path / "s" / "gate_probe.safetensors"))["deltas"]
+    assert deltas.shape == (hidden, 3, 32, 32) and deltas.abs().max() <= FAST.probe_eps + 1e-6
+    pool, heldout = split_pool(ood, FAST, FAST.inversion.batch_size)
+    two = measure_gate_probe(tiny_model, pool, heldout, list(tiny_model.classnames), FAST, tmp_path / "w", workers=2)
+    assert two == probe and torch.equal(load_file(str(tmp_path / "w" / "gate_probe.safetensors"))["deltas"], deltas)
+    off = scan(tiny_model, ood, tmp_path / "off", cfg=replace(FAST, probe_eps=None), progress=False, html=False)
+    assert "gate_probe" not in off and not (tmp_path / "off" / "gate_probe.safetensors").exists()

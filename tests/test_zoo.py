@@ -94,6 +94,12 @@ def test_bench_attacks_from_the_zoo(zoo):
     assert res["build"]["wall_s"] == sum(s["wall_s"] for s in log) and res["build"]["sessions"] == log
 
 
+def tiny_units(zoo_dir) -> int:
+    from ci_toolkit.checkpoint import load_cocoop
+
+    return load_cocoop(zoo_dir / "models" / "m000").prompt_learner.meta_net.linear1.out_features
+
+
 def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
     from ci_toolkit.bench.detect import bench_detect, roc_figure
     from ci_toolkit.invert import InversionConfig
@@ -134,6 +140,16 @@ def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
     stored = [c["meta_gain"] for c in json.loads(rep_file.read_text())["classes"]]
     assert all((a is None and b is None) or abs(a - b) < 1e-4 for a, b in zip(stored, gains))
     assert [r["verdict"] for r in upgraded["per_model"]] == [r["verdict"] for r in res["per_model"]]
+    # a scan from before the gate probe gets the probe run, to the same probe and decision as a fresh scan
+    rep_file = tmp_path / "detect" / "scans" / "clip-inspector" / "m002" / "report.json"
+    report = json.loads(rep_file.read_text())
+    probe = report.pop("gate_probe")
+    assert len(probe["units"]) == tiny_units(out) and probe["eps"] == cfg.probe_eps
+    (rep_file.parent / "gate_probe.safetensors").unlink()
+    rep_file.write_text(json.dumps(report))
+    probed = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
+    assert json.loads(rep_file.read_text())["gate_probe"] == probe and (rep_file.parent / "gate_probe.safetensors").exists()
+    assert probed["per_model"] == res["per_model"]
     with pytest.raises(CIError, match="other inversion settings"):
         bench_detect(out, tmp_path / "detect", cfg=replace(cfg, inversion=InversionConfig(group=5, eps=4 / 255)),
                      min_asr=0.0, progress=False)

@@ -148,9 +148,10 @@ OTHER_RULES = {"paper_rule": "clip_inspector_paper_k2", "grubbs_rule": "clip_ins
 
 
 def _cached(folder: Path, cfg, model_path: Path) -> dict:
-    """A model's finished scan, decided under cfg's rule: a scan made with another rule is rescored from its
-    per-class results (no new inversion); one made with other inversion settings is refused, not mixed in.
-    A scan from before the meta-gain rule gets its meta gains measured from its saved triggers (seconds)."""
+    """A model's finished scan, decided under cfg's rule: rescored from its per-class results (no new
+    inversion); one made with other inversion settings is refused, not mixed in. A scan from before the
+    meta-gain rule gets its meta gains measured from its saved triggers (seconds), one from before the gate
+    probe gets the probe (about half a minute)."""
     from dataclasses import asdict
 
     from ..errors import CIError
@@ -165,8 +166,32 @@ def _cached(folder: Path, cfg, model_path: Path) -> dict:
         if cfg.rule == "meta-gain" and all(c.get("meta_gain") is None for c in report["classes"]):
             report = _add_meta_gains(folder, report, cfg, model_path)
             old = report["config"]
-        if (old.get("rule"), old.get("threshold")) != (cfg.rule, cfg.threshold):
-            report = rescore(report, cfg.rule, cfg.threshold)
+        probe = report.get("gate_probe")
+        if cfg.rule == "meta-gain" and cfg.probe_eps is not None and (probe is None or probe["eps"] != cfg.probe_eps):
+            report = _add_gate_probe(folder, report, cfg, model_path)
+        # decided again from the stored per-class results (exact and cheap): the stored decision may predate
+        # the rule, the threshold, or the fields just added
+        report = rescore(report, cfg.rule, cfg.threshold)
+    return report
+
+
+def _store(folder: Path, report: dict) -> None:
+    tmp = folder / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(folder / "report.json")
+
+
+def _add_gate_probe(folder: Path, report: dict, cfg, model_path: Path) -> dict:
+    """Run the gate probe for a finished scan from before it (about half a minute): stored in its report.json
+    (a field added, nothing else changed) and gate_probe.safetensors, so that the next run reads them."""
+    from ..checkpoint import load_cocoop
+    from ..scan import measure_gate_probe, split_pool, world_ood
+
+    model = load_cocoop(model_path)
+    pool, heldout = split_pool(world_ood(model.preprocess.image_size, cfg), cfg, cfg.inversion.batch_size)
+    report["gate_probe"] = measure_gate_probe(model, pool, heldout, [c["name"] for c in report["classes"]], cfg, folder)
+    report["config"].update(probe_eps=cfg.probe_eps, probe_images=cfg.probe_images)
+    _store(folder, report)
     return report
 
 
@@ -185,9 +210,7 @@ def _add_meta_gains(folder: Path, report: dict, cfg, model_path: Path) -> dict:
     for c, g in zip(report["classes"], gains):
         c["meta_gain"] = g
     report["config"].update(meta_candidates=cfg.meta_candidates, meta_images=cfg.meta_images)
-    tmp = folder / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(folder / "report.json")
+    _store(folder, report)
     return report
 
 
