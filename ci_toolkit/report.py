@@ -80,6 +80,14 @@ def write_html(path: str | Path, report: dict, deltas: torch.Tensor, images: tor
         f"<td>{r['loss']:.3f}</td><td>{r['score']:.2f}</td><td>{'yes' if r['flagged'] else ''}</td></tr>"
         for r in sorted(report["classes"], key=lambda r: -r["score"])
     )
+    probe = report.get("gate_probe")
+    probe_html = "" if not probe else (
+        f"<h2>Gate probe ({probe['eps'] * 255:.0f}/255)</h2><p>Each hidden unit of the meta-net opened in turn by a "
+        "universal perturbation: the class it sends held-out images to, how many, and the meta gain (logits) "
+        "of that class through the prompt learner.</p><table><tr><th>unit</th><th>class</th><th>ASR</th>"
+        "<th>meta gain</th><th>ASR x gain</th></tr>" + "".join(
+            f"<tr><td>{u['unit']}</td><td>{e(str(u['class']))}</td><td>{u['asr']:.3f}</td><td>{u['meta_gain']:.2f}</td>"
+            f"<td>{u['asr'] * max(u['meta_gain'], 0):.2f}</td></tr>" for u in probe["units"]) + "</table>")
     target = report.get("predicted_target")
     verdict = (f"<b>{e(report['verdict'])}</b>" + (f", predicted target <b>{e(str(target))}</b>" if target else ""))
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>ci_toolkit scan report</title>
@@ -93,5 +101,6 @@ against threshold {report['threshold']:.2f}; top-1 minus top-2 gap {report['gap'
 <h2>Per-class results</h2><img src="{_png(score_figure(report))}" style="max-width:100%">
 <h2>Top reconstructed triggers</h2><img src="{_png(trigger_figure(report, deltas, images))}">
 <h2>Table</h2><table><tr><th>class</th><th>ASR</th><th>loss</th><th>score</th><th>flagged</th></tr>{rows}</table>
+{probe_html}
 </body></html>"""
     Path(path).write_text(doc)

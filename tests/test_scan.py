@@ -158,7 +158,7 @@ def test_scan_writes_report_and_escapes_names(tiny_backbone, ood, tmp_path):
     assert on_disk["verdict"] in ("clean", "backdoored") and on_disk == json.loads(json.dumps(report))
     assert {"name", "asr", "loss", "score", "flagged"} <= set(on_disk["classes"][0])
     html = (tmp_path / "scan" / "report.html").read_text()
-    assert "<script>alert" not in html and "&lt;script&gt;" in html
+    assert "<script>alert" not in html and "&lt;script&gt;" in html and "Gate probe" in html
     rep, deltas = load_report(tmp_path / "scan")
     assert deltas.shape == (4, 3, 32, 32) and float(deltas.abs().max()) <= InversionConfig().eps + 1e-6
 
