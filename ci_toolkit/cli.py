@@ -212,7 +212,7 @@ def cmd_repair(args) -> None:
     from .checkpoint import load_cocoop, save_cocoop
     from .data import load_image_folder
     from .repair import RepairConfig, repair_report, world_labelled
-    from .scan import load_report
+    from .scan import load_report, target_trigger
 
     if not 0 <= args.max_acc_drop <= 1:
         raise CIError(f"--max-acc-drop is a fraction of accuracy in [0, 1], got {args.max_acc_drop}")
@@ -223,12 +223,11 @@ def cmd_repair(args) -> None:
     if (out / "model").exists():
         raise CIError(f"{out / 'model'} exists; choose another --out (nothing is overwritten)")
     model = load_cocoop(args.model)
-    report, deltas = load_report(args.report)
-    names = [c["name"] for c in report["classes"]]
-    top = report.get("predicted_target") or report.get("top_class")
+    report, _ = load_report(args.report)
+    top, delta, source = target_trigger(report, args.report)
     if top not in model.classnames:
         raise CIError(f"the report's top class {top!r} is not a class of this model (a report of another model?)")
-    delta = deltas[names.index(top)]
+    print(f"repairing with the trigger of {top!r} ({source})")
     size = model.preprocess.image_size
     if args.data == "world":
         train = world_labelled(model.classnames, size, 16, seed=args.seed + 1)

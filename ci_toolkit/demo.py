@@ -110,14 +110,12 @@ def run_demo(out_dir: str | Path, profile: str = "classroom", seed: int = 0, pro
     (out / "attacker" / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
                                                               "target_name": task.seen_names[target]}, indent=2))
     from .repair import repair_report
-    from .scan import load_report, scan
+    from .scan import scan, target_trigger
 
     scans = {name: scan(m, pool, out / f"scan_{name}", cfg=scan_cfg, progress=progress)
              for name, m in (("clean", clean), ("backdoored", bad))}
     rep = scans["backdoored"]
-    top = rep["predicted_target"] or rep["top_class"]
-    _, deltas = load_report(out / "scan_backdoored")
-    delta = deltas[[c["name"] for c in rep["classes"]].index(top)]
+    top, delta, _ = target_trigger(rep, out / "scan_backdoored")
     fixed, repaired = repair_report(bad, delta, (task.train_x, task.train_y), (x_seen, y_seen), attack, target,
                                     progress=progress)
     save_cocoop(fixed, out / "repaired_model", overwrite=True)

@@ -289,5 +289,35 @@ def load_report(path: str | Path) -> tuple[dict, torch.Tensor]:
     return report, deltas
 
 
-__all__ = ["METHODS", "ScanConfig", "scan", "rescore", "measure_meta_gains", "measure_gate_probe", "load_report", "split_pool", "world_ood",
+def target_trigger(report: dict, path: str | Path) -> tuple[str, torch.Tensor, str]:
+    """(class, trigger [3, H, W], source) for repair: the report's predicted target (its top class when
+    judged clean) and the trigger behind that class's score: its inverted trigger ("inversion"), or a
+    gate-probe perturbation toward it that scored higher under the meta-gain rule ("gate probe, unit u").
+    path: the scan's folder or its report.json."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _, deltas = load_report(path)
+    folder = Path(path).parent if Path(path).suffix == ".json" else Path(path)
+    names = [c["name"] for c in report["classes"]]
+    top = report.get("predicted_target") or report.get("top_class")
+    if top not in names:
+        raise DataError(f"the report's top class {top!r} is not among its candidates")
+    i = names.index(top)
+    gain = report["classes"][i].get("meta_gain")
+    best, delta, source = report["classes"][i]["asr"] * max(gain or 0.0, 0.0), deltas[i], "inversion"
+    probe = report.get("gate_probe")
+    if probe and report.get("rule") == "meta-gain":
+        try:
+            probe_deltas = load_file(str(folder / "gate_probe.safetensors"))["deltas"]
+        except (OSError, KeyError, SafetensorError) as exc:
+            raise DataError(f"the report lists a gate probe but {folder / 'gate_probe.safetensors'} is unreadable: {exc}") from None
+        for u, d in zip(probe["units"], probe_deltas):
+            value = u["asr"] * max(u["meta_gain"], 0.0)
+            if u["class"] == top and value > best:
+                best, delta, source = value, d, f"gate probe, unit {u['unit']}"
+    return top, delta, source
+
+
+__all__ = ["METHODS", "target_trigger", "ScanConfig", "scan", "rescore", "measure_meta_gains", "measure_gate_probe", "load_report", "split_pool", "world_ood",
            "check_candidates"]

@@ -233,3 +233,29 @@ def test_scan_reports_the_gate_probe_and_splits_it_over_processes(tiny_model, oo
     assert two == probe and torch.equal(load_file(str(tmp_path / "w" / "gate_probe.safetensors"))["deltas"], deltas)
     off = scan(tiny_model, ood, tmp_path / "off", cfg=replace(FAST, probe_eps=None), progress=False, html=False)
     assert "gate_probe" not in off and not (tmp_path / "off" / "gate_probe.safetensors").exists()
+
+
+def test_target_trigger_is_the_trigger_behind_the_top_score(tiny_model, ood, tmp_path):
+    from safetensors.torch import load_file
+
+    from ci_toolkit.scan import target_trigger
+
+    report = scan(tiny_model, ood, tmp_path / "s", cfg=FAST, progress=False, html=False)
+    _, deltas = load_report(tmp_path / "s")
+    probe_deltas = load_file(str(tmp_path / "s" / "gate_probe.safetensors"))["deltas"]
+    names = [c["name"] for c in report["classes"]]
+    top = report["predicted_target"] or report["top_class"]
+    # every trigger scored low: the inverted one of the top class
+    low = {**report, "gate_probe": {**report["gate_probe"], "units": [
+        {**u, "class": top, "asr": 0.0} for u in report["gate_probe"]["units"]]}}
+    name, delta, source = target_trigger(low, tmp_path / "s")
+    assert name == top and source == "inversion" and torch.equal(delta, deltas[names.index(top)])
+    # a probe unit toward the top class that scored higher: its perturbation
+    high = {**report, "gate_probe": {**report["gate_probe"], "units": [
+        {**u, "class": top, "asr": 1.0, "meta_gain": 100.0 + u["unit"]} for u in report["gate_probe"]["units"]]}}
+    name, delta, source = target_trigger(high, tmp_path / "s" / "report.json")
+    last = len(probe_deltas) - 1
+    assert source == f"gate probe, unit {last}" and torch.equal(delta, probe_deltas[last])
+    (tmp_path / "s" / "gate_probe.safetensors").unlink()
+    with pytest.raises(CIError, match="gate_probe.safetensors"):
+        target_trigger(high, tmp_path / "s")

@@ -20,7 +20,7 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg=None, scan_cfg=Non
     from ..checkpoint import load_cocoop
     from ..errors import DataError
     from ..repair import RepairConfig, repair_report
-    from ..scan import ScanConfig, load_report, scan, world_ood
+    from ..scan import ScanConfig, scan, target_trigger, world_ood
     from ..world import World, WorldConfig
 
     zoo, detect_dir = Path(zoo), Path(detect_dir)
@@ -35,12 +35,10 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg=None, scan_cfg=Non
         folder = detect_dir / "scans" / "clip-inspector" / name
         if not (folder / "report.json").exists():
             scan(model, world_ood(model.preprocess.image_size, scan_cfg), folder, cfg=scan_cfg, progress=progress)
-        _, deltas = load_report(folder)
         # decided under scan_cfg's rule (default: meta-gain), as bench detect does: a scan stored under an
         # older rule is rescored from its per-class results, never re-inverted
         report = _cached(folder, scan_cfg, zoo / m["path"])
-        top = report["predicted_target"] or report["top_class"]
-        delta = deltas[[c["name"] for c in report["classes"]].index(top)]
+        top, delta, source = target_trigger(report, folder)
         world = World(WorldConfig(image_size=model.preprocess.image_size))
         task = world.task(n_classes=n_classes, n_test_per_class=n_test_per_class, seed=m["seed"])
         if task.seen_names != model.classnames:
@@ -49,6 +47,7 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg=None, scan_cfg=Non
         _, res = repair_report(model, delta, (task.train_x, task.train_y), task.split("test", "seen"), attack,
                                attack.target, cfg, progress=False)
         row = {"path": m["path"], "attack": m["attack"], "true_target": m["target"], "repaired_with": top,
+               "trigger_source": source,
                "verdict": report["verdict"],
                "scan_found_target": top == m["target"], **res}
         rows.append(row)
