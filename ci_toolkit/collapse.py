@@ -97,8 +97,8 @@ def open_gate(model, pool: torch.Tensor, unit: int, eps: float, lr: float | None
               seed: int = 0) -> torch.Tensor:
     """A universal perturbation |delta| <= eps that drives meta-net hidden unit `unit` up over `pool`.
 
-    A white-box probe, not part of the scan: it asks whether an eps-bounded perturbation can open the gate
-    that a backdoor trigger opens. The objective is the unit's pre-activation itself, so it has a gradient
+    White-box: it asks whether an eps-bounded perturbation can open the gate that a backdoor trigger
+    opens (`gate_probe` in the scan, `bench gates` for the attacker's own gate). The objective is the unit's pre-activation itself, so it has a gradient
     even where the ReLU is shut (where the margin loss, which sees the unit only after its ReLU, has none).
     Adam (lr eps / 4: sign-like steps reach the bound in a few steps), one pass over `pool` in seeded order,
     projection to [-eps, eps] after each step. Returns delta [1, 3, H, W]."""

@@ -225,7 +225,7 @@ def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor,
 
         out.mkdir(parents=True, exist_ok=True)
         save_file({"deltas": deltas.contiguous()}, str(out / "gate_probe.safetensors"))
-    return {"eps": cfg.probe_eps, "images": min(cfg.probe_images, len(pool)),
+    return {"eps": cfg.probe_eps, "images": len(pool),
             "units": [{**r, "class": names[r["class"]]} for r in rows]}
 
 
@@ -312,6 +312,9 @@ def target_trigger(report: dict, path: str | Path) -> tuple[str, torch.Tensor, s
             probe_deltas = load_file(str(folder / "gate_probe.safetensors"))["deltas"]
         except (OSError, KeyError, SafetensorError) as exc:
             raise DataError(f"the report lists a gate probe but {folder / 'gate_probe.safetensors'} is unreadable: {exc}") from None
+        if len(probe_deltas) != len(probe["units"]):
+            raise DataError(f"{folder / 'gate_probe.safetensors'} holds {len(probe_deltas)} perturbations for "
+                            f"{len(probe['units'])} probe units")
         for u, d in zip(probe["units"], probe_deltas):
             value = u["asr"] * max(u["meta_gain"], 0.0)
             if u["class"] == top and value > best:
@@ -319,5 +322,5 @@ def target_trigger(report: dict, path: str | Path) -> tuple[str, torch.Tensor, s
     return top, delta, source
 
 
-__all__ = ["METHODS", "target_trigger", "ScanConfig", "scan", "rescore", "measure_meta_gains", "measure_gate_probe", "load_report", "split_pool", "world_ood",
-           "check_candidates"]
+__all__ = ["METHODS", "ScanConfig", "scan", "rescore", "measure_meta_gains", "measure_gate_probe", "target_trigger",
+           "load_report", "split_pool", "world_ood", "check_candidates"]

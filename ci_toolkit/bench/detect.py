@@ -165,7 +165,6 @@ def _cached(folder: Path, cfg, model_path: Path) -> dict:
                           f"use another --out, or delete it to rescan")
         if cfg.rule == "meta-gain" and all(c.get("meta_gain") is None for c in report["classes"]):
             report = _add_meta_gains(folder, report, cfg, model_path)
-            old = report["config"]
         probe = report.get("gate_probe")
         if cfg.rule == "meta-gain" and cfg.probe_eps is not None and (probe is None or probe["eps"] != cfg.probe_eps):
             report = _add_gate_probe(folder, report, cfg, model_path)

@@ -30,6 +30,7 @@ def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_siz
     from ..checkpoint import load_cocoop
     from ..collapse import gate_preactivations, open_gate
     from ..scan import ScanConfig, split_pool, world_ood
+    from ..train import as_float
 
     zoo = Path(zoo)
     implanted = [m for m in read_manifest(zoo) if m["attack"] != "clean" and (m["asr_seen"] or 0) >= min_asr]
@@ -40,7 +41,7 @@ def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_siz
         model = load_cocoop(zoo / m["path"]).eval()
         attack = load_attack(zoo / "attacker" / Path(m["path"]).name)
         pool, held = split_pool(world_ood(model.preprocess.image_size, cfg), cfg)
-        held = held.float() / 255 if held.dtype == torch.uint8 else held
+        held = as_float(held)
         target = attack.target
         h0 = gate_preactivations(model, held).mean(0)
         h1 = gate_preactivations(model, attack.apply(held)).mean(0)
