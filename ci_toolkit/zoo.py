@@ -40,6 +40,7 @@ class ZooProfile:
     epochs: int = 10
     ood_eval: int = 200  # OOD images for asr_ood
     target_offset: int = 0  # shifts the targets: zoos with other targets for held-out evaluation
+    targets: tuple[tuple[int, ...], ...] = ()  # explicit seen-class targets, one tuple per attack (overrides the offset)
 
 
 _FULL = ZooProfile("full", attacks=("badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets"),
@@ -64,17 +65,29 @@ ZOO_PROFILES = {
     # saves a third of the build. Targets: the next offset sharing no (attack, target) with the zoos above.
     "holdout3": replace(_FULL, name="holdout3", attacks=("badclip", "badclip_adaptive", "blended"),
                         seeds=(400, 401, 402, 403, 404, 405), target_offset=15),
+    # a fourth hold-out, built after holdout3 had been looked at and before any change to the scan: the
+    # session-10 rule (ASR x meta gain with the gate probe, threshold 0.78) reported as it is. No offset is
+    # left that shares no (attack, target) with the five zoos above, so the targets are listed: per attack
+    # the first five of the seen classes no earlier zoo targeted with that attack. Five per attack rather
+    # than four so one model moves the class-level F1 by less.
+    "holdout4": replace(_FULL, name="holdout4", attacks=("badclip", "badclip_adaptive", "blended"),
+                        seeds=(500, 501, 502, 503, 504, 505), per_attack=5,
+                        targets=((1, 8, 12, 15, 19), (4, 7, 11, 14, 15), (0, 2, 3, 10, 17))),
 }
 
 
 def model_specs(p: ZooProfile) -> list[dict]:
     """The zoo's models: clean ones (one per seed), then per attack `per_attack` (target, seed) pairs."""
     n_seen = (p.n_classes + 1) // 2
+    if p.targets and (len(p.targets) != len(p.attacks) or any(len(t) != p.per_attack for t in p.targets)
+                      or not all(0 <= x < n_seen for t in p.targets for x in t)):
+        raise CIError(f"zoo profile {p.name!r}: targets must be {len(p.attacks)} tuples of {p.per_attack} "
+                      f"seen-class indices in [0, {n_seen}), got {p.targets}")
     specs = [{"attack": "clean", "target": None, "seed": s} for s in p.seeds]
     for a_i, attack in enumerate(p.attacks):
         for j in range(p.per_attack):
             seed = p.seeds[(a_i + j) % len(p.seeds)]
-            target = (7 * (a_i * p.per_attack + j) + 3 + p.target_offset) % n_seen
+            target = p.targets[a_i][j] if p.targets else (7 * (a_i * p.per_attack + j) + 3 + p.target_offset) % n_seen
             specs.append({"attack": attack, "target": target, "seed": seed})
     return specs
 

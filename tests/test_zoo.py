@@ -58,7 +58,7 @@ def test_resume_skips_finished_models(zoo):
     assert all(row["wall_s"] > 0 and row["models_total"] == len(manifest) for row in log)
 
 
-@pytest.mark.parametrize("name", ["full", "holdout", "holdout2", "holdout3"])
+@pytest.mark.parametrize("name", ["full", "holdout", "holdout2", "holdout3", "holdout4"])
 def test_full_profile_shape(name):
     specs = model_specs(ZOO_PROFILES[name])
     assert len(specs) >= 6 + 4 * len(ZOO_PROFILES[name].attacks) and sum(s["attack"] == "clean" for s in specs) >= 6
@@ -69,7 +69,8 @@ def test_full_profile_shape(name):
 
 @pytest.mark.parametrize("name, used_for_choices", [("holdout", ("full", "classroom")),
                                                      ("holdout2", ("full", "classroom", "holdout")),
-                                                     ("holdout3", ("full", "classroom", "holdout", "holdout2"))])
+                                                     ("holdout3", ("full", "classroom", "holdout", "holdout2")),
+                                                     ("holdout4", ("full", "classroom", "holdout", "holdout2", "holdout3"))])
 def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices(name, used_for_choices):
     held = model_specs(ZOO_PROFILES[name])
     for other in used_for_choices:
@@ -78,6 +79,15 @@ def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices
         for attack in ZOO_PROFILES[name].attacks:
             held_t = {s["target"] for s in held if s["attack"] == attack}
             assert not held_t & {s["target"] for s in used if s["attack"] == attack}, (other, attack)
+
+
+def test_explicit_targets_are_checked():
+    p = ZOO_PROFILES["holdout4"]
+    assert [s["target"] for s in model_specs(p) if s["attack"] == "blended"] == list(p.targets[2])
+    with pytest.raises(CIError, match="targets must be 3 tuples of 5"):
+        model_specs(replace(p, targets=p.targets[:2]))
+    with pytest.raises(CIError, match="seen-class indices"):
+        model_specs(replace(p, targets=(p.targets[0], p.targets[1], (0, 2, 3, 10, 25))))
 
 
 def test_bench_attacks_from_the_zoo(zoo):
