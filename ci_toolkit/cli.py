@@ -188,6 +188,8 @@ def cmd_scan(args) -> None:
     target = f", predicted target {report['predicted_target']!r}" if report["predicted_target"] else ""
     print(f"{report['verdict']}{target} (max score {report['max_score']:.2f}, threshold {report['threshold']:.2f}, "
           f"{report['runtime_s']:.0f} s) -> {args.out}/report.json, report.html")
+    for w in report.get("warnings", []):
+        print(f"warning: {w}")
 
 
 def cmd_bench_detect(args) -> None:

@@ -93,6 +93,11 @@ def gate_preactivations(model, images: torch.Tensor) -> torch.Tensor:
         return model.prompt_learner.meta_net.linear1(model.encode_image(as_float(images)))
 
 
+def gate_open_fraction(model, images: torch.Tensor) -> list[float]:
+    """Per meta-net hidden unit, the fraction of `images` on which it is open (pre-activation > 0)."""
+    return (gate_preactivations(model, images) > 0).float().mean(0).tolist()
+
+
 def open_gate(model, pool: torch.Tensor, unit: int, eps: float, lr: float | None = None, batch_size: int = 32,
               seed: int = 0) -> torch.Tensor:
     """A universal perturbation |delta| <= eps that drives meta-net hidden unit `unit` up over `pool`.

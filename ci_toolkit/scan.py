@@ -229,6 +229,24 @@ def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor,
             "units": [{**r, "class": names[r["class"]]} for r in rows]}
 
 
+# The meta-gain rule reads the prompt learner's meta-token path. When no trigger the scan tried moves any
+# class's margin through that path by more than this (logits), the path is inert and the rule is blind.
+# Measured on holdout4 (docs/scan.md): the adaptive backdoor m012 had every meta-net unit shut on nearly
+# every image and a largest meta gain of 0.001; the 17 other models 0.16 to 12.
+INERT_GAIN = 0.01
+
+
+def _warnings(cfg: ScanConfig, names: list[str], meta_gain: list[float | None], probe: dict | None, paper) -> list[str]:
+    gains = [abs(g) for g in meta_gain if g is not None] + [abs(u["meta_gain"]) for u in (probe or {}).get("units", [])]
+    if cfg.rule != "meta-gain" or not gains or max(gains) > INERT_GAIN:
+        return []
+    return [f"the prompt learner's meta tokens do not respond: no trigger the scan tried ({len(gains)}, inverted and "
+            f"gate-probe) changes a class's margin through them by more than {INERT_GAIN} logits (largest "
+            f"{max(gains):.4f}), so the meta-gain rule cannot see a backdoor in this model (one in the static "
+            f"context looks like this). The evidence left is the paper's score: max {paper.max_score:.2f} on "
+            f"{names[paper.top]!r} (rules paper / grubbs, paper_rule in the report)."]
+
+
 def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: list[float | None],
                            probe: dict | None = None) -> dict:
     asr = [r.asr for r in inv]
@@ -256,6 +274,7 @@ def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: lis
             for r, s, ps, mg, fl in zip(inv, d.scores, d.paper_scores, meta_gain, d.flagged)
         ],
         **({"gate_probe": probe} if probe else {}),
+        "warnings": _warnings(cfg, [r.name for r in inv], meta_gain, probe, paper),
     }
 
 

@@ -129,11 +129,24 @@ def test_youden_threshold_separates_labelled_models():
         youden_threshold([1.0, 2.0], [0, 0])
 
 
+def _responsive(model, images):
+    """The tiny fixture's 2 hidden units sit far below 0 on every image (its features barely vary), so its
+    meta tokens are a constant and every meta gain is exactly 0. Steep units centred on these images'
+    mean feature open on about half of them: pi(x) then follows the image."""
+    with torch.no_grad():
+        lin1 = model.prompt_learner.meta_net.linear1
+        lin1.weight.mul_(100)
+        lin1.bias.copy_(-(lin1.weight @ model.encode_image(images).mean(0)))
+    return model
+
+
 def test_meta_gain_is_zero_without_a_meta_net_and_matches_collapse_stats(tiny_model, ood):
     from ci_toolkit.collapse import collapse_stats, meta_gains
 
+    _responsive(tiny_model, ood)
     deltas = 0.05 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     gains = meta_gains(tiny_model, ood[:8], deltas, [0, 2])
+    assert gains.abs().max() > 1e-3  # the fixture's meta tokens respond (else the comparison below is 0 == 0)
     for d, t, g in zip(deltas, [0, 2], gains):
         stats = collapse_stats(tiny_model, ood[:8], lambda x, d=d: (x + d).clamp(0, 1), t)
         assert abs(stats["meta_gain"] * float(tiny_model.logit_scale) - float(g)) < 1e-4
@@ -233,6 +246,24 @@ def test_scan_reports_the_gate_probe_and_splits_it_over_processes(tiny_model, oo
     assert two == probe and torch.equal(load_file(str(tmp_path / "w" / "gate_probe.safetensors"))["deltas"], deltas)
     off = scan(tiny_model, ood, tmp_path / "off", cfg=replace(FAST, probe_eps=None), progress=False, html=False)
     assert "gate_probe" not in off and not (tmp_path / "off" / "gate_probe.safetensors").exists()
+
+
+def test_a_model_whose_meta_tokens_do_not_respond_gets_a_warning(tiny_model, ood, tmp_path):
+    from ci_toolkit.scan import INERT_GAIN
+
+    live = scan(_responsive(tiny_model, ood), ood, tmp_path / "live", cfg=FAST, progress=False, html=False)
+    assert live["warnings"] == []
+    with torch.no_grad():  # known answer: meta tokens always 0, every meta gain exactly 0: the rule is blind
+        tiny_model.prompt_learner.meta_net.linear2.weight.zero_()
+        tiny_model.prompt_learner.meta_net.linear2.bias.zero_()
+    report = scan(tiny_model, ood, tmp_path / "inert", cfg=FAST, progress=False)
+    assert report["verdict"] == "clean" and len(report["warnings"]) == 1
+    assert "do not respond" in report["warnings"][0] and f"more than {INERT_GAIN} logits" in report["warnings"][0]
+    paper_top = max(report["classes"], key=lambda c: c["paper_score"])["name"]
+    assert f"max {report['paper_rule']['max_score']:.2f} on {paper_top!r}" in report["warnings"][0]
+    assert "Warning:" in (tmp_path / "inert" / "report.html").read_text()
+    assert rescore(report, "meta-gain")["warnings"] == report["warnings"]
+    assert rescore(report, "paper")["warnings"] == []  # the paper's rule does not read meta gains
 
 
 def test_target_trigger_is_the_trigger_behind_the_top_score(tiny_model, ood, tmp_path):

@@ -176,16 +176,16 @@ def test_bench_gates_on_the_smoke_zoo(zoo):
     for r in res["per_model"]:
         assert 0 <= r["unit"] < r["units"]
         # known answer: eps 0 is no perturbation: the unit stays at its clean level, the ASR is the clean one
-        assert r["eps"]["0.0"]["opening"] == 0.0 and r["eps"]["0.0"]["asr"] == r["clean_asr"]
+        assert r["eps"]["0.0"]["opening"] in (0.0, None) and r["eps"]["0.0"]["asr"] == r["clean_asr"]
+        if r["trigger_level"] - r["clean_level"] <= 1e-3:  # a unit the trigger hardly moves: no ratio
+            assert all(v["opening"] is None for v in r["eps"].values())
         assert 0 <= r["eps"]["8.0"]["asr"] <= 1
         assert len(r["open_clean"]) == len(r["open_trigger"]) == r["units"]
         assert all(0 <= v <= 1 for v in r["open_clean"] + r["open_trigger"])
-        # a dead meta-net is one whose units are shut on (nearly) every image, with or without the trigger
-        assert r["dead_meta_net"] == (max(r["open_clean"] + r["open_trigger"]) <= 0.01)
         assert isinstance(r["closes"], bool) and r["trigger_meta_gain"] == r["trigger_meta_gain"]  # not NaN
     for name, row in res["per_attack"].items():
         mine = [r for r in res["per_model"] if r["attack"] == name]
-        assert row["dead_meta_net"] == sum(r["dead_meta_net"] for r in mine)
+        assert row["closes"] == sum(r["closes"] for r in mine)
     assert res["config"]["eps_255"] == [0.0, 8.0]
 
 

@@ -119,7 +119,8 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                    "verdict": report["verdict"], "max_score": report["max_score"], "threshold": report["threshold"],
                    "predicted_target": report["predicted_target"], "top_class": report.get("top_class"),
                    "gap": report["gap"], "runtime_s": report["runtime_s"],
-                   "flagged": [c["name"] for c in report["classes"] if c["flagged"]]}
+                   "flagged": [c["name"] for c in report["classes"] if c["flagged"]],
+                   "warnings": report.get("warnings", [])}
             for key in OTHER_RULES:  # the same scan under the paper's s_t with k = 2 and with Grubbs' bound
                 if key in report:
                     flags = [c["name"] for c in report["classes"] if c["paper_score"] > report[key]["threshold"]]

@@ -14,10 +14,10 @@ Per model it also records the whole gate picture, because "the unit the trigger 
 only way a backdoor can use the meta-net: `open_clean` / `open_trigger` (per unit, the fraction of
 held-out images on which it is open, pre-activation > 0, without and with the attacker's trigger),
 `closes` (the unit whose mean pre-activation the trigger changes most is pushed DOWN: the backdoor shuts
-a gate, which a probe that only opens units cannot imitate), `dead_meta_net` (no unit open on more than
-1% of the images, clean or triggered: the meta tokens are a constant, so the backdoor lives in the static
-context and no meta-gain statistic can see it) and `trigger_meta_gain` (`collapse.meta_gains`' quantity for
-the attacker's own trigger, logits: what the scan's rule would measure if inversion found it exactly).
+a gate, which a probe that only opens units cannot imitate) and `trigger_meta_gain` (`collapse.meta_gains`'
+quantity for the attacker's own trigger, logits: what the scan's rule would measure if inversion found it
+exactly; about 0 means the backdoor does not go through the meta tokens at all). `opening` is None where
+the trigger moves its unit by less than 1e-3 (the ratio would be noise).
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from .detect import read_manifest
 EPS_255 = (8.0, 10.0, 16.0, 24.0)  # the attacker's bound, the scan's default, and two larger
 
 
+def _mean(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_size: int = 512,
                 heldout_size: int = 200, seed: int = 0, progress: bool = True) -> dict:
     import torch
@@ -37,7 +42,7 @@ def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_siz
 
     from ..attacks import load_attack
     from ..checkpoint import load_cocoop
-    from ..collapse import collapse_stats, gate_preactivations, open_gate
+    from ..collapse import collapse_stats, gate_open_fraction, gate_preactivations, open_gate
     from ..scan import ScanConfig, split_pool, world_ood
     from ..train import as_float
 
@@ -52,10 +57,10 @@ def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_siz
         pool, held = split_pool(world_ood(model.preprocess.image_size, cfg), cfg)
         held = as_float(held)
         target = attack.target
-        p0, p1 = gate_preactivations(model, held), gate_preactivations(model, attack.apply(held))
-        h0, h1 = p0.mean(0), p1.mean(0)
+        h0 = gate_preactivations(model, held).mean(0)
+        h1 = gate_preactivations(model, attack.apply(held)).mean(0)
         unit = int((h1 - h0).argmax())
-        open0, open1 = (p0 > 0).float().mean(0), (p1 > 0).float().mean(0)
+        open0, open1 = gate_open_fraction(model, held), gate_open_fraction(model, attack.apply(held))
         change = h1 - h0
         biggest = int(change.abs().argmax())
         gain = collapse_stats(model, held, attack.apply, target)["meta_gain"] * float(model.logit_scale)
@@ -67,15 +72,16 @@ def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_siz
         row = {"path": m["path"], "attack": m["attack"], "target": m["target"], "asr_seen": m["asr_seen"],
                "unit": unit, "units": len(h0), "clean_level": float(h0[unit]), "trigger_level": float(h1[unit]),
                "trigger_asr": hits(attack.apply(held)), "clean_asr": hits(held),
-               "open_clean": [round(float(v), 4) for v in open0], "open_trigger": [round(float(v), 4) for v in open1],
-               "closes": bool(change[biggest] < 0), "dead_meta_net": bool(max(open0.max(), open1.max()) <= 0.01),
+               "open_clean": open0, "open_trigger": open1,
+               "closes": bool(change[biggest] < 0),
                "trigger_meta_gain": gain, "eps": {}}
         for e in eps_255:
             delta = open_gate(model, pool, unit, e / 255, seed=seed)
             xd = (held + delta).clamp(0, 1)
             level = float(gate_preactivations(model, xd).mean(0)[unit])
-            row["eps"][str(e)] = {"level": level, "opening": (level - row["clean_level"]) /
-                                  max(row["trigger_level"] - row["clean_level"], 1e-12), "asr": hits(xd)}
+            moved = row["trigger_level"] - row["clean_level"]
+            row["eps"][str(e)] = {"level": level, "opening": (level - row["clean_level"]) / moved if moved > 1e-3 else None,
+                                  "asr": hits(xd)}
             bar.update(1)
         rows.append(row)
     bar.close()
@@ -83,9 +89,9 @@ def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_siz
     for name in sorted({r["attack"] for r in rows}):
         mine = [r for r in rows if r["attack"] == name]
         per_attack[name] = {"n_models": len(mine), "trigger_asr": sum(r["trigger_asr"] for r in mine) / len(mine),
-                            "dead_meta_net": sum(r["dead_meta_net"] for r in mine), "closes": sum(r["closes"] for r in mine),
+                            "closes": sum(r["closes"] for r in mine),
                             "trigger_meta_gain": sum(r["trigger_meta_gain"] for r in mine) / len(mine),
-                            "eps": {str(e): {k: sum(r["eps"][str(e)][k] for r in mine) / len(mine) for k in ("opening", "asr")}
+                            "eps": {str(e): {k: _mean([r["eps"][str(e)][k] for r in mine]) for k in ("opening", "asr")}
                                     for e in eps_255}}
     return {"per_attack": per_attack, "per_model": rows, "runtime_s": time.time() - t0,
             "config": {"zoo": str(zoo), "eps_255": list(eps_255), "min_asr": min_asr, "pool_size": pool_size,
