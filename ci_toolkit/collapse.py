@@ -99,8 +99,9 @@ def gate_open_fraction(model, images: torch.Tensor) -> list[float]:
 
 
 def open_gate(model, pool: torch.Tensor, unit: int, eps: float, lr: float | None = None, batch_size: int = 32,
-              seed: int = 0) -> torch.Tensor:
-    """A universal perturbation |delta| <= eps that drives meta-net hidden unit `unit` up over `pool`.
+              seed: int = 0, shut: bool = False) -> torch.Tensor:
+    """A universal perturbation |delta| <= eps that drives meta-net hidden unit `unit` up over `pool`
+    (`shut=True`: down, for a backdoor whose trigger shuts a gate that clean images open).
 
     White-box: it asks whether an eps-bounded perturbation can open the gate that a backdoor trigger
     opens (`gate_probe` in the scan, `bench gates` for the attacker's own gate). The objective is the unit's pre-activation itself, so it has a gradient
@@ -115,7 +116,8 @@ def open_gate(model, pool: torch.Tensor, unit: int, eps: float, lr: float | None
     model.eval()
     for i in range(0, len(x) - batch_size + 1, batch_size):
         b = x[order[i : i + batch_size]]
-        loss = -lin1(model.encode_image((b + delta).clamp(0, 1)))[:, unit].mean()
+        level = lin1(model.encode_image((b + delta).clamp(0, 1)))[:, unit].mean()
+        loss = level if shut else -level
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -125,7 +127,7 @@ def open_gate(model, pool: torch.Tensor, unit: int, eps: float, lr: float | None
 
 
 def gate_probe(model, pool: torch.Tensor, heldout: torch.Tensor, eps: float, classes=None, meta_images: int = 64,
-               seed: int = 0, units: list[int] | None = None) -> tuple[list[dict], torch.Tensor]:
+               seed: int = 0, units: list[int] | None = None, shut: bool = False) -> tuple[list[dict], torch.Tensor]:
     """Open each meta-net hidden unit in turn and see where the images go: for unit u, delta_u =
     `open_gate(model, pool, u, eps)`; on `heldout`, the class c_u that delta_u sends most images to, that
     fraction (`asr`, as the scan's held-out ASR) and the meta gain of delta_u toward c_u (logits, on the
@@ -136,10 +138,11 @@ def gate_probe(model, pool: torch.Tensor, heldout: torch.Tensor, eps: float, cla
     inversion sees a gate only through its ReLU, so one that clean images leave shut gives it no gradient;
     a unit's pre-activation always has one. No class list is needed to find the gate: its class is where
     the opened gate sends the images, and the meta gain says whether it gets there through the prompt
-    learner (a backdoor) or not."""
+    learner (a backdoor) or not. `shut=True` shuts each unit in turn instead: on holdout4 most BadCLIP-family
+    triggers' biggest change was a gate shut (`bench gates`); not yet part of the scan."""
     classes = classes if classes is not None else model.prompts_for()
     units = list(range(model.prompt_learner.meta_net.linear1.out_features)) if units is None else list(units)
-    deltas = torch.cat([open_gate(model, pool, u, eps, seed=seed) for u in units])
+    deltas = torch.cat([open_gate(model, pool, u, eps, seed=seed, shut=shut) for u in units])
     x = as_float(heldout)
     m = min(meta_images, len(x))
     rows = []

@@ -231,8 +231,8 @@ def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor,
 
 # The meta-gain rule reads the prompt learner's meta-token path. When no trigger the scan tried moves any
 # class's margin through that path by more than this (logits), the path is inert and the rule is blind.
-# Measured on holdout4 (docs/scan.md): the adaptive backdoor m012 had every meta-net unit shut on nearly
-# every image and a largest meta gain of 0.001; the 17 other models 0.16 to 12.
+# Measured on holdout4 (docs/scan.md): the adaptive backdoor m012, 7 of whose 8 meta-net units are shut on
+# >= 99% of the OOD images, had a largest meta gain of 0.001; the 17 other models 0.16 to 12.
 INERT_GAIN = 0.01
 
 

@@ -66,3 +66,14 @@ def test_gate_probe_rows_match_the_plain_computation(tiny_model):
         assert counts[r["class"]] == counts.max() and r["asr"] == float(counts.max()) / len(held)
         plain = meta_gains(tiny_model, held[:16], d[None], [r["class"]])[0]
         assert abs(r["meta_gain"] - float(plain)) < 1e-4
+
+
+def test_shutting_a_gate_lowers_it_and_opening_raises_it(tiny_model, images):
+    from ci_toolkit.collapse import gate_preactivations, open_gate
+
+    before = gate_preactivations(tiny_model, images).mean(0)[0]
+    up = open_gate(tiny_model, images, 0, 8 / 255, batch_size=5)
+    down = open_gate(tiny_model, images, 0, 8 / 255, batch_size=5, shut=True)
+    assert gate_preactivations(tiny_model, (images + down).clamp(0, 1)).mean(0)[0] < before
+    assert gate_preactivations(tiny_model, (images + up).clamp(0, 1)).mean(0)[0] > before
+    assert float(down.abs().max()) <= 8 / 255 + 1e-6

@@ -187,6 +187,12 @@ def test_bench_gates_on_the_smoke_zoo(zoo):
         mine = [r for r in res["per_model"] if r["attack"] == name]
         assert row["closes"] == sum(r["closes"] for r in mine)
     assert res["config"]["eps_255"] == [0.0, 8.0]
+    shut = res["shut_probe"]  # every scannable model, the clean one included
+    assert shut["eps_255"] == 16.0 and len(shut["per_model"]) == len(manifest)
+    for r in shut["per_model"]:
+        assert r["score"] == r["asr"] * max(r["meta_gain"], 0) and 0 <= r["asr"] <= 1
+        assert r["right_target"] == (r["attack"] != "clean" and r["class"] == r["target"])
+    assert shut["clean_max"] == max(r["score"] for r in shut["per_model"] if r["attack"] == "clean")
 
 
 def test_bench_collapse_on_the_smoke_zoo(zoo):

@@ -18,6 +18,11 @@ a gate, which a probe that only opens units cannot imitate) and `trigger_meta_ga
 quantity for the attacker's own trigger, logits: what the scan's rule would measure if inversion found it
 exactly; about 0 means the backdoor does not go through the meta tokens at all). `opening` is None where
 the trigger moves its unit by less than 1e-3 (the ratio would be noise).
+
+`shut_probe`: the scan's gate probe run the other way (`collapse.gate_probe(..., shut=True)`: each unit
+SHUT in turn by a universal perturbation at `shut_eps`) on every scannable model, clean ones included:
+per model the unit whose perturbation scores the highest ASR x max(meta gain, 0), its class, and whether
+that is the target. A measurement for designing the next rule, not part of the scan's decision.
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ def _mean(values: list) -> float | None:
 
 
 def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_size: int = 512,
-                heldout_size: int = 200, seed: int = 0, progress: bool = True) -> dict:
+                heldout_size: int = 200, seed: int = 0, progress: bool = True, shut_eps: float | None = 16.0) -> dict:
     import torch
     from tqdm.auto import tqdm
 
     from ..attacks import load_attack
     from ..checkpoint import load_cocoop
-    from ..collapse import collapse_stats, gate_open_fraction, gate_preactivations, open_gate
+    from ..collapse import collapse_stats, gate_open_fraction, gate_preactivations, gate_probe, open_gate
     from ..scan import ScanConfig, split_pool, world_ood
     from ..train import as_float
 
@@ -93,7 +98,28 @@ def bench_gates(zoo: str | Path, eps_255=EPS_255, min_asr: float = 0.5, pool_siz
                             "trigger_meta_gain": sum(r["trigger_meta_gain"] for r in mine) / len(mine),
                             "eps": {str(e): {k: _mean([r["eps"][str(e)][k] for r in mine]) for k in ("opening", "asr")}
                                     for e in eps_255}}
-    return {"per_attack": per_attack, "per_model": rows, "runtime_s": time.time() - t0,
+    shut = None
+    if shut_eps is not None:
+        scannable = [m for m in read_manifest(zoo) if m["attack"] == "clean" or (m["asr_seen"] or 0) >= min_asr]
+        shut = {"eps_255": shut_eps, "per_model": []}
+        for m in tqdm(scannable, desc="shut probe", disable=not progress):
+            model = load_cocoop(zoo / m["path"]).eval()
+            pool, held = split_pool(world_ood(model.preprocess.image_size, cfg), cfg)
+            units, _ = gate_probe(model, pool, held, shut_eps / 255, model.prompts_for(), cfg.meta_images, seed, shut=True)
+            best = max(units, key=lambda u: u["asr"] * max(u["meta_gain"], 0))
+            name = model.classnames[best["class"]]
+            shut["per_model"].append({"path": m["path"], "attack": m["attack"], "target": m["target"],
+                                      "unit": best["unit"], "class": name, "asr": best["asr"],
+                                      "meta_gain": best["meta_gain"], "score": best["asr"] * max(best["meta_gain"], 0),
+                                      "right_target": m["attack"] != "clean" and name == m["target"]})
+        clean = [r["score"] for r in shut["per_model"] if r["attack"] == "clean"]
+        shut["clean_max"] = max(clean) if clean else None
+        shut["per_attack"] = {a: {"n_models": sum(r["attack"] == a for r in shut["per_model"]),
+                                  "right_target": sum(r["right_target"] for r in shut["per_model"] if r["attack"] == a),
+                                  "min_score_right": min((r["score"] for r in shut["per_model"]
+                                                          if r["attack"] == a and r["right_target"]), default=None)}
+                              for a in sorted({r["attack"] for r in shut["per_model"]} - {"clean"})}
+    return {"per_attack": per_attack, "per_model": rows, "shut_probe": shut, "runtime_s": time.time() - t0,
             "config": {"zoo": str(zoo), "eps_255": list(eps_255), "min_asr": min_asr, "pool_size": pool_size,
                        "heldout_size": heldout_size, "seed": seed, "ood": "world (the scan's OOD set)",
                        "note": "unit: the meta-net hidden unit the attacker's trigger raises most; opening: "
