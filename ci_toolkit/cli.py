@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("zoo", help="build a zoo of clean and backdoored models (resumable)",
                        description="Clean and backdoored models over several seeds and targets; DIR/manifest.json holds the ground truth.")
-    s.add_argument("--profile", default="smoke", choices=["smoke", "classroom", "full", "holdout", "holdout2", "holdout3", "holdout4"],
+    s.add_argument("--profile", default="smoke", choices=["smoke", "classroom", "full", "holdout", "holdout2", "holdout3", "holdout4", "holdout5"],
                    help="holdout, holdout2, ...: full with other seeds and targets, for reporting the scanner (docs/scan.md)")
     s.add_argument("--out", required=True)
     s.add_argument("--workers", type=int, default=1, help="models trained in parallel (2 on a 2-core machine)")

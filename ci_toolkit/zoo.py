@@ -73,6 +73,13 @@ ZOO_PROFILES = {
     "holdout4": replace(_FULL, name="holdout4", attacks=("badclip", "badclip_adaptive", "blended"),
                         seeds=(500, 501, 502, 503, 504, 505), per_attack=5,
                         targets=((1, 8, 12, 15, 19), (4, 7, 11, 14, 15), (0, 2, 3, 10, 17))),
+    # a fifth hold-out, built after holdout4 had been looked at and before the session-12 rule (the shut
+    # probe) was scanned on it. Only two seen classes per attack were never targeted by that attack, so the
+    # other three are classes whose only earlier use with that attack is `full` (seeds 0-5, the first zoo);
+    # none is shared with classroom or holdout..holdout4, and no seed is shared with any zoo.
+    "holdout5": replace(_FULL, name="holdout5", attacks=("badclip", "badclip_adaptive", "blended"),
+                        seeds=(600, 601, 602, 603, 604, 605), per_attack=5,
+                        targets=((21, 22, 3, 10, 17), (22, 24, 2, 6, 13), (18, 21, 5, 9, 16))),
 }
 
 

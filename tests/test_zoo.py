@@ -58,7 +58,7 @@ def test_resume_skips_finished_models(zoo):
     assert all(row["wall_s"] > 0 and row["models_total"] == len(manifest) for row in log)
 
 
-@pytest.mark.parametrize("name", ["full", "holdout", "holdout2", "holdout3", "holdout4"])
+@pytest.mark.parametrize("name", ["full", "holdout", "holdout2", "holdout3", "holdout4", "holdout5"])
 def test_full_profile_shape(name):
     specs = model_specs(ZOO_PROFILES[name])
     assert len(specs) >= 6 + 4 * len(ZOO_PROFILES[name].attacks) and sum(s["attack"] == "clean" for s in specs) >= 6
@@ -70,7 +70,8 @@ def test_full_profile_shape(name):
 @pytest.mark.parametrize("name, used_for_choices", [("holdout", ("full", "classroom")),
                                                      ("holdout2", ("full", "classroom", "holdout")),
                                                      ("holdout3", ("full", "classroom", "holdout", "holdout2")),
-                                                     ("holdout4", ("full", "classroom", "holdout", "holdout2", "holdout3"))])
+                                                     ("holdout4", ("full", "classroom", "holdout", "holdout2", "holdout3")),
+                                                     ("holdout5", ("classroom", "holdout", "holdout2", "holdout3", "holdout4"))])
 def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices(name, used_for_choices):
     held = model_specs(ZOO_PROFILES[name])
     for other in used_for_choices:
@@ -79,6 +80,14 @@ def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices
         for attack in ZOO_PROFILES[name].attacks:
             held_t = {s["target"] for s in held if s["attack"] == attack}
             assert not held_t & {s["target"] for s in used if s["attack"] == attack}, (other, attack)
+
+
+def test_holdout5_shares_no_seed_with_any_zoo():
+    # its targets reuse three classes per attack from `full` (documented in zoo.py); its seeds are all new
+    held = {s["seed"] for s in model_specs(ZOO_PROFILES["holdout5"])}
+    for name, p in ZOO_PROFILES.items():
+        if name != "holdout5":
+            assert not held & {s["seed"] for s in model_specs(p)}, name
 
 
 def test_explicit_targets_are_checked():
