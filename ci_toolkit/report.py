@@ -82,11 +82,12 @@ def write_html(path: str | Path, report: dict, deltas: torch.Tensor, images: tor
     )
     probe = report.get("gate_probe")
     probe_html = "" if not probe else (
-        f"<h2>Gate probe ({probe['eps'] * 255:.0f}/255)</h2><p>Each hidden unit of the meta-net opened in turn by a "
-        "universal perturbation: the class it sends held-out images to, how many, and the meta gain (logits) "
-        "of that class through the prompt learner.</p><table><tr><th>unit</th><th>class</th><th>ASR</th>"
+        f"<h2>Gate probe ({probe['eps'] * 255:.0f}/255)</h2><p>Each hidden unit of the meta-net opened (and shut) in "
+        "turn by a universal perturbation: the class it sends held-out images to, how many, and the meta gain "
+        "(logits) of that class through the prompt learner.</p><table><tr><th>unit</th><th>class</th><th>ASR</th>"
         "<th>meta gain</th><th>ASR x gain</th></tr>" + "".join(
-            f"<tr><td>{u['unit']}</td><td>{e(str(u['class']))}</td><td>{u['asr']:.3f}</td><td>{u['meta_gain']:.2f}</td>"
+            f"<tr><td>{u['unit']}{' shut' if u.get('shut') else ''}</td><td>{e(str(u['class']))}</td>"
+            f"<td>{u['asr']:.3f}</td><td>{u['meta_gain']:.2f}</td>"
             f"<td>{u['asr'] * max(u['meta_gain'], 0):.2f}</td></tr>" for u in probe["units"]) + "</table>")
     target = report.get("predicted_target")
     verdict = (f"<b>{e(report['verdict'])}</b>" + (f", predicted target <b>{e(str(target))}</b>" if target else ""))

@@ -24,7 +24,7 @@ from .baselines import CostConfig
 from .cocoop import CoCoOp
 from .errors import CIError, DataError
 from .invert import Inversion, InversionConfig, invert
-from .score import RULES, decide
+from .score import INERT_GAIN, PAPER_K, RULES, decide
 
 METHODS = ("clip-inspector", "neural-cleanse", "pixel-backdoor")
 
@@ -42,6 +42,7 @@ class ScanConfig:
     meta_images: int = 64  # held-out images the meta gains are measured on
     probe_eps: float | None = 16 / 255  # gate probe (collapse.gate_probe) bound; None: no probe (docs/scan.md)
     probe_images: int = 512  # pool images the gate probe optimises on (one pass, batches of 32)
+    probe_shut: bool = True  # the probe also shuts each unit (a trigger may work by shutting a gate, docs/scan.md)
     pool_size: int = 1000  # OOD images used for inversion
     heldout_size: int = 200  # further OOD images for each trigger's ASR
     seed: int = 0  # pool split and order
@@ -88,10 +89,12 @@ def check_candidates(model: CoCoOp, candidates: list[str] | None) -> list[str]:
 
 
 DECISION_KEYS = ("rule", "threshold")  # decided after the inversion: changing them reuses every inverted trigger
+# measured after the inversion, from its results: an unfinished scan's inverted groups do not depend on them
+AFTER_INVERSION_KEYS = DECISION_KEYS + ("meta_candidates", "meta_images", "probe_eps", "probe_images", "probe_shut")
 
 
 def _inversion_part(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in DECISION_KEYS}
+    return {k: v for k, v in config.items() if k not in AFTER_INVERSION_KEYS}
 
 
 def rescore(report: dict, rule: str, threshold: float | None = None) -> dict:
@@ -194,57 +197,63 @@ def measure_meta_gains(model: CoCoOp, heldout: torch.Tensor, inv: list[Inversion
     return out
 
 
-def _probe_worker(model: CoCoOp, pool, heldout, names, cfg: ScanConfig, units: list[int], threads: int):
+def _probe_worker(model: CoCoOp, pool, heldout, names, cfg: ScanConfig, tasks: list[tuple[bool, int]], threads: int):
+    """Gate-probe rows and deltas for (shut, unit) tasks, each row marked with its direction."""
     from .collapse import gate_probe
 
     torch.set_num_threads(threads)
-    return gate_probe(model, pool, heldout, cfg.probe_eps, model.prompts_for(names), cfg.meta_images, cfg.seed, units)
+    rows, deltas = [], []
+    for shut in (False, True):
+        units = [u for s, u in tasks if s == shut]
+        if units:
+            r, d = gate_probe(model, pool, heldout, cfg.probe_eps, model.prompts_for(names), cfg.meta_images,
+                              cfg.seed, units, shut=shut)
+            rows += [{**row, "shut": shut} for row in r]
+            deltas.append(d)
+    return rows, torch.cat(deltas)
 
 
 def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor, names: list[str], cfg: ScanConfig,
                        out: Path | None = None, workers: int = 1) -> dict | None:
-    """The gate probe's report entry (collapse.gate_probe at cfg.probe_eps; None when off); its perturbations
-    go to out/gate_probe.safetensors. workers > 1: the units are split over that many processes."""
+    """The gate probe's report entry (collapse.gate_probe at cfg.probe_eps, each unit opened, then each unit
+    shut when cfg.probe_shut; None when off); its perturbations go to out/gate_probe.safetensors in the
+    order of the rows. workers > 1: the (direction, unit) tasks are split over that many processes."""
     if cfg.probe_eps is None:
         return None
     pool = pool[: cfg.probe_images]
-    units = list(range(model.prompt_learner.meta_net.linear1.out_features))
-    if workers > 1 and len(units) > 1:
+    hidden = model.prompt_learner.meta_net.linear1.out_features
+    tasks = [(shut, u) for shut in ((False, True) if cfg.probe_shut else (False,)) for u in range(hidden)]
+    if workers > 1 and len(tasks) > 1:
         from .workers import process_pool
 
-        chunks = [c.tolist() for c in torch.tensor(units).tensor_split(min(workers, len(units)))]
+        # interleaved, so that each process gets opening and shutting tasks alike
+        chunks = [tasks[i :: min(workers, len(tasks))] for i in range(min(workers, len(tasks)))]
         threads = max(1, torch.get_num_threads() // workers)
         with process_pool(len(chunks)) as ex:
             parts = [f.result() for f in [ex.submit(_probe_worker, model, pool, heldout, names, cfg, c, threads)
                                           for c in chunks]]
-        rows, deltas = [r for p in parts for r in p[0]], torch.cat([p[1] for p in parts])
+        pairs = sorted(((r, d) for p in parts for r, d in zip(p[0], p[1])), key=lambda rd: (rd[0]["shut"], rd[0]["unit"]))
+        rows, deltas = [r for r, _ in pairs], torch.stack([d for _, d in pairs])
     else:
-        rows, deltas = _probe_worker(model, pool, heldout, names, cfg, units, torch.get_num_threads())
+        rows, deltas = _probe_worker(model, pool, heldout, names, cfg, tasks, torch.get_num_threads())
     if out is not None:
         from safetensors.torch import save_file
 
         out.mkdir(parents=True, exist_ok=True)
         save_file({"deltas": deltas.contiguous()}, str(out / "gate_probe.safetensors"))
-    return {"eps": cfg.probe_eps, "images": len(pool),
+    return {"eps": cfg.probe_eps, "images": len(pool), "shut": cfg.probe_shut,
             "units": [{**r, "class": names[r["class"]]} for r in rows]}
 
 
-# The meta-gain rule reads the prompt learner's meta-token path. When no trigger the scan tried moves any
-# class's margin through that path by more than this (logits), the path is inert and the rule is blind.
-# Measured on holdout4 (docs/scan.md): the adaptive backdoor m012, 7 of whose 8 meta-net units are shut on
-# >= 99% of the OOD images, had a largest meta gain of 0.001; the 17 other models 0.16 to 12.
-INERT_GAIN = 0.01
-
-
-def _warnings(cfg: ScanConfig, names: list[str], meta_gain: list[float | None], probe: dict | None, paper) -> list[str]:
-    gains = [abs(g) for g in meta_gain if g is not None] + [abs(u["meta_gain"]) for u in (probe or {}).get("units", [])]
-    if cfg.rule != "meta-gain" or not gains or max(gains) > INERT_GAIN:
+def _warnings(d, names: list[str], meta_gain: list[float | None], probe: dict | None) -> list[str]:
+    if d.fallback != "paper":
         return []
+    gains = [abs(g) for g in meta_gain if g is not None] + [abs(u["meta_gain"]) for u in (probe or {}).get("units", [])]
     return [f"the prompt learner's meta tokens do not respond: no trigger the scan tried ({len(gains)}, inverted and "
             f"gate-probe) changes a class's margin through them by more than {INERT_GAIN} logits (largest "
             f"{max(gains):.4f}), so the meta-gain rule cannot see a backdoor in this model (one in the static "
-            f"context looks like this). The evidence left is the paper's score: max {paper.max_score:.2f} on "
-            f"{names[paper.top]!r} (rules paper / grubbs, paper_rule in the report)."]
+            f"context looks like this). The verdict falls back to the paper's rule (s_t > {PAPER_K:g}): max "
+            f"{d.max_score:.2f} on {names[d.top]!r}."]
 
 
 def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: list[float | None],
@@ -264,6 +273,7 @@ def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: lis
         "top_class": inv[d.top].name,
         "gap": d.gap,
         "rule": d.rule,
+        "fallback": d.fallback,
         "paper_rule": {"verdict": paper.verdict, "max_score": paper.max_score, "threshold": paper.threshold,
                        "gap": paper.gap},
         "grubbs_rule": {"verdict": grubbs.verdict, "max_score": grubbs.max_score, "threshold": grubbs.threshold,
@@ -274,7 +284,7 @@ def _clip_inspector_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: lis
             for r, s, ps, mg, fl in zip(inv, d.scores, d.paper_scores, meta_gain, d.flagged)
         ],
         **({"gate_probe": probe} if probe else {}),
-        "warnings": _warnings(cfg, [r.name for r in inv], meta_gain, probe, paper),
+        "warnings": _warnings(d, [r.name for r in inv], meta_gain, probe),
     }
 
 
@@ -337,9 +347,9 @@ def target_trigger(report: dict, path: str | Path) -> tuple[str, torch.Tensor, s
         for u, d in zip(probe["units"], probe_deltas):
             value = u["asr"] * max(u["meta_gain"], 0.0)
             if u["class"] == top and value > best:
-                best, delta, source = value, d, f"gate probe, unit {u['unit']}"
+                best, delta, source = value, d, f"gate probe, unit {u['unit']}{' shut' if u.get('shut') else ''}"
     return top, delta, source
 
 
-__all__ = ["METHODS", "ScanConfig", "scan", "rescore", "measure_meta_gains", "measure_gate_probe", "target_trigger",
+__all__ = ["INERT_GAIN", "METHODS", "ScanConfig", "scan", "rescore", "measure_meta_gains", "measure_gate_probe", "target_trigger",
            "load_report", "split_pool", "world_ood", "check_candidates"]

@@ -9,14 +9,17 @@ Decision rules (`RULES`):
   meta tokens of the triggered image add to the class's margin, the image feature held. The triggers: the
   inverted ones of the `meta_candidates` highest-ASR candidates, and the gate probe's (collapse.gate_probe:
   one per meta-net hidden unit, optimised to open that unit at a larger bound, its class where it sends
-  the images). Each class scores the best ASR x max(meta_gain, 0) of its triggers (logits gained through
-  the prompt learner per held-out image); the predicted target is the top class; backdoored iff its score
-  exceeds META_GAIN_SCORE. Why: on every zoo the largest s_t of a clean model belongs to a natural sink (a
+  the images; and one per unit optimised to SHUT it, since most BadCLIP-family triggers on holdout4 worked
+  by shutting a gate that clean images open). Each class scores the best ASR x max(meta_gain, 0) of its
+  triggers (logits gained through the prompt learner per held-out image); the predicted target is the top
+  class; backdoored iff its score exceeds META_GAIN_SCORE. When no trigger moves any margin through the
+  meta tokens by more than INERT_GAIN, the rule is blind (a backdoor in the static context, holdout4's
+  m012) and the decision falls back to the paper's rule (k = 2) on s_t; `Decision.fallback` says so. Why: on every zoo the largest s_t of a clean model belongs to a natural sink (a
   class the frozen encoders make easy), which scores as high as an adaptive backdoor; its trigger works
   through the image feature, a backdoor's through the meta tokens. The probe finds the backdoors whose
   gate clean images leave shut (Blended on MiniCLIP): the margin loss gets no gradient through a shut
-  ReLU. The threshold is a constant of the toolkit, chosen once on four zoos (docs/scan.md); an audit
-  needs no calibration models.
+  ReLU. The threshold is a constant of the toolkit, chosen on the zoos before holdout5 (docs/scan.md); an
+  audit needs no calibration models.
 - "grubbs": the paper's s_t, with the threshold of Grubbs' test for one outlier instead of a
   fixed k. Why: s_t standardises every class by a mean and std that include the class itself, so one
   huge outlier inflates the std and caps its own score at sqrt(K - 1), while among K benign scores the
@@ -43,10 +46,17 @@ from .errors import CIError
 
 RULES = ("meta-gain", "grubbs", "robust", "paper")
 PAPER_K = 2.0
-# Meta-gain threshold on ASR x meta gain (logits): over the 65 scans of the four zoos before holdout3, with
-# the gate probe, the class-level-F1-best (then accuracy-best) interval was (0.70, 0.86); 0.78 is its middle
-# (clean models <= 0.45). Sessions 8-9 thresholded the meta gain alone at 1.5, without the probe (docs/scan.md)
-META_GAIN_SCORE = 0.78
+# Meta-gain threshold on ASR x meta gain (logits per held-out image). Session 12, with the shut probe: one
+# logit, above every clean model's score measured on six zoos (largest 0.82, holdout4's m001 via its opening
+# probe; holdout3's 0.64), in the lower part of holdout4's separating interval (0.82, 1.83) because earlier
+# zoos had implanted models at 0.8-0.9 before the shut probe. Session 10 used 0.78 (the middle of (0.70,
+# 0.86) on four zoos, opening probe only); sessions 8-9 the meta gain alone at 1.5 (docs/scan.md).
+META_GAIN_SCORE = 1.0
+# The meta-gain rule reads the prompt learner's meta-token path. When no trigger the scan tried moves any
+# class's margin through that path by more than this (logits), the path is inert and the rule is blind.
+# Measured on holdout4 (docs/scan.md): the adaptive backdoor m012, 7 of whose 8 meta-net units are shut on
+# >= 99% of the OOD images, had a largest meta gain of 0.001; the 17 other models 0.16 to 12.
+INERT_GAIN = 0.01
 ALPHA = 0.05
 
 
@@ -105,6 +115,7 @@ class Decision:
     top: int  # index of the highest-scoring candidate (even when clean)
     gap: float  # top-1 minus top-2 score
     flagged: list[bool]  # class-level flags: score > threshold
+    fallback: str | None = None  # "paper": the meta-gain rule was blind (inert meta tokens) and k = 2 decided
 
 
 def decide(asr, loss, rule: str = "meta-gain", threshold: float | None = None, meta_gain=None, probes=None) -> Decision:
@@ -130,6 +141,10 @@ def decide(asr, loss, rule: str = "meta-gain", threshold: float | None = None, m
     else:
         raise CIError(f"unknown decision rule {rule!r}; choose one of {list(RULES)}")
     thr = default_thr if threshold is None else float(threshold)
+    return _threshold(stat, paper, rule, thr)
+
+
+def _threshold(stat: torch.Tensor, paper: torch.Tensor, rule: str, thr: float, fallback: str | None = None) -> Decision:
     top2 = stat.topk(2)
     top = int(top2.indices[0])
     mx = float(top2.values[0])
@@ -137,7 +152,7 @@ def decide(asr, loss, rule: str = "meta-gain", threshold: float | None = None, m
     return Decision(
         verdict="backdoored" if backdoored else "clean", rule=rule, scores=stat.tolist(), paper_scores=paper.tolist(),
         max_score=mx, threshold=thr, predicted_target=top if backdoored else None, top=top,
-        gap=float(top2.values[0] - top2.values[1]), flagged=(stat > thr).tolist(),
+        gap=float(top2.values[0] - top2.values[1]), flagged=(stat > thr).tolist(), fallback=fallback,
     )
 
 
@@ -153,6 +168,8 @@ def _decide_meta_gain(asr: torch.Tensor, paper: torch.Tensor, meta_gain, thresho
         raise CIError("non-finite meta gain or ASR among the triggers: the model produces NaN/Inf")
     if any(not 0 <= c < len(asr) for c, _, _ in triggers):
         raise CIError("a gate-probe class index is out of the candidate range")
+    if max(abs(g) for _, _, g in triggers) <= INERT_GAIN:  # blind here: the paper's rule decides
+        return _threshold(paper, paper, "meta-gain", PAPER_K, fallback="paper")
     # per class: the best ASR x meta gain (logits per held-out image gained through the prompt learner)
     value = [0.0] * len(asr)
     for c, a, g in triggers:

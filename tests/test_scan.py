@@ -92,6 +92,20 @@ def test_meta_gain_rule_takes_the_gate_probes_triggers():
         decide(asr, loss, meta_gain=gains, probes=[(4, 0.9, 2.0)])
 
 
+def test_meta_gain_rule_falls_back_to_the_papers_rule_when_the_meta_tokens_are_inert():
+    from ci_toolkit.score import INERT_GAIN, PAPER_K
+
+    # class 4 stands out on s_t (high ASR, low loss) but no trigger moves a margin through the meta tokens
+    asr, loss = [0.05, 0.1, 0.08, 0.06, 0.9, 0.07], [3.0, 2.9, 3.1, 3.0, 0.4, 3.05]
+    inert = [INERT_GAIN / 2, -INERT_GAIN, None, 0.0, 0.0, None]
+    d, p = decide(asr, loss, meta_gain=inert, probes=[(1, 0.6, -INERT_GAIN / 3)]), decide(asr, loss, rule="paper")
+    assert d.fallback == "paper" and d.rule == "meta-gain" and d.threshold == PAPER_K
+    assert (d.verdict, d.predicted_target, d.scores, d.max_score) == ("backdoored", 4, p.scores, p.max_score)
+    # one trigger above INERT_GAIN anywhere (here a probe's): the meta-gain rule decides, and finds nothing
+    live = decide(asr, loss, meta_gain=inert, probes=[(1, 0.6, 2 * INERT_GAIN)])
+    assert live.fallback is None and live.verdict == "clean" and live.max_score == 0.6 * 2 * INERT_GAIN
+
+
 def test_grubbs_rule_on_the_papers_score():
     asr, loss = [0.05] * 24 + [0.9], [3.0 + 0.1 * (i % 5) for i in range(24)] + [0.5]
     d, p = decide(asr, loss, rule="grubbs"), decide(asr, loss, rule="paper")
@@ -235,17 +249,26 @@ def test_scan_reports_the_gate_probe_and_splits_it_over_processes(tiny_model, oo
     report = scan(tiny_model, ood, tmp_path / "s", cfg=FAST, progress=False, html=False)
     probe = report["gate_probe"]
     hidden = tiny_model.prompt_learner.meta_net.linear1.out_features
-    assert probe["eps"] == FAST.probe_eps and [u["unit"] for u in probe["units"]] == list(range(hidden))
+    # each unit opened, then each unit shut; the perturbations stored in the rows' order
+    assert probe["eps"] == FAST.probe_eps and probe["shut"] is True
+    assert [(u["shut"], u["unit"]) for u in probe["units"]] == [(s, u) for s in (False, True) for u in range(hidden)]
     assert all(u["class"] in tiny_model.classnames and 0 <= u["asr"] <= 1 for u in probe["units"])
     from safetensors.torch import load_file
 
+    from ci_toolkit.collapse import gate_probe
+
     deltas = load_file(str(tmp_path / "s" / "gate_probe.safetensors"))["deltas"]
-    assert deltas.shape == (hidden, 3, 32, 32) and deltas.abs().max() <= FAST.probe_eps + 1e-6
+    assert deltas.shape == (2 * hidden, 3, 32, 32) and deltas.abs().max() <= FAST.probe_eps + 1e-6
     pool, heldout = split_pool(ood, FAST, FAST.inversion.batch_size)
+    _, shut = gate_probe(tiny_model, pool, heldout, FAST.probe_eps, tiny_model.prompts_for(), FAST.meta_images,
+                         FAST.seed, shut=True)
+    assert torch.allclose(deltas[hidden:], shut)
     two = measure_gate_probe(tiny_model, pool, heldout, list(tiny_model.classnames), FAST, tmp_path / "w", workers=2)
     assert two == probe and torch.equal(load_file(str(tmp_path / "w" / "gate_probe.safetensors"))["deltas"], deltas)
     off = scan(tiny_model, ood, tmp_path / "off", cfg=replace(FAST, probe_eps=None), progress=False, html=False)
     assert "gate_probe" not in off and not (tmp_path / "off" / "gate_probe.safetensors").exists()
+    opening = measure_gate_probe(tiny_model, pool, heldout, list(tiny_model.classnames), replace(FAST, probe_shut=False))
+    assert opening["shut"] is False and opening["units"] == probe["units"][:hidden]
 
 
 def test_a_model_whose_meta_tokens_do_not_respond_gets_a_warning(tiny_model, ood, tmp_path):
@@ -257,10 +280,13 @@ def test_a_model_whose_meta_tokens_do_not_respond_gets_a_warning(tiny_model, ood
         tiny_model.prompt_learner.meta_net.linear2.weight.zero_()
         tiny_model.prompt_learner.meta_net.linear2.bias.zero_()
     report = scan(tiny_model, ood, tmp_path / "inert", cfg=FAST, progress=False)
-    assert report["verdict"] == "clean" and len(report["warnings"]) == 1
+    assert len(report["warnings"]) == 1 and report["fallback"] == "paper" and live["fallback"] is None
     assert "do not respond" in report["warnings"][0] and f"more than {INERT_GAIN} logits" in report["warnings"][0]
+    # the meta-gain rule is blind here, so the paper's rule (k = 2) decides, and the warning says so
     paper_top = max(report["classes"], key=lambda c: c["paper_score"])["name"]
-    assert f"max {report['paper_rule']['max_score']:.2f} on {paper_top!r}" in report["warnings"][0]
+    assert report["verdict"] == report["paper_rule"]["verdict"] and report["threshold"] == 2.0
+    assert report["max_score"] == report["paper_rule"]["max_score"] and report["top_class"] == paper_top
+    assert f"paper's rule (s_t > 2): max {report['max_score']:.2f} on {paper_top!r}" in report["warnings"][0]
     assert "Warning:" in (tmp_path / "inert" / "report.html").read_text()
     assert rescore(report, "meta-gain")["warnings"] == report["warnings"]
     assert rescore(report, "paper")["warnings"] == []  # the paper's rule does not read meta gains
@@ -283,10 +309,11 @@ def test_target_trigger_is_the_trigger_behind_the_top_score(tiny_model, ood, tmp
     assert name == top and source == "inversion" and torch.equal(delta, deltas[names.index(top)])
     # a probe unit toward the top class that scored higher: its perturbation
     high = {**report, "gate_probe": {**report["gate_probe"], "units": [
-        {**u, "class": top, "asr": 1.0, "meta_gain": 100.0 + u["unit"]} for u in report["gate_probe"]["units"]]}}
+        {**u, "class": top, "asr": 1.0, "meta_gain": 100.0 + i} for i, u in enumerate(report["gate_probe"]["units"])]}}
     name, delta, source = target_trigger(high, tmp_path / "s" / "report.json")
-    last = len(probe_deltas) - 1
-    assert source == f"gate probe, unit {last}" and torch.equal(delta, probe_deltas[last])
+    last = len(probe_deltas) - 1  # the last row: the last unit, shut
+    assert source == f"gate probe, unit {report['gate_probe']['units'][last]['unit']} shut"
+    assert torch.equal(delta, probe_deltas[last])
     (tmp_path / "s" / "gate_probe.safetensors").unlink()
     with pytest.raises(CIError, match="gate_probe.safetensors"):
         target_trigger(high, tmp_path / "s")

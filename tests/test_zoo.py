@@ -163,12 +163,17 @@ def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
     rep_file = tmp_path / "detect" / "scans" / "clip-inspector" / "m002" / "report.json"
     report = json.loads(rep_file.read_text())
     probe = report.pop("gate_probe")
-    assert len(probe["units"]) == tiny_units(out) and probe["eps"] == cfg.probe_eps
+    assert len(probe["units"]) == 2 * tiny_units(out) and probe["eps"] == cfg.probe_eps and probe["shut"]
     (rep_file.parent / "gate_probe.safetensors").unlink()
     rep_file.write_text(json.dumps(report))
     probed = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
     assert json.loads(rep_file.read_text())["gate_probe"] == probe and (rep_file.parent / "gate_probe.safetensors").exists()
     assert probed["per_model"] == res["per_model"]
+    # a session-10 probe (units opened only, no "shut" field) gets the whole probe run again
+    opening = [{k: v for k, v in u.items() if k != "shut"} for u in probe["units"] if not u["shut"]]
+    rep_file.write_text(json.dumps({**report, "gate_probe": {"eps": probe["eps"], "images": probe["images"], "units": opening}}))
+    reprobed = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
+    assert json.loads(rep_file.read_text())["gate_probe"] == probe and reprobed["per_model"] == res["per_model"]
     with pytest.raises(CIError, match="other inversion settings"):
         bench_detect(out, tmp_path / "detect", cfg=replace(cfg, inversion=InversionConfig(group=5, eps=4 / 255)),
                      min_asr=0.0, progress=False)

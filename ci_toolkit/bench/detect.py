@@ -120,7 +120,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                    "predicted_target": report["predicted_target"], "top_class": report.get("top_class"),
                    "gap": report["gap"], "runtime_s": report["runtime_s"],
                    "flagged": [c["name"] for c in report["classes"] if c["flagged"]],
-                   "warnings": report.get("warnings", [])}
+                   "warnings": report.get("warnings", []), "fallback": report.get("fallback")}
             for key in OTHER_RULES:  # the same scan under the paper's s_t with k = 2 and with Grubbs' bound
                 if key in report:
                     flags = [c["name"] for c in report["classes"] if c["paper_score"] > report[key]["threshold"]]
@@ -152,7 +152,7 @@ def _cached(folder: Path, cfg, model_path: Path) -> dict:
     """A model's finished scan, decided under cfg's rule: rescored from its per-class results (no new
     inversion); one made with other inversion settings is refused, not mixed in. A scan from before the
     meta-gain rule gets its meta gains measured from its saved triggers (seconds), one from before the gate
-    probe gets the probe (about half a minute)."""
+    probe (or its shutting half) gets the probe (about half a minute)."""
     from dataclasses import asdict
 
     from ..errors import CIError
@@ -167,7 +167,8 @@ def _cached(folder: Path, cfg, model_path: Path) -> dict:
         if cfg.rule == "meta-gain" and all(c.get("meta_gain") is None for c in report["classes"]):
             report = _add_meta_gains(folder, report, cfg, model_path)
         probe = report.get("gate_probe")
-        if cfg.rule == "meta-gain" and cfg.probe_eps is not None and (probe is None or probe["eps"] != cfg.probe_eps):
+        stale = probe is None or probe["eps"] != cfg.probe_eps or probe.get("shut", False) != cfg.probe_shut
+        if cfg.rule == "meta-gain" and cfg.probe_eps is not None and stale:
             report = _add_gate_probe(folder, report, cfg, model_path)
         # decided again from the stored per-class results (exact and cheap): the stored decision may predate
         # the rule, the threshold, or the fields just added
@@ -190,7 +191,7 @@ def _add_gate_probe(folder: Path, report: dict, cfg, model_path: Path) -> dict:
     model = load_cocoop(model_path)
     pool, heldout = split_pool(world_ood(model.preprocess.image_size, cfg), cfg, cfg.inversion.batch_size)
     report["gate_probe"] = measure_gate_probe(model, pool, heldout, [c["name"] for c in report["classes"]], cfg, folder)
-    report["config"].update(probe_eps=cfg.probe_eps, probe_images=cfg.probe_images)
+    report["config"].update(probe_eps=cfg.probe_eps, probe_images=cfg.probe_images, probe_shut=cfg.probe_shut)
     _store(folder, report)
     return report
 
