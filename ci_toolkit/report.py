@@ -96,7 +96,7 @@ def write_html(path: str | Path, report: dict, deltas: torch.Tensor, images: tor
 tr.flag{{background:#fdd}} table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
 <h1>Scan report: {verdict}</h1>
 {"".join(f"<p style='color:#a00'><b>Warning:</b> {e(w)}</p>" for w in report.get("warnings", []))}
-<p>method {e(report['method'])}, rule {e(str(report.get('rule', '')))}: max score {report['max_score']:.2f}
+<p>method {e(report['method'])}, rule {e(str(report.get('rule', '')))}{' (meta tokens inert: decided by the paper rule, k = 2)' if report.get('fallback') == 'paper' else ''}: max score {report['max_score']:.2f}
 against threshold {report['threshold']:.2f}; top-1 minus top-2 gap {report['gap']:.2f};
 {len(report['classes'])} candidate classes; {report['runtime_s']:.0f} s.</p>
 <p>SSIM between pool images and the same images with the top class's reconstructed trigger: {top_ssim:.3f}.</p>

@@ -14,7 +14,8 @@ Decision rules (`RULES`):
   triggers (logits gained through the prompt learner per held-out image); the predicted target is the top
   class; backdoored iff its score exceeds META_GAIN_SCORE. When no trigger moves any margin through the
   meta tokens by more than INERT_GAIN, the rule is blind (a backdoor in the static context, holdout4's
-  m012) and the decision falls back to the paper's rule (k = 2) on s_t; `Decision.fallback` says so. Why: on every zoo the largest s_t of a clean model belongs to a natural sink (a
+  m012) and the decision falls back to the paper's rule (k = 2) on s_t; `Decision.fallback` says so.
+  Why: on every zoo the largest s_t of a clean model belongs to a natural sink (a
   class the frozen encoders make easy), which scores as high as an adaptive backdoor; its trigger works
   through the image feature, a backdoor's through the meta tokens. The probe finds the backdoors whose
   gate clean images leave shut (Blended on MiniCLIP): the margin loss gets no gradient through a shut

@@ -287,7 +287,8 @@ def test_a_model_whose_meta_tokens_do_not_respond_gets_a_warning(tiny_model, ood
     assert report["verdict"] == report["paper_rule"]["verdict"] and report["threshold"] == 2.0
     assert report["max_score"] == report["paper_rule"]["max_score"] and report["top_class"] == paper_top
     assert f"paper's rule (s_t > 2): max {report['max_score']:.2f} on {paper_top!r}" in report["warnings"][0]
-    assert "Warning:" in (tmp_path / "inert" / "report.html").read_text()
+    html = (tmp_path / "inert" / "report.html").read_text()
+    assert "Warning:" in html and "decided by the paper rule" in html
     assert rescore(report, "meta-gain")["warnings"] == report["warnings"]
     assert rescore(report, "paper")["warnings"] == []  # the paper's rule does not read meta gains
 
