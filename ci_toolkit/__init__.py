@@ -1,39 +1,61 @@
-"""ci_toolkit: CLIP-Inspector, model-level backdoor detection for prompt-tuned CLIP (CoCoOp)."""
+"""ci_toolkit: CLIP-Inspector, model-level backdoor detection for prompt-tuned CLIP (CoCoOp).
 
-__version__ = "0.1.0"
+    import ci_toolkit as ci
+    model = ci.load_model("delivered/")                      # untrusted: safetensors + JSON, validated
+    report = ci.scan(model, ci.world.ood_pool(1200))         # invert, probe, decide -> ScanReport
+    print(report.summary())
+    fixed, result = ci.repair(model, report, images, labels)  # unlearn with the trigger behind the verdict
 
-from .backbones import Backbone, BackboneSpec, Preprocess, create_backbone, list_backbones  # noqa: E402
-from .checkpoint import export_dassl, import_dassl, load_cocoop, save_cocoop  # noqa: E402
-from .cocoop import ClassPrompts, CoCoOp, PromptLearner  # noqa: E402
-from .errors import BackboneUnavailableError, CheckpointError, CIError, DataError  # noqa: E402
-from .profiles import Profile, get_profile, list_profiles  # noqa: E402
-from .train import TrainConfig, evaluate, train_cocoop  # noqa: E402
-from .world import World, WorldConfig  # noqa: E402
+The public API is `__all__`, plus the `__all__` of the subpackages `model`, `detect`, `attacks`, `world`,
+`data` and the modules `analysis`, `metrics`, `notebook`; everything else is an implementation detail.
+"""
+
+from . import analysis, notebook, world
+from .analysis import collapse_stats
+from .attacks import Attack, create_attack, list_attacks, load_attack
+from .detect import (
+    RULES,
+    Decision,
+    Evidence,
+    InversionConfig,
+    ScanConfig,
+    ScanReport,
+    decide,
+    invert,
+    scan,
+)
+from .errors import BackboneUnavailableError, CheckpointError, CIError, DataError
+from .metrics import attack_success_rate, backdoor_effect, evaluate_backdoor
+from .model import (
+    CoCoOp,
+    TrainConfig,
+    create_backbone,
+    evaluate,
+    export_dassl,
+    import_dassl,
+    list_backbones,
+    load_model,
+    save_model,
+    train,
+)
+from .profiles import Profile, get_profile, list_profiles
+from .repair import RepairConfig, RepairResult, repair
+from .version import __version__
 
 __all__ = [
     "__version__",
-    "Backbone",
-    "BackboneSpec",
-    "Preprocess",
-    "create_backbone",
-    "list_backbones",
-    "CoCoOp",
-    "PromptLearner",
-    "ClassPrompts",
-    "save_cocoop",
-    "load_cocoop",
-    "import_dassl",
-    "export_dassl",
-    "CIError",
-    "CheckpointError",
-    "BackboneUnavailableError",
-    "DataError",
-    "World",
-    "WorldConfig",
-    "Profile",
-    "get_profile",
-    "list_profiles",
-    "TrainConfig",
-    "train_cocoop",
-    "evaluate",
+    # the model: load, save, build, train
+    "load_model", "save_model", "CoCoOp", "create_backbone", "list_backbones", "train", "TrainConfig", "evaluate",
+    "import_dassl", "export_dassl",
+    # attacks
+    "create_attack", "list_attacks", "load_attack", "Attack",
+    # the audit
+    "scan", "ScanConfig", "ScanReport", "decide", "Decision", "Evidence", "RULES", "invert", "InversionConfig",
+    "repair", "RepairConfig", "RepairResult",
+    # measuring
+    "evaluate_backdoor", "attack_success_rate", "backdoor_effect", "collapse_stats",
+    # the embedded world, run profiles, notebook helpers
+    "world", "analysis", "Profile", "get_profile", "list_profiles", "notebook",
+    # errors
+    "CIError", "CheckpointError", "BackboneUnavailableError", "DataError",
 ]

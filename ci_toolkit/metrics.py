@@ -10,7 +10,8 @@ from typing import Callable
 
 import torch
 
-from .train import as_float, evaluate
+from .images import as_float
+from .model.tuning import evaluate
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def attack_success_rate(model, images: torch.Tensor, labels: torch.Tensor | None
 
 def ssim(clean: torch.Tensor, triggered: torch.Tensor) -> float:
     """Mean SSIM between clean and triggered images (float [0, 1], [N, 3, H, W]), scikit-image's SSIM."""
-    from skimage.metrics import structural_similarity
+    from skimage.metrics import structural_similarity  # deferred: scikit-image is slow to import
 
     a = as_float(clean).detach().cpu().permute(0, 2, 3, 1).numpy()
     b = as_float(triggered).detach().cpu().permute(0, 2, 3, 1).numpy()
@@ -56,3 +57,16 @@ def evaluate_backdoor(model, attack, task, ood, target_name) -> dict:
     else:
         out.update(asr_seen=None, asr_unseen=None, asr_ood=None)
     return out
+
+
+def backdoor_effect(model, images: torch.Tensor, labels: torch.Tensor, target: int,
+                    trigger: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor) -> dict:
+    """{"acc": clean accuracy, "asr": ASR of `trigger` toward class index `target`} on a labelled set; trigger:
+    a callable (an attack) or a delta [3, H, W] added to the images. Measure a model before and after repair."""
+    if isinstance(trigger, torch.Tensor):
+        delta = trigger.detach()
+        trigger = lambda x: (x + delta).clamp(0, 1)  # noqa: E731
+    return {"acc": evaluate(model, images, labels), "asr": attack_success_rate(model, images, labels, target, trigger)}
+
+
+__all__ = ["attack_success_rate", "ssim", "evaluate_backdoor", "backdoor_effect"]

@@ -9,9 +9,12 @@ Notebooks take `profile = "classroom"` in their `parameters` cell and call `get_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
+from .detect.invert import InversionConfig
+from .detect.scan import ScanConfig
 from .errors import CIError
+from .model.tuning import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -25,22 +28,23 @@ class Profile:
     shots: int = 16  # few-shot images per seen class
     n_test_per_class: int = 40  # evaluation images per class
     epochs: int = 10  # prompt-tuning epochs (CoCoOp default)
-    batch_size: int = 32  # prompt-tuning batch (CoCoOp's original is 1; see train.py)
-    ood_pool: int = 1000  # unlabeled OOD images for trigger inversion
-    ood_holdout: int = 500  # held-out OOD images for ASR
-    candidates: int = 50  # candidate target classes K
-    scan_batch: int = 32  # OOD images per inversion step (METHOD 3: 32; smaller only for tiny checks)
+    batch_size: int = 32  # prompt-tuning batch (CoCoOp's original is 1; see model/tuning.py)
+    scan: ScanConfig = field(default_factory=ScanConfig)  # how its models are scanned
     device: str = "cpu"
     seed: int = 0
 
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, seed=self.seed)
+
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile(name="smoke", n_classes=10, shots=4, n_test_per_class=4, epochs=1, batch_size=16, ood_pool=64,
-                     ood_holdout=32, candidates=10),
-    "classroom": Profile(name="classroom", n_classes=50, shots=16, n_test_per_class=20, epochs=10, ood_pool=512,
-                         ood_holdout=256),
+    "smoke": Profile(name="smoke", n_classes=10, shots=4, n_test_per_class=4, epochs=1, batch_size=16,
+                     scan=ScanConfig(pool_size=64, heldout_size=32)),
+    "classroom": Profile(name="classroom", n_classes=50, shots=16, n_test_per_class=20, epochs=10,
+                         scan=ScanConfig(pool_size=512, heldout_size=256)),
     "paper": Profile(name="paper", backbone="ViT-B-16-quickgelu", pretrained="openai", n_classes=100, n_test_per_class=50,
-                     ood_pool=1000, ood_holdout=1000, candidates=50, device="cuda"),
+                     scan=ScanConfig(inversion=InversionConfig(batch_size=32), pool_size=1000, heldout_size=1000),
+                     device="cuda"),
 }
 
 
@@ -49,7 +53,8 @@ def list_profiles() -> list[str]:
 
 
 def get_profile(name: str | Profile = "classroom", **overrides) -> Profile:
-    """A profile by name, with optional field overrides (e.g. get_profile("smoke", seed=3))."""
+    """A profile by name, with optional field overrides (e.g. get_profile("smoke", seed=3)); a seed override
+    also seeds the profile's scan."""
     if isinstance(name, Profile):
         base = name
     elif name in PROFILES:
@@ -60,4 +65,6 @@ def get_profile(name: str | Profile = "classroom", **overrides) -> Profile:
     bad = set(overrides) - valid
     if bad:
         raise CIError(f"unknown profile fields {sorted(bad)}; valid: {sorted(valid)}")
+    if "seed" in overrides and "scan" not in overrides:
+        overrides["scan"] = replace(base.scan, seed=overrides["seed"])
     return replace(base, **overrides)

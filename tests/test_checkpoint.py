@@ -10,8 +10,8 @@ import ci_toolkit as ci
 
 
 def test_round_trip_is_exact(tiny_model, tiny_backbone, images, tmp_path):
-    ci.save_cocoop(tiny_model, tmp_path / "m")
-    loaded = ci.load_cocoop(tmp_path / "m", backbone=tiny_backbone)
+    ci.save_model(tiny_model, tmp_path / "m")
+    loaded = ci.load_model(tmp_path / "m", backbone=tiny_backbone)
     for k, v in tiny_model.prompt_learner.state_dict().items():
         assert torch.equal(v, loaded.prompt_learner.state_dict()[k])
     assert loaded.classnames == tiny_model.classnames
@@ -24,24 +24,24 @@ def test_round_trip_is_exact(tiny_model, tiny_backbone, images, tmp_path):
 
 
 def test_backbone_rebuilt_from_metadata(tiny_model, images, tmp_path):
-    ci.save_cocoop(tiny_model, tmp_path / "m")
-    loaded = ci.load_cocoop(tmp_path / "m")  # no backbone given: the custom config + seed rebuild it
+    ci.save_model(tiny_model, tmp_path / "m")
+    loaded = ci.load_model(tmp_path / "m")  # no backbone given: the custom config + seed rebuild it
     with torch.no_grad():
         assert torch.allclose(tiny_model(images), loaded(images), atol=1e-6)
 
 
 def test_save_never_overwrites_silently(tiny_model, tmp_path):
-    ci.save_cocoop(tiny_model, tmp_path / "m")
+    ci.save_model(tiny_model, tmp_path / "m")
     with pytest.raises(ci.CheckpointError, match="already holds a model"):
-        ci.save_cocoop(tiny_model, tmp_path / "m")
-    ci.save_cocoop(tiny_model, tmp_path / "m", overwrite=True)
+        ci.save_model(tiny_model, tmp_path / "m")
+    ci.save_model(tiny_model, tmp_path / "m", overwrite=True)
 
 
 def _save_then(tiny_model, tmp_path, edit):
     from safetensors.torch import load_file, save_file
 
     d = tmp_path / "m"
-    ci.save_cocoop(tiny_model, d)
+    ci.save_model(tiny_model, d)
     meta = json.loads((d / "model.json").read_text())
     state = load_file(str(d / "prompt_learner.safetensors"))
     edit(meta, state)
@@ -66,23 +66,23 @@ def _save_then(tiny_model, tmp_path, edit):
 def test_mismatched_checkpoints_get_clear_errors(tiny_model, tiny_backbone, tmp_path, edit, message):
     d = _save_then(tiny_model, tmp_path, edit)
     with pytest.raises(ci.CheckpointError, match=message):
-        ci.load_cocoop(d, backbone=tiny_backbone)
+        ci.load_model(d, backbone=tiny_backbone)
 
 
 def test_corrupt_and_missing_files(tiny_model, tiny_backbone, tmp_path):
     with pytest.raises(ci.CheckpointError, match="not found"):
-        ci.load_cocoop(tmp_path / "nope", backbone=tiny_backbone)
+        ci.load_model(tmp_path / "nope", backbone=tiny_backbone)
     d = tmp_path / "m"
-    ci.save_cocoop(tiny_model, d)
+    ci.save_model(tiny_model, d)
     (d / "prompt_learner.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ci.CheckpointError, match="corrupt"):
-        ci.load_cocoop(d, backbone=tiny_backbone)
+        ci.load_model(d, backbone=tiny_backbone)
     (d / "model.json").write_text("{not json")
     with pytest.raises(ci.CheckpointError, match="not valid JSON"):
-        ci.load_cocoop(d, backbone=tiny_backbone)
+        ci.load_model(d, backbone=tiny_backbone)
     (d / "model.json").unlink()
     with pytest.raises(ci.CheckpointError, match="model.json is missing"):
-        ci.load_cocoop(d, backbone=tiny_backbone)
+        ci.load_model(d, backbone=tiny_backbone)
 
 
 class _Payload:

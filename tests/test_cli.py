@@ -34,7 +34,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_inspect_a_saved_model(tiny_model, tmp_path, capsys):
-    ci.save_cocoop(tiny_model, tmp_path / "m")
+    ci.save_model(tiny_model, tmp_path / "m")
     assert main(["inspect", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert '"classes": 4' in out and '"n_ctx": 4' in out
@@ -54,7 +54,7 @@ def _ood_folder(path, n):
 def test_scan_command_writes_a_report(tiny_model, tmp_path, capsys):
     import json
 
-    ci.save_cocoop(tiny_model, tmp_path / "m")
+    ci.save_model(tiny_model, tmp_path / "m")
     ood = _ood_folder(tmp_path / "ood", 60)
     assert main(["scan", str(tmp_path / "m"), "--ood", str(ood), "--out", str(tmp_path / "scan")]) == 0
     report = json.loads((tmp_path / "scan" / "report.json").read_text())
@@ -65,7 +65,7 @@ def test_scan_command_writes_a_report(tiny_model, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["empty_ood", "tiny_ood", "corrupt_model", "missing_candidates"])
 def test_scan_mistakes_exit_2_with_one_line(tiny_model, tmp_path, capsys, case):
-    ci.save_cocoop(tiny_model, tmp_path / "m")
+    ci.save_model(tiny_model, tmp_path / "m")
     args = ["scan", str(tmp_path / "m"), "--out", str(tmp_path / "scan")]
     if case == "empty_ood":
         (tmp_path / "ood").mkdir()
@@ -90,7 +90,7 @@ def test_repair_command_writes_json_and_never_touches_the_input(tiny_model, tmp_
 
     from PIL import Image
 
-    ci.save_cocoop(tiny_model, tmp_path / "m")
+    ci.save_model(tiny_model, tmp_path / "m")
     before = (tmp_path / "m" / "prompt_learner.safetensors").read_bytes()
     ood = _ood_folder(tmp_path / "ood", 60)
     assert main(["scan", str(tmp_path / "m"), "--ood", str(ood), "--out", str(tmp_path / "scan")]) == 0
@@ -109,6 +109,6 @@ def test_repair_command_writes_json_and_never_touches_the_input(tiny_model, tmp_
     assert {"asr_before", "asr_after", "acc_before", "acc_after", "trigger_used", "steps", "runtime_s", "trigger_weight",
             "attempts"} <= set(res)
     assert res["trigger_used"] == "reconstructed" and res["config"]["repair"]["max_acc_drop"] == 0.05
-    ci.load_cocoop(tmp_path / "fixed" / "model")
+    ci.load_model(tmp_path / "fixed" / "model")
     assert (tmp_path / "m" / "prompt_learner.safetensors").read_bytes() == before
     assert main([*args, "--out", str(tmp_path / "fixed")]) == 2  # never overwrites a previous repair

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ci_toolkit.metrics import attack_success_rate
 from ci_toolkit.repair import RepairConfig, repair
-from ci_toolkit.train import TrainConfig, evaluate, train_cocoop
+from ci_toolkit.train import TrainConfig, evaluate, train
 
 
 def test_repair_unlearns_a_planted_trigger_and_leaves_the_input_alone(tiny_model):
@@ -20,7 +20,7 @@ def test_repair_unlearns_a_planted_trigger_and_leaves_the_input_alone(tiny_model
     def poisoned(m, xb, yb, step):  # clean -> y, triggered -> class 0
         return F.cross_entropy(m(xb), yb) + F.cross_entropy(m((xb + delta).clamp(0, 1)), torch.zeros_like(yb))
 
-    train_cocoop(tiny_model, x, y, TrainConfig(epochs=15, batch_size=16, lr=0.05, optimizer="adam"), progress=False,
+    train(tiny_model, x, y, TrainConfig(epochs=15, batch_size=16, lr=0.05, optimizer="adam"), progress=False,
                  batch_loss=poisoned)
     trig = lambda z: (z + delta).clamp(0, 1)  # noqa: E731
     before = attack_success_rate(tiny_model, x, y, 0, trig)

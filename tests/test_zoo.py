@@ -41,7 +41,7 @@ def test_a_delivered_model_carries_no_trace_of_the_attack(zoo):
     for m in manifest:
         blob = b"".join(p.read_bytes() for p in (out / m["path"]).iterdir()).lower()
         assert b"badclip" not in blob and b"blended" not in blob and b"trigger" not in blob and b"attack" not in blob
-        ci.load_cocoop(out / m["path"])  # loads like any delivered model
+        ci.load_model(out / m["path"])  # loads like any delivered model
     assert (out / "attacker" / "m001" / "trigger.safetensors").is_file()
     assert json.loads((out / "attacker" / "m001" / "attack.json").read_text())["target_name"] == bad["target"]
 
@@ -114,9 +114,9 @@ def test_bench_attacks_from_the_zoo(zoo):
 
 
 def tiny_units(zoo_dir) -> int:
-    from ci_toolkit.checkpoint import load_cocoop
+    from ci_toolkit.checkpoint import load_model
 
-    return load_cocoop(zoo_dir / "models" / "m000").prompt_learner.meta_net.linear1.out_features
+    return load_model(zoo_dir / "models" / "m000").prompt_learner.meta_net.linear1.out_features
 
 
 def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):

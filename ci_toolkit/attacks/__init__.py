@@ -5,6 +5,12 @@
     x_bad = attack(x)                           # the trigger, pixel space [0, 1]
 """
 
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from ..errors import CIError, DataError
 from .badclip import BadCLIP, BadCLIPConfig
 from .badclip_adaptive import BadCLIPAdaptive, BadCLIPAdaptiveConfig
 from .badnets import BadNets, BadNetsConfig
@@ -22,45 +28,15 @@ def list_attacks() -> list[str]:
 
 
 def create_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
-    """An attack by name (see list_attacks()) with its config overrides."""
-    from ..errors import CIError
-
+    """An attack by name (see list_attacks()) with its config overrides (`ci.world.attack`: with the
+    embedded world's trigger choices)."""
     if name not in ATTACKS:
         raise CIError(f"unknown attack {name!r}; choose one of {list_attacks()}")
     return ATTACKS[name](target=target, seed=seed, **kw)
 
 
-IMPERCEPTIBLE = ("badclip", "badclip_adaptive")  # bounded by the world's BACKDOOR_EPS
-
-# Trigger choices for the embedded world (docs/world.md, "Poisoning attacks"). MiniCLIP's frozen features
-# barely register a 20% random blend (a linear probe tells blended from clean features 67% of the time),
-# so no prompt learner can key on it and poisoning fails (ASR 0.00). A blend of a pattern MiniCLIP knows
-# but no task class carries (the held-out "checkered") is seen (probe 100% at alpha 0.15; ASR 0.94).
-WORLD_OVERRIDES: dict[str, dict] = {
-    "blended": {"pattern": "checkered", "stripe": 4},
-}
-
-
-def create_world_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
-    """`create_attack` with the embedded world's choices: the chosen bound for the imperceptible attacks
-    and the `WORLD_OVERRIDES` triggers; explicit keyword arguments win."""
-    from ..world import BACKDOOR_EPS
-
-    if name in IMPERCEPTIBLE:
-        kw.setdefault("eps", BACKDOOR_EPS)
-    kw = {**WORLD_OVERRIDES.get(name, {}), **kw}
-    return create_attack(name, target=target, seed=seed, **kw)
-
-
 def load_attack(folder) -> Attack:
     """The attacker's trigger from its artefacts folder (attack.json + trigger.safetensors), ready to apply."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from ..errors import DataError
-
     folder = Path(folder)
     try:
         meta = json.loads((folder / "attack.json").read_text())

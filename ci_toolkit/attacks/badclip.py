@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from ..train import TrainConfig, train_cocoop
+from ..model.tuning import TrainConfig, train
 from .base import Attack, AttackConfig, joint_logits
 
 
@@ -64,7 +64,7 @@ class BadCLIP(Attack):
         for p in model.trainable_parameters():
             p.requires_grad_(False)
         try:
-            train_cocoop(model, images, labels, replace(cfg, epochs=c.trigger_epochs, seed=c.seed), progress=progress,
+            train(model, images, labels, replace(cfg, epochs=c.trigger_epochs, seed=c.seed), progress=progress,
                          batch_loss=lambda m, x, y, s: backdoor_loss(m, x), after_step=step_trigger,
                          desc="BadCLIP phase 1 (trigger)")
         finally:
@@ -75,7 +75,7 @@ class BadCLIP(Attack):
             z_clean, z_trig = joint_logits(m, x, self.apply(x))
             return F.cross_entropy(z_clean, y) + c.backdoor_weight * F.cross_entropy(z_trig, torch.full((len(x),), c.target))
 
-        train_cocoop(model, images, labels, replace(cfg, seed=c.seed + 1), progress=progress,
+        train(model, images, labels, replace(cfg, seed=c.seed + 1), progress=progress,
                      batch_loss=joint_loss, after_step=step_trigger, desc="BadCLIP phase 2 (joint)")
         self.delta = self.delta.detach()
         return self

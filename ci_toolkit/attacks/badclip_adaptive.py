@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from ..train import TrainConfig, train_cocoop
+from ..model.tuning import TrainConfig, train
 from .badclip import BadCLIP, BadCLIPConfig
 from .base import joint_logits
 
@@ -50,6 +50,6 @@ class BadCLIPAdaptive(BadCLIP):
             return (c.w_clean * F.cross_entropy(z_clean, y) + c.w_trigger * F.cross_entropy(z_trig, tgt)
                     + c.w_perturbed * F.cross_entropy(z_pert, y))
 
-        train_cocoop(model, images, labels, replace(cfg, epochs=c.specificity_epochs, seed=c.seed + 2), progress=progress,
+        train(model, images, labels, replace(cfg, epochs=c.specificity_epochs, seed=c.seed + 2), progress=progress,
                      batch_loss=specificity_loss, desc="BadCLIP-adaptive phase 2 (specificity)")
         return self

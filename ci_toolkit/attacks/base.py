@@ -54,7 +54,7 @@ class Attack:
 
     def train_config(self, train_cfg=None):
         """The caller's TrainConfig (epochs, seed) with the attacker's batch size and learning rate."""
-        from ..train import TrainConfig
+        from ..model.tuning import TrainConfig
 
         return replace(train_cfg or TrainConfig(), batch_size=self.config.batch_size, lr=self.config.lr, optimizer="sgd")
 

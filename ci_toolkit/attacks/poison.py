@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..train import TrainConfig, as_float, train_cocoop
+from ..model.tuning import TrainConfig, train
+
+from ..images import as_float
 from .base import Attack, AttackConfig
 
 
@@ -44,7 +46,7 @@ class PoisonAttack(Attack):
     def implant(self, model, images, labels, train_cfg: TrainConfig | None = None, progress: bool = True):
         self.prepare(model, images, labels)
         x, y = self.poison(images, labels)
-        train_cocoop(model, x, y, self.train_config(train_cfg), progress=progress, desc=f"{self.name} poisoned tuning")
+        train(model, x, y, self.train_config(train_cfg), progress=progress, desc=f"{self.name} poisoned tuning")
         return self
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..train import as_float
+from ..images import as_float
 from .poison import PoisonAttack, PoisonConfig
 
 

@@ -1,0 +1,275 @@
+"""A scan's result: `ScanReport`, typed, with its triggers in memory; saved as JSON + safetensors.
+
+    report = ci.scan(model, ood)                  # a ScanReport
+    report.verdict, report.predicted_target       # "backdoored", "white solid triangle"
+    report.save("runs/scan")                      # report.json, triggers.safetensors, gate_probe.safetensors, report.html
+    report = ScanReport.load("runs/scan")
+    target, delta, source = report.repair_trigger()
+
+Folder layout: report.json (everything but tensors), triggers.safetensors ({"deltas": [K, 3, H, W]}, one
+trigger per candidate, in the order of `classes`), gate_probe.safetensors ({"deltas": [U, 3, H, W]}, one
+per probe unit, in the order of `gate_probe.units`), report.html (for people).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import DataError
+from .html import report_html
+from .rules import SIDE_RULES, Decision, Evidence, decide_evidence, trigger_score
+
+SIDE_RULE_KEYS = {"paper": "paper_rule", "grubbs": "grubbs_rule"}  # report.json key of each side rule's verdict
+
+
+@dataclass
+class ClassResult:
+    """One candidate class. CLIP-Inspector rows carry paper_score, meta_gain (None: not measured) and the
+    loss curve; baseline rows carry the trigger size and whether it reached the ASR bound."""
+
+    name: str
+    asr: float  # held-out OOD images its inverted trigger sends to it
+    loss: float  # mean inversion loss (CLIP-Inspector) or mean CE (baselines)
+    score: float  # the deciding rule's statistic
+    flagged: bool
+    paper_score: float | None = None  # s_t
+    meta_gain: float | None = None  # logits its inverted trigger gains through the meta tokens
+    losses: list[float] = field(default_factory=list)  # every inversion step's loss
+    size: float | None = None  # baselines: the trigger's size
+    reached_bound: bool | None = None  # baselines: did a trigger of that size reach the ASR bound
+
+    def to_dict(self, method: str) -> dict:
+        row = {"name": self.name, "asr": self.asr, "loss": self.loss, "score": self.score}
+        if method == "clip-inspector":
+            row.update(paper_score=self.paper_score, meta_gain=self.meta_gain, flagged=self.flagged, losses=self.losses)
+        else:
+            row.update(size=self.size, reached_bound=self.reached_bound, flagged=self.flagged)
+        return row
+
+
+@dataclass
+class ProbeUnit:
+    """One gate-probe perturbation: meta-net hidden unit `unit` opened (or shut), the class it sends most
+    held-out images to, that fraction, and its meta gain toward that class (logits)."""
+
+    unit: int
+    class_name: str
+    asr: float
+    meta_gain: float
+    shut: bool = False
+
+    @property
+    def score(self) -> float:
+        return trigger_score(self.asr, self.meta_gain)
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, "class": self.class_name, "asr": self.asr, "meta_gain": self.meta_gain,
+                "shut": self.shut}
+
+
+@dataclass
+class GateProbe:
+    eps: float  # L-inf bound of the probe perturbations
+    images: int  # pool images they were optimised on
+    shut: bool  # whether each unit was also shut
+    units: list[ProbeUnit]
+
+    def to_dict(self) -> dict:
+        return {"eps": self.eps, "images": self.images, "shut": self.shut, "units": [u.to_dict() for u in self.units]}
+
+
+class RepairTrigger(NamedTuple):
+    target: str  # the class it sends images to
+    delta: torch.Tensor  # [3, H, W], pixel space
+    source: str  # "inversion" or "gate probe, unit u[ shut]"
+
+
+@dataclass
+class ScanReport:
+    """Verdict, per-class results, the gate probe, the side rules' verdicts, and the triggers (in memory)."""
+
+    method: str
+    verdict: str
+    max_score: float
+    threshold: float
+    predicted_target: str | None
+    top_class: str
+    gap: float
+    rule: str
+    classes: list[ClassResult]
+    fallback: str | None = None
+    side_rules: dict[str, dict] = field(default_factory=dict)  # rule name -> {verdict, max_score, threshold, gap}
+    gate_probe: GateProbe | None = None
+    warnings: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    runtime_s: float = 0.0
+    triggers: torch.Tensor | None = field(default=None, repr=False)  # [K, 3, H, W]
+    probe_triggers: torch.Tensor | None = field(default=None, repr=False)  # [U, 3, H, W]
+    preview: torch.Tensor | None = field(default=None, repr=False)  # held-out images for the HTML (not saved)
+
+    # ---- reading -------------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def backdoored(self) -> bool:
+        return self.verdict == "backdoored"
+
+    def row(self, name: str) -> ClassResult:
+        for c in self.classes:
+            if c.name == name:
+                return c
+        raise DataError(f"{name!r} is not a candidate class of this scan")
+
+    def evidence(self) -> Evidence:
+        """What the scan measured, for deciding again under another rule."""
+        index = {n: i for i, n in enumerate(self.names)}
+        probes = [(index[u.class_name], u.asr, u.meta_gain) for u in self.gate_probe.units] if self.gate_probe else []
+        return Evidence(names=self.names, asr=[c.asr for c in self.classes], loss=[c.loss for c in self.classes],
+                        meta_gain=[c.meta_gain for c in self.classes], probes=probes,
+                        sizes=[c.size for c in self.classes] if self.method != "clip-inspector" else [])
+
+    def summary(self) -> str:
+        """One line for people: the verdict, the top class and its score against the threshold."""
+        target = f" toward {self.predicted_target!r}" if self.predicted_target else f" (top class {self.top_class!r})"
+        fb = f", decided by the {self.fallback} rule" if self.fallback else ""
+        return (f"{self.verdict}{target}: {self.rule} score {self.max_score:.2f} against threshold {self.threshold:.2f}"
+                f"{fb} ({len(self.classes)} candidates, {self.runtime_s:.0f} s)")
+
+    def __str__(self) -> str:
+        return f"ScanReport({self.summary()})"
+
+    # ---- deciding ------------------------------------------------------------------------------------
+    @classmethod
+    def from_decision(cls, method: str, d: Decision, ev: Evidence, rows: list[dict],
+                      gate_probe: GateProbe | None = None, **kw) -> "ScanReport":
+        """A report from a rule's decision; rows: per candidate, the measured fields of ClassResult."""
+        classes = [ClassResult(**{**r, "score": s, "flagged": fl, "paper_score": ps})
+                   for r, s, fl, ps in zip(rows, d.scores, d.flagged, d.paper_scores or [None] * len(rows))]
+        side = {}
+        if method == "clip-inspector":
+            for name in SIDE_RULES:
+                s = decide_evidence(ev, name)
+                side[name] = {"verdict": s.verdict, "max_score": s.max_score, "threshold": s.threshold, "gap": s.gap}
+        return cls(method=method, verdict=d.verdict, max_score=d.max_score, threshold=d.threshold,
+                   predicted_target=d.target_name, top_class=ev.names[d.top], gap=d.gap, rule=d.rule,
+                   classes=classes, fallback=d.fallback, side_rules=side, gate_probe=gate_probe,
+                   warnings=[d.note] if d.note else [], **kw)
+
+    def redecide(self, rule: str, threshold: float | None = None) -> "ScanReport":
+        """This scan decided again under `rule` (no new inversion; equal to a fresh scan with that rule)."""
+        ev = self.evidence()
+        d = decide_evidence(ev, rule, threshold)
+        rows = [{k: getattr(c, k) for k in ("name", "asr", "loss", "meta_gain", "losses", "size", "reached_bound")}
+                for c in self.classes]
+        keep = {f.name: getattr(self, f.name) for f in fields(self) if f.name in
+                ("config", "runtime_s", "triggers", "probe_triggers", "preview")}
+        out = ScanReport.from_decision(self.method, d, ev, rows, self.gate_probe, **keep)
+        out.config = {**self.config, "rule": rule, "threshold": threshold}
+        return out
+
+    def repair_trigger(self) -> RepairTrigger:
+        """The one trigger repair should use: toward the predicted target (the top class when judged clean),
+        the trigger behind that class's score: its inverted trigger, or a gate-probe perturbation toward it
+        that scored higher under the meta-gain rule."""
+        if self.triggers is None:
+            raise DataError("this report holds no triggers (load it with ScanReport.load from its folder)")
+        top = self.predicted_target or self.top_class
+        i = self.names.index(top)
+        row = self.classes[i]
+        best, delta, source = trigger_score(row.asr, row.meta_gain or 0.0), self.triggers[i], "inversion"
+        if self.gate_probe and self.rule == "meta-gain":
+            if self.probe_triggers is None or len(self.probe_triggers) != len(self.gate_probe.units):
+                raise DataError(f"the report lists {len(self.gate_probe.units)} gate-probe units but holds "
+                                f"{0 if self.probe_triggers is None else len(self.probe_triggers)} probe perturbations")
+            for u, d in zip(self.gate_probe.units, self.probe_triggers):
+                if u.class_name == top and u.score > best:
+                    best, delta, source = u.score, d, f"gate probe, unit {u.unit}{' shut' if u.shut else ''}"
+        return RepairTrigger(top, delta, source)
+
+    # ---- files ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = {"verdict": self.verdict, "max_score": self.max_score, "threshold": self.threshold,
+               "predicted_target": self.predicted_target, "top_class": self.top_class, "gap": self.gap,
+               "rule": self.rule}
+        if self.method == "clip-inspector":
+            out["fallback"] = self.fallback
+            out.update({SIDE_RULE_KEYS[k]: v for k, v in self.side_rules.items()})
+        out["classes"] = [c.to_dict(self.method) for c in self.classes]
+        if self.gate_probe is not None:
+            out["gate_probe"] = self.gate_probe.to_dict()
+        if self.method == "clip-inspector":
+            out["warnings"] = list(self.warnings)
+        out.update(method=self.method, config=self.config, runtime_s=self.runtime_s)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict, triggers: torch.Tensor | None = None,
+                  probe_triggers: torch.Tensor | None = None) -> "ScanReport":
+        try:
+            method = d.get("method", "clip-inspector")
+            known = {f.name for f in fields(ClassResult)}
+            classes = [ClassResult(**{k: v for k, v in c.items() if k in known}) for c in d["classes"]]
+            probe = d.get("gate_probe")
+            gp = None if not probe else GateProbe(probe["eps"], probe["images"], probe.get("shut", False), [
+                ProbeUnit(u["unit"], u["class"], u["asr"], u["meta_gain"], u.get("shut", False)) for u in probe["units"]])
+            side = {k: d[v] for k, v in SIDE_RULE_KEYS.items() if v in d}
+            return cls(method=method, verdict=d["verdict"], max_score=d["max_score"], threshold=d["threshold"],
+                       predicted_target=d["predicted_target"], top_class=d.get("top_class") or classes[0].name,
+                       gap=d["gap"], rule=d.get("rule", ""), classes=classes, fallback=d.get("fallback"),
+                       side_rules=side, gate_probe=gp, warnings=list(d.get("warnings", [])), config=d.get("config", {}),
+                       runtime_s=d.get("runtime_s", 0.0), triggers=triggers, probe_triggers=probe_triggers)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise DataError(f"not a ci_toolkit scan report (missing or malformed field: {exc})") from None
+
+    def save(self, out_dir: str | Path, html: bool = True) -> Path:
+        """Write the report folder (see the module doc); returns it."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.triggers is not None:
+            save_file({"deltas": self.triggers.contiguous()}, str(out / "triggers.safetensors"))
+        if self.probe_triggers is not None:
+            save_file({"deltas": self.probe_triggers.contiguous()}, str(out / "gate_probe.safetensors"))
+        tmp = out / "report.json.tmp"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(out / "report.json")
+        if html:
+            (out / "report.html").write_text(self.to_html())
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScanReport":
+        """A saved report with its triggers (path: the folder or its report.json)."""
+        p = Path(path)
+        folder = p.parent if p.suffix == ".json" else p
+        rep = folder / "report.json"
+        if not rep.exists():
+            raise DataError(f"no scan report at {rep}")
+        try:
+            d = json.loads(rep.read_text())
+            triggers = load_file(str(folder / "triggers.safetensors"))["deltas"]
+            probe_file = folder / "gate_probe.safetensors"
+            probe = load_file(str(probe_file))["deltas"] if d.get("gate_probe") and probe_file.exists() else None
+        except (json.JSONDecodeError, OSError, KeyError, SafetensorError) as exc:
+            raise DataError(f"unreadable scan report in {folder}: {exc}") from None
+        return cls.from_dict(d, triggers, probe)
+
+    def to_html(self) -> str:
+        """The report as one self-contained HTML page (figures embedded; class names escaped)."""
+        from .html import report_html
+
+        return report_html(self)
+
+    def with_config(self, **config) -> "ScanReport":
+        return replace(self, config={**self.config, **config})
+
+
+__all__ = ["ScanReport", "ClassResult", "GateProbe", "ProbeUnit", "RepairTrigger"]

@@ -1,0 +1,327 @@
+"""Decision rules: from what a scan measured to a verdict. One registry, `RULES` (docs/method.md).
+
+CLIP-Inspector's paper score (METHOD 3 steps 3-4), over the K candidate classes:
+
+    a_t = zscore(ASR)_t - zscore(Lbar)_t          (z-scores over the K candidates)
+    s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
+
+Rules for CLIP-Inspector scans (`ScanConfig.rule`, `ci-toolkit scan --rule`):
+- "meta-gain" (default): does a trigger the scan found work THROUGH THE PROMPT LEARNER? Each trigger (the
+  inverted ones whose meta gain was measured, and the gate probe's) is worth ASR x max(meta gain, 0):
+  logits gained through the meta tokens per held-out image (`trigger_score`). A class scores the best of
+  its triggers; backdoored iff the top class scores above META_GAIN_THRESHOLD. Fallback, an explicit
+  step: when no trigger moves any margin through the meta tokens by more than INERT_GAIN, the rule is
+  blind (a backdoor in the static context looks like this) and the paper's rule decides
+  (`Decision.fallback == "paper"`, with a note saying so).
+- "paper": max_t s_t > PAPER_K (= 2), the paper's rule.
+- "grubbs": max_t s_t against the critical value of Grubbs' one-outlier test for K values.
+- "robust": a_t standardised by median and MAD, against the Bonferroni normal bound over K.
+Every CLIP-Inspector report also records the verdicts of `SIDE_RULES` on the same scan.
+
+Rule for the baselines (Neural Cleanse, Pixel Backdoor): "mad", the anomaly index of the trigger sizes.
+
+`youden_threshold` fits a threshold for any rule on labelled reports (pass it as `threshold=`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import torch
+
+from ..errors import CIError
+
+PAPER_K = 2.0  # the paper's threshold on s_t (METHOD 3 step 4)
+# Meta-gain threshold, logits per held-out image; how it was chosen and what it gives on zoos built after
+# it was fixed: docs/method.md ("The threshold") and benchmarks/README.md.
+META_GAIN_THRESHOLD = 1.0
+# Below this largest |meta gain| (logits) over every trigger, the meta tokens do not respond and the
+# meta-gain rule cannot see a backdoor (docs/method.md, "Fallback").
+INERT_GAIN = 0.01
+ALPHA = 0.05  # family-wise error of the Grubbs and robust bounds
+MAD_K = 2.0  # Neural Cleanse and Pixel Backdoor flag classes whose anomaly index exceeds 2 (their papers)
+MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): x MAD estimates a normal standard deviation
+MEAN_ABS_TO_STD = 1.2533  # sqrt(pi / 2): x mean absolute deviation estimates a normal standard deviation
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a scan measured, per candidate class (lists follow the candidate order).
+
+    meta_gain: logits gained through the meta tokens by each candidate's inverted trigger (None: not
+    measured); probes: (class index, ASR, meta gain) of each gate-probe trigger; sizes: the baselines'
+    trigger sizes."""
+
+    names: list[str]
+    asr: list[float]
+    loss: list[float]
+    meta_gain: list[float | None] = field(default_factory=list)
+    probes: list[tuple[int, float, float]] = field(default_factory=list)
+    sizes: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Decision:
+    """A rule's verdict on one scan."""
+
+    verdict: str  # "backdoored" or "clean"
+    rule: str
+    scores: list[float]  # the statistic the rule thresholds, per candidate
+    paper_scores: list[float]  # s_t per candidate, whatever the rule (empty for "mad")
+    max_score: float
+    threshold: float
+    predicted_target: int | None  # index of the top candidate when backdoored
+    top: int  # index of the top candidate (even when clean)
+    gap: float  # top-1 minus top-2 score
+    flagged: list[bool]  # class-level flags
+    fallback: str | None = None  # the rule that decided instead (meta-gain: "paper" when the meta tokens are inert)
+    note: str | None = None  # why a fallback decided, in words
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def target_name(self) -> str | None:
+        return self.names[self.predicted_target] if self.predicted_target is not None and self.names else None
+
+    @property
+    def top_name(self) -> str | None:
+        return self.names[self.top] if self.names else None
+
+
+def zscore(v) -> torch.Tensor:
+    """(v - mean) / std over the candidates (population std); all zeros when every value is equal."""
+    v = torch.as_tensor(v, dtype=torch.float64)
+    sd = v.std(unbiased=False)
+    return torch.zeros_like(v) if sd < 1e-12 else (v - v.mean()) / sd
+
+
+def robust_zscore(v) -> torch.Tensor:
+    """(v - median) / (MAD_TO_STD x MAD); the mean absolute deviation stands in when the MAD is 0."""
+    v = torch.as_tensor(v, dtype=torch.float64)
+    med = v.median()
+    mad = MAD_TO_STD * (v - med).abs().median()
+    if mad < 1e-12:
+        mad = MEAN_ABS_TO_STD * (v - med).abs().mean()
+    return torch.zeros_like(v) if mad < 1e-12 else (v - med) / mad
+
+
+def paper_scores(asr, loss) -> torch.Tensor:
+    """s_t: the z-score within the model of a_t = z(ASR)_t - z(Lbar)_t."""
+    asr = torch.as_tensor(asr, dtype=torch.float64)
+    loss = torch.as_tensor(loss, dtype=torch.float64)
+    if asr.shape != loss.shape or asr.ndim != 1 or len(asr) < 3:
+        raise CIError(f"need per-candidate ASR and loss for at least 3 candidates, got {tuple(asr.shape)}")
+    if not (torch.isfinite(asr).all() and torch.isfinite(loss).all()):
+        raise CIError("non-finite ASR or loss among the candidates: the scan produced NaN/Inf")
+    return zscore(zscore(asr) - zscore(loss))
+
+
+def grubbs_bound(k: int, alpha: float = ALPHA) -> float:
+    """Critical value of the one-sided Grubbs test for K values, on the scale of s_t (population std).
+
+    Grubbs: G = max (a - mean) / sd (sample std) is an outlier iff G > (K - 1) / sqrt(K) * sqrt(t^2 /
+    (K - 2 + t^2)), t the 1 - alpha / K quantile of Student's t with K - 2 degrees of freedom (2.663 for
+    K = 25 at alpha = 0.05, the tables' value). s_t = G * sqrt(K / (K - 1)), hence the bound below."""
+    from scipy.stats import t as student_t
+
+    if k < 3:
+        raise CIError(f"Grubbs' test needs at least 3 candidates, got {k}")
+    q = float(student_t.ppf(1 - alpha / k, k - 2))
+    return math.sqrt(k - 1) * math.sqrt(q * q / (k - 2 + q * q))
+
+
+def bonferroni_bound(k: int, alpha: float = ALPHA) -> float:
+    """Normal quantile 1 - alpha / (2K): the bound for the largest of K robust z-scores."""
+    return NormalDist().inv_cdf(1 - alpha / (2 * max(1, k)))
+
+
+def trigger_score(asr: float, meta_gain: float) -> float:
+    """What one trigger is worth to the meta-gain rule: ASR x max(meta gain, 0), logits per held-out image."""
+    return asr * max(meta_gain, 0.0)
+
+
+def mad_index(sizes) -> torch.Tensor:
+    """Anomaly index (median - s) / (MAD_TO_STD x MAD) of each class's trigger size (Neural Cleanse), signed
+    so that SMALL triggers are positive (a backdoor makes its target's trigger small)."""
+    s = torch.as_tensor(sizes, dtype=torch.float64)
+    med = s.median()
+    mad = MAD_TO_STD * (s - med).abs().median()
+    return (med - s) / max(float(mad), 1e-12)
+
+
+def _by_threshold(stat: torch.Tensor, paper: torch.Tensor | None, rule: str, thr: float, names: list[str],
+                  fallback: str | None = None, note: str | None = None) -> Decision:
+    top2 = stat.topk(2)
+    top = int(top2.indices[0])
+    mx = float(top2.values[0])
+    backdoored = mx > thr
+    return Decision(
+        verdict="backdoored" if backdoored else "clean", rule=rule, scores=stat.tolist(),
+        paper_scores=paper.tolist() if paper is not None else [], max_score=mx, threshold=thr,
+        predicted_target=top if backdoored else None, top=top, gap=float(top2.values[0] - top2.values[1]),
+        flagged=(stat > thr).tolist(), fallback=fallback, note=note, names=list(names),
+    )
+
+
+class Rule:
+    """A named decision rule: `decide(evidence, threshold=None) -> Decision`."""
+
+    name = "rule"
+    method = "clip-inspector"  # the scan method whose evidence it reads
+    summary = ""
+
+    def default_threshold(self, k: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decide(self, ev: Evidence, threshold: float | None = None) -> Decision:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class PaperScoreRule(Rule):
+    """A threshold on a statistic of the paper's a_t."""
+
+    def statistic(self, paper: torch.Tensor, ev: Evidence) -> torch.Tensor:
+        return paper
+
+    def decide(self, ev: Evidence, threshold: float | None = None) -> Decision:
+        paper = paper_scores(ev.asr, ev.loss)
+        thr = self.default_threshold(len(paper)) if threshold is None else float(threshold)
+        return _by_threshold(self.statistic(paper, ev), paper, self.name, thr, ev.names)
+
+
+class PaperRule(PaperScoreRule):
+    name = "paper"
+    summary = f"the paper's rule: max s_t > {PAPER_K:g}"
+
+    def default_threshold(self, k: int) -> float:
+        return PAPER_K
+
+
+class GrubbsRule(PaperScoreRule):
+    name = "grubbs"
+    summary = f"max s_t against Grubbs' one-outlier bound for K candidates (alpha {ALPHA:g})"
+
+    def default_threshold(self, k: int) -> float:
+        return grubbs_bound(k)
+
+
+class RobustRule(PaperScoreRule):
+    name = "robust"
+    summary = f"a_t by median and MAD against the Bonferroni normal bound over K (alpha {ALPHA:g})"
+
+    def statistic(self, paper: torch.Tensor, ev: Evidence) -> torch.Tensor:
+        return robust_zscore(zscore(ev.asr) - zscore(ev.loss))
+
+    def default_threshold(self, k: int) -> float:
+        return bonferroni_bound(k)
+
+
+class MetaGainRule(Rule):
+    name = "meta-gain"
+    summary = (f"the best ASR x meta gain of a class's triggers > {META_GAIN_THRESHOLD:g} logit; the paper's rule "
+               f"when the meta tokens are inert (every |meta gain| <= {INERT_GAIN:g})")
+
+    def __init__(self, fallback: Rule | None = None):
+        self.fallback = fallback or PaperRule()
+
+    def default_threshold(self, k: int) -> float:
+        return META_GAIN_THRESHOLD
+
+    def decide(self, ev: Evidence, threshold: float | None = None) -> Decision:
+        k = len(ev.asr)
+        paper = paper_scores(ev.asr, ev.loss)
+        if len(ev.meta_gain) != k or all(g is None for g in ev.meta_gain):
+            raise CIError("the meta-gain rule needs per-candidate meta gains (a scan made without them can be "
+                          "decided with rule='grubbs' or 'paper')")
+        # step 1: every trigger the scan has, as (class, ASR, meta gain): the measured inverted ones, the probe's
+        triggers = [(i, float(ev.asr[i]), float(g)) for i, g in enumerate(ev.meta_gain) if g is not None]
+        triggers += [(int(c), float(a), float(g)) for c, a, g in ev.probes]
+        if not all(math.isfinite(a) and math.isfinite(g) for _, a, g in triggers):
+            raise CIError("non-finite meta gain or ASR among the triggers: the model produces NaN/Inf")
+        if any(not 0 <= c < k for c, _, _ in triggers):
+            raise CIError("a gate-probe class index is out of the candidate range")
+        # step 2, the fallback: inert meta tokens leave this rule blind
+        largest = max(abs(g) for _, _, g in triggers)
+        if largest <= INERT_GAIN:
+            d = self.fallback.decide(ev)
+            rule = (f"the paper's rule (s_t > {PAPER_K:g})" if self.fallback.name == "paper"
+                    else f"the {self.fallback.name} rule (threshold {d.threshold:g})")
+            note = (f"the prompt learner's meta tokens do not respond: no trigger the scan tried ({len(triggers)}, "
+                    f"inverted and gate-probe) changes a class's margin through them by more than {INERT_GAIN} logits "
+                    f"(largest {largest:.4f}), so the meta-gain rule cannot see a backdoor in this model (one in "
+                    f"the static context looks like this). The verdict falls back to {rule}: max {d.max_score:.2f} on "
+                    f"{ev.names[d.top]!r}.")
+            d.rule, d.fallback, d.note = self.name, self.fallback.name, note
+            return d
+        # step 3: per class, the best trigger; the top class against the threshold
+        value = [0.0] * k
+        for c, a, g in triggers:
+            value[c] = max(value[c], trigger_score(a, g))
+        thr = META_GAIN_THRESHOLD if threshold is None else float(threshold)
+        top = max(range(k), key=lambda i: (value[i], -i))
+        mx = value[top]
+        backdoored = mx > thr
+        return Decision(
+            verdict="backdoored" if backdoored else "clean", rule=self.name, scores=value,
+            paper_scores=paper.tolist(), max_score=mx, threshold=thr, predicted_target=top if backdoored else None,
+            top=top, gap=mx - max(value[:top] + value[top + 1 :]), flagged=[backdoored and i == top for i in range(k)],
+            names=list(ev.names),
+        )
+
+
+class MadRule(Rule):
+    name = "mad"
+    method = "baselines"
+    summary = f"anomaly index of the trigger sizes > {MAD_K:g} (Neural Cleanse, Pixel Backdoor)"
+
+    def default_threshold(self, k: int) -> float:
+        return MAD_K
+
+    def decide(self, ev: Evidence, threshold: float | None = None) -> Decision:
+        if len(ev.sizes) != len(ev.names) or len(ev.sizes) < 2:
+            raise CIError("the mad rule needs a trigger size for every candidate (a baseline scan)")
+        thr = MAD_K if threshold is None else float(threshold)
+        return _by_threshold(mad_index(ev.sizes), None, self.name, thr, ev.names)
+
+
+RULES: dict[str, Rule] = {r.name: r for r in (MetaGainRule(), PaperRule(), GrubbsRule(), RobustRule(), MadRule())}
+SCAN_RULES = tuple(n for n, r in RULES.items() if r.method == "clip-inspector")  # choices of ScanConfig.rule
+SIDE_RULES = ("paper", "grubbs")  # also decided on every CLIP-Inspector scan, recorded in its report
+BASELINE_RULE = "mad"
+
+
+def get_rule(name: str) -> Rule:
+    if name not in RULES:
+        raise CIError(f"unknown decision rule {name!r}; choose one of {list(RULES)}")
+    return RULES[name]
+
+
+def decide_evidence(ev: Evidence, rule: str = "meta-gain", threshold: float | None = None) -> Decision:
+    """The verdict of rule `rule` (a name in RULES) on a scan's evidence."""
+    return get_rule(rule).decide(ev, threshold)
+
+
+def youden_threshold(max_scores, labels) -> float:
+    """Threshold on max score maximising Youden's J (TPR - FPR) over labelled models (1 = backdoored)."""
+    from sklearn.metrics import roc_curve
+
+    labels = list(labels)
+    if len(set(labels)) < 2:
+        raise CIError("Youden calibration needs both clean and backdoored models")
+    fpr, tpr, thr = roc_curve(labels, list(max_scores))
+    best = int((tpr - fpr).argmax())
+    t = float(thr[best])
+    if not math.isfinite(t):
+        return float(max(max_scores))
+    below = [float(v) for v in max_scores if v < t]  # roc_curve means ">= t"; a rule means "> threshold"
+    return (t + max(below)) / 2 if below else t - 1e-9
+
+
+__all__ = ["Evidence", "Decision", "Rule", "RULES", "SCAN_RULES", "SIDE_RULES", "BASELINE_RULE", "get_rule",
+           "decide_evidence", "paper_scores", "zscore", "robust_zscore", "grubbs_bound", "bonferroni_bound",
+           "trigger_score", "mad_index", "youden_threshold", "PAPER_K", "META_GAIN_THRESHOLD", "INERT_GAIN",
+           "ALPHA", "MAD_K"]
