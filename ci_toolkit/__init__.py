@@ -39,7 +39,7 @@ from .model import (
     train,
 )
 from .profiles import Profile, get_profile, list_profiles
-from .repair import RepairConfig, RepairResult, repair
+from .repairing import RepairConfig, RepairResult, repair
 from .version import __version__
 
 __all__ = [

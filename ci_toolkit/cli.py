@@ -20,10 +20,19 @@ from .demo import DemoConfig, run_demo
 from .detect import LOSSES, METHODS, SCAN_RULES, InversionConfig, ScanConfig, ScanReport, scan
 from .errors import CIError
 from .metrics import attack_success_rate, backdoor_effect
-from .model import (CoCoOp, MiniCLIPConfig, TrainConfig, create_backbone, evaluate, import_dassl, load_model,
-                    save_model, train)
+from .model import (
+    CoCoOp,
+    MiniCLIPConfig,
+    TrainConfig,
+    create_backbone,
+    evaluate,
+    import_dassl,
+    load_model,
+    save_model,
+    train,
+)
 from .profiles import get_profile, list_profiles
-from .repair import RepairConfig, repair
+from .repairing import RepairConfig, repair
 from .version import __version__
 
 WORLD_PROFILES = ("smoke", "classroom")  # profiles whose task is the embedded world
@@ -244,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("train", help="prompt-tune a clean CoCoOp model on the world task",
-                       description="Clean CoCoOp (METHOD 1 defaults, batch 32) on the embedded world; saves a model folder.")
+                       description="Clean CoCoOp (its SGD recipe, batch 32) on the embedded world; saves a model folder.")
     s.add_argument("--out", required=True, help="new model folder")
     s.add_argument("--profile", default="classroom", choices=WORLD_PROFILES)
     s.add_argument("--seed", type=int, default=0)

@@ -22,13 +22,13 @@ from . import world
 from .data import find_split_file, load_image_folder, load_split_task
 from .detect import ScanReport, scan
 from .detect.html import figure_png, score_figure
-from .detect.scan import split_pool
+from .detect.scanner import split_pool
 from .errors import CIError
 from .images import as_float
 from .metrics import attack_success_rate, backdoor_effect
 from .model import CoCoOp, create_backbone, evaluate, save_model, train
 from .profiles import get_profile
-from .repair import repair
+from .repairing import repair
 from .world import BACKDOOR_EPS
 
 

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import torch
+
 
 def record_metrics(metrics: dict, path: str | Path | None) -> dict:
     """Write a notebook's key metrics as JSON (the test suite executes notebooks and reads these)."""
@@ -19,7 +21,6 @@ def record_metrics(metrics: dict, path: str | Path | None) -> dict:
 def show_images(images, titles=None, ncols: int = 8, size: float = 1.4, suptitle: str | None = None):
     """A grid of [N, 3, H, W] images (float in [0, 1] or uint8) with optional titles."""
     import matplotlib.pyplot as plt
-    import torch
 
     x = images.float() / 255 if images.dtype == torch.uint8 else images
     n = len(x)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
-from .detect.invert import InversionConfig
-from .detect.scan import ScanConfig
+from .detect.inversion import InversionConfig
+from .detect.scanner import ScanConfig
 from .errors import CIError
 from .model.tuning import TrainConfig
 

@@ -1,6 +1,6 @@
 """Process pools for the CPU-bound benches (zoo builds, zoo scans).
 
-Worker processes must not outlive their parent: a killed `ci-toolkit zoo` would otherwise leave its
+Worker processes must not outlive their parent: a killed zoo build (`python -m lab zoo`) would otherwise leave its
 workers training (and writing) in the background. On Linux the kernel delivers SIGTERM to a worker when
 its parent dies (prctl PR_SET_PDEATHSIG); elsewhere this is a no-op.
 """

@@ -5,7 +5,7 @@ import torch
 
 import ci_toolkit as ci
 from ci_toolkit.attacks import ATTACKS, BadNets, Blended, SIBA, WaNet, create_attack, list_attacks
-from ci_toolkit.train import TrainConfig
+from ci_toolkit.model import TrainConfig
 
 FAST = TrainConfig(epochs=1, batch_size=8)
 
@@ -20,7 +20,7 @@ def test_registry_and_readable_repr():
     assert set(list_attacks()) == {"badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets"}
     a = create_attack("blended", target=2, seed=1)
     assert repr(a).startswith("Blended(target=2, seed=1, batch_size=1, lr=0.002, poison_rate=0.1, alpha=0.2")
-    from ci_toolkit.attacks import create_world_attack
+    from ci_toolkit.world import attack as create_world_attack
 
     w = create_world_attack("blended", target=2)
     assert w.config.pattern == "checkered" and create_world_attack("blended", 2, pattern="random").config.pattern == "random"

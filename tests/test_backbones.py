@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ci_toolkit as ci
-from ci_toolkit.backbones import _resolve_quickgelu
+from ci_toolkit.model.backbones import _resolve_quickgelu
 
 
 def test_list_backbones_has_the_embedded_and_open_clip_models():

@@ -1,10 +1,12 @@
-"""Benchmarks run end to end at tiny sizes and write JSON with the documented keys (numbers: not here)."""
+"""The lab's benchmarks that need no zoo run end to end at tiny sizes and write JSON with the documented keys
+(numbers: not here)."""
 
 import json
 
 import torch
 
-from ci_toolkit.cli import main
+from lab.__main__ import main
+from lab.bench.speed import bench_speed, count_flops
 
 
 def test_bench_world_quick_writes_the_documented_keys(tmp_path):
@@ -30,9 +32,7 @@ def test_bench_attacks_quick_writes_the_documented_keys(tmp_path):
         assert 0 <= a["asr_seen"] <= 1 and 0 < a["ssim"] <= 1
 
 
-def test_bench_speed_paths_agree(tmp_path):
-    from ci_toolkit.bench.speed import bench_speed
-
+def test_bench_speed_paths_agree():
     res = bench_speed(("miniclip",), k=5, batch=4, repeats=1, progress=False)
     m = res["models"]["miniclip"]
     assert {"naive_step_s", "fast_step_s", "speedup", "scan_s_projected", "max_grad_rel_diff"} <= set(m)
@@ -42,7 +42,5 @@ def test_bench_speed_paths_agree(tmp_path):
 
 
 def test_flop_counter_counts_a_known_matmul():
-    from ci_toolkit.bench.speed import count_flops
-
     a, b = torch.rand(8, 16), torch.rand(16, 4)
     assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ci_toolkit as ci
+from ci_toolkit.model.backbones import load_state_dict_file
 
 
 def test_round_trip_is_exact(tiny_model, tiny_backbone, images, tmp_path):
@@ -110,7 +111,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tiny_model, tiny_backbone, t
     raw = tmp_path / "weights.pt"
     raw.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}))
     with pytest.raises(ci.CheckpointError, match="refused"):
-        ci.backbones.load_state_dict_file(raw)
+        load_state_dict_file(raw)
     assert not marker.exists(), "the payload ran"
     # sanity: the payload really is live when unpickled without protection
     pickle.loads(pickle.dumps(_Payload(marker)))

@@ -2,7 +2,7 @@
 
 import torch
 
-from ci_toolkit.collapse import collapse_stats, mean_pairwise_distance
+from ci_toolkit.analysis import collapse_stats, mean_pairwise_distance
 
 
 def test_mean_pairwise_distance_known_answer():
@@ -40,7 +40,7 @@ def test_meta_gain_is_zero_when_the_meta_tokens_ignore_the_image(tiny_model, ima
 
 
 def test_open_gate_stays_in_the_bound_and_raises_its_unit(tiny_model):
-    from ci_toolkit.collapse import gate_preactivations, open_gate
+    from ci_toolkit.analysis import gate_preactivations, open_gate
 
     pool = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     base = gate_preactivations(tiny_model, pool).mean(0)
@@ -53,7 +53,7 @@ def test_open_gate_stays_in_the_bound_and_raises_its_unit(tiny_model):
 
 
 def test_gate_probe_rows_match_the_plain_computation(tiny_model):
-    from ci_toolkit.collapse import gate_probe, meta_gains
+    from ci_toolkit.analysis import gate_probe, meta_gains
 
     g = torch.Generator().manual_seed(4)
     pool, held = torch.rand(64, 3, 32, 32, generator=g), torch.rand(24, 3, 32, 32, generator=g)
@@ -69,7 +69,7 @@ def test_gate_probe_rows_match_the_plain_computation(tiny_model):
 
 
 def test_shutting_a_gate_lowers_it_and_opening_raises_it(tiny_model, images):
-    from ci_toolkit.collapse import gate_preactivations, open_gate
+    from ci_toolkit.analysis import gate_preactivations, open_gate
 
     before = gate_preactivations(tiny_model, images).mean(0)[0]
     up = open_gate(tiny_model, images, 0, 8 / 255, batch_size=5)

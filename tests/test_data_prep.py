@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import ci_toolkit as ci
-from ci_toolkit.splits import base_new_split, build_ood_pool, generate_fewshot, load_split, overlaps
+from ci_toolkit.data import base_new_split, build_ood_pool, generate_fewshot, load_split, overlaps
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,11 +2,11 @@
 
 import json
 
-from ci_toolkit.demo import run_demo
+from ci_toolkit.demo import DemoConfig, run_demo
 
 
 def test_smoke_demo_writes_the_documented_keys(tmp_path):
-    res = run_demo(tmp_path, profile="smoke", progress=False)
+    res = run_demo(tmp_path, DemoConfig("smoke"), progress=False)
     on_disk = json.loads((tmp_path / "demo.json").read_text())
     assert on_disk["clean"]["verdict"] in ("clean", "backdoored")
     assert {"verdict", "max_score", "true_target", "predicted_target"} <= set(on_disk["backdoored"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ci_toolkit.errors import CIError
-from ci_toolkit.invert import InversionConfig, group_losses, invert, trigger_asr
+from ci_toolkit.detect.inversion import InversionConfig, group_losses, invert, trigger_asr
 
 
 def _plain_margin(model, x, delta, t, names):

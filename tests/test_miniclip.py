@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import ci_toolkit as ci
-from ci_toolkit.miniclip import ASSET_DIR, MiniCLIPConfig, PretrainConfig, load_miniclip, pretrain_miniclip, zero_shot_accuracy
+from ci_toolkit.model.miniclip import ASSET_DIR, MiniCLIPConfig, load_miniclip
+from ci_toolkit.world.pretrain import PretrainConfig, pretrain_miniclip, zero_shot_accuracy
 from ci_toolkit.world import World, WorldConfig
 
 

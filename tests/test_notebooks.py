@@ -69,6 +69,11 @@ def test_notebook_runs_under_smoke_profile(nb, tmp_path):
         progress_bar=False,
     )
     CHECKS[nb.stem](json.loads(metrics.read_text()))
+    # every cell meant to draw a figure shows one (a backend switch elsewhere would leave them empty)
+    ran = nbformat.read(tmp_path / nb.name, as_version=4)
+    for cell in ran.cells:
+        if cell.cell_type == "code" and re.search(r"plt\.subplots|show_images\(", cell.source):
+            assert any("image/png" in o.get("data", {}) for o in cell.outputs), f"no figure from:\n{cell.source[:300]}"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
@@ -78,6 +83,8 @@ def test_notebook_is_stripped_parametrised_and_thin(nb):
     assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks with outputs stripped"
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
     assert 'profile = "classroom"' in code[0].source
-    for c in code:  # model code lives in the package, not in notebooks
+    for c in code:  # model code lives in the package, not in notebooks; notebooks use the public API only
         assert "sys.path" not in c.source and "nn.Module" not in c.source
+        assert not re.search(r"^\s*(from ci_toolkit|import ci_toolkit\.)", c.source, re.M), "import ci_toolkit as ci only"
+        assert not re.search(r"\bci\.(\w+\.)*_\w", c.source), "no private names"
         assert not re.search(r"^\s*class \w+", c.source, re.M), "no class definitions in notebooks"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ci_toolkit.demo import run_demo
+import ci_toolkit as ci
+from ci_toolkit.demo import DemoConfig, run_demo
 from ci_toolkit.errors import CIError, DataError
-from ci_toolkit.paper import load_split_task
+from ci_toolkit.data import load_split_task
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["AnnualCrop", "Forest", "Highway", "Pasture", "River", "SeaLake"]
@@ -53,8 +54,9 @@ def test_split_becomes_a_base_new_task(eurosat_like):
 @pytest.mark.filterwarnings("ignore:profile 'paper' asks for device")
 def test_paper_profile_end_to_end_with_random_init_vit_b16(eurosat_like, tmp_path):
     root, ood = eurosat_like
-    res = run_demo(tmp_path, profile="paper", data=root, ood=ood, progress=False, pretrained=None, device="cpu",
-                   shots=1, n_test_per_class=1, epochs=1, batch_size=4, ood_pool=8, ood_holdout=2, scan_batch=4)
+    scan = ci.ScanConfig(inversion=ci.InversionConfig(batch_size=4), pool_size=8, heldout_size=2)
+    res = run_demo(tmp_path, DemoConfig("paper", data=root, ood=ood), progress=False, pretrained=None, device="cpu",
+                   shots=1, n_test_per_class=1, epochs=1, batch_size=4, scan=scan)
     cfg = res["config"]
     assert cfg["profile"]["backbone"] == "ViT-B-16-quickgelu" and cfg["data"] == str(root)
     assert json.loads((tmp_path / "clean_model" / "model.json").read_text())["backbone"]["name"] == "ViT-B-16-quickgelu"
@@ -67,6 +69,6 @@ def test_paper_profile_end_to_end_with_random_init_vit_b16(eurosat_like, tmp_pat
 
 def test_paper_profile_needs_data(tmp_path):
     with pytest.warns(UserWarning, match="runs on the CPU"), pytest.raises(CIError, match="--data"):
-        run_demo(tmp_path, profile="paper", progress=False, pretrained=None)
+        run_demo(tmp_path, DemoConfig("paper"), progress=False, pretrained=None)
     with pytest.warns(UserWarning), pytest.raises(DataError, match="split_zhou"):
-        run_demo(tmp_path, profile="paper", data=tmp_path, ood=tmp_path, progress=False, pretrained=None)
+        run_demo(tmp_path, DemoConfig("paper", data=tmp_path, ood=tmp_path), progress=False, pretrained=None)

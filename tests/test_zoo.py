@@ -1,14 +1,23 @@
-"""The zoo: a smoke build, ground truth only in the manifest, no trace of the attack in a model folder."""
+"""The lab's zoo (a smoke build, ground truth only in the manifest, no trace of the attack in a model folder)
+and the benches that read a zoo, run on that smoke zoo."""
 
 import json
+import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 import ci_toolkit as ci
-from ci_toolkit.errors import CIError
-from ci_toolkit.zoo import ZOO_PROFILES, build_zoo, model_specs
+from ci_toolkit.detect import ScanReport
+from lab.bench.attacks import attacks_from_zoo
+from lab.bench.collapse import DIRECTION, bench_collapse
+from lab.bench.detect import bench_detect, detection_metrics, roc_figure, scan_folder
+from lab.bench.gates import bench_gates
+from lab.bench.repair import bench_repair
+from lab.zoo import MIN_ASR, ZOO_PROFILES, Zoo, build_zoo, implanted, model_specs
+
+# a small scan: groups of 5 candidates, 64 + 16 OOD images
+SCAN_CFG = ci.ScanConfig(inversion=ci.InversionConfig(group=5), pool_size=64, heldout_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +26,27 @@ def zoo(tmp_path_factory):
     return out, build_zoo(out, "smoke", progress=False, workers=2)  # the parallel path
 
 
+@pytest.fixture(scope="module")
+def detected(zoo, tmp_path_factory):
+    """One `bench detect` run on the smoke zoo: (its output folder, its result). Tests that change the folder
+    work on a copy."""
+    out = tmp_path_factory.mktemp("detect") / "detect"
+    return out, bench_detect(zoo[0], out, cfg=SCAN_CFG, min_asr=0.0, progress=False)
+
+
+def copy_of(folder, tmp_path):
+    return shutil.copytree(folder, tmp_path / folder.name)
+
+
+def report_stamp(out, name="m000"):
+    return (out / "scans" / "clip-inspector" / name / "report.json").stat().st_mtime_ns
+
+
+# ---- the zoo ----------------------------------------------------------------------------------------
 def test_smoke_zoo_manifest(zoo):
     out, manifest = zoo
     assert [m["attack"] for m in manifest] == ["clean", "badclip", "blended"]
+    assert [m["path"] for m in manifest] == ["models/m000", "models/m001", "models/m002"]
     for m in manifest:
         assert set(m) >= {"path", "attack", "target", "seed", "acc_seen", "acc_unseen", "asr_seen", "asr_unseen", "asr_ood"}
         assert 0 <= m["acc_seen"] <= 1
@@ -27,7 +54,30 @@ def test_smoke_zoo_manifest(zoo):
             assert m["target"] is None and m["asr_seen"] is None
         else:
             assert isinstance(m["target"], str) and 0 <= m["asr_seen"] <= 1 and 0 <= m["asr_ood"] <= 1
-    assert json.loads((out / "manifest.json").read_text()) == manifest
+            assert 0 <= m["asr_clean_model"] <= 1  # the trigger on the clean model of the same seed
+    assert json.loads((out / "manifest.json").read_text()) == manifest == Zoo(out).manifest()
+
+
+def test_the_zoo_layout_has_one_definition(zoo):
+    out, manifest = zoo
+    z = Zoo(out)
+    bad = manifest[1]
+    assert Zoo.name(bad) == Zoo.name(1) == "m001" and Zoo.path(1) == bad["path"] == "models/m001"
+    assert z.model_dir(bad) == z.model_dir(1) == out / "models" / "m001"
+    assert z.attacker_dir(bad) == out / "attacker" / "m001"
+    assert z.manifest_path == out / "manifest.json" and z.build_log_path == out / "build.json"
+    assert z.profile() == ZOO_PROFILES["smoke"]
+    assert z.load_attack(bad).target == z.load_model(bad).classnames.index(bad["target"])
+    with pytest.raises(ci.DataError, match="no zoo manifest"):
+        Zoo(out / "nothing").manifest()
+
+
+def test_implanted_is_clean_or_reaching_min_asr():
+    assert implanted({"attack": "clean", "asr_seen": None})
+    assert implanted({"attack": "badclip", "asr_seen": MIN_ASR}) and MIN_ASR == 0.5
+    assert not implanted({"attack": "badclip", "asr_seen": 0.49})
+    assert not implanted({"attack": "wanet", "asr_seen": None})
+    assert implanted({"attack": "wanet", "asr_seen": 0.1}, min_asr=0.0)
 
 
 def test_a_delivered_model_carries_no_trace_of_the_attack(zoo):
@@ -46,15 +96,16 @@ def test_a_delivered_model_carries_no_trace_of_the_attack(zoo):
     assert json.loads((out / "attacker" / "m001" / "attack.json").read_text())["target_name"] == bad["target"]
 
 
-def test_resume_skips_finished_models(zoo):
+def test_resume_skips_finished_models(zoo, tmp_path):
     out, manifest = zoo
+    out = copy_of(out, tmp_path)
     stamp = (out / manifest[0]["path"] / "prompt_learner.safetensors").stat().st_mtime_ns
     again = build_zoo(out, "smoke", progress=False)
     assert again == manifest
     assert (out / manifest[0]["path"] / "prompt_learner.safetensors").stat().st_mtime_ns == stamp
-    # each build session is logged with its wall time; the resumed one built nothing
+    # each build run is logged with its wall time; the resumed one built nothing
     log = json.loads((out / "build.json").read_text())
-    assert [row["models_built"] for row in log][-2:] == [len(manifest), 0]
+    assert [row["models_built"] for row in log] == [len(manifest), 0]
     assert all(row["wall_s"] > 0 and row["models_total"] == len(manifest) for row in log)
 
 
@@ -65,6 +116,19 @@ def test_full_profile_shape(name):
     for attack in ZOO_PROFILES[name].attacks:
         mine = [s for s in specs if s["attack"] == attack]
         assert len(mine) >= 4 and len({s["target"] for s in mine}) == len(mine)
+
+
+def test_profiles_hold_the_seeds_and_targets_the_benchmarks_were_built_with():
+    seeds = {name: sorted({s["seed"] for s in model_specs(p)}) for name, p in ZOO_PROFILES.items()}
+    assert seeds == {"smoke": [0], "classroom": [100, 101], "full": list(range(6)), "holdout": list(range(200, 206)),
+                     "holdout2": list(range(300, 306)), "holdout3": list(range(400, 406)),
+                     "holdout4": list(range(500, 506)), "holdout5": list(range(600, 606))}
+    targets = {name: [s["target"] for s in model_specs(p) if s["attack"] != "clean"] for name, p in ZOO_PROFILES.items()}
+    assert targets["smoke"] == [3, 0]
+    assert targets["classroom"] == [4, 11, 18, 0, 7, 14]
+    assert targets["full"][:8] == [3, 10, 17, 24, 6, 13, 20, 2]
+    assert targets["holdout3"][:4] == [18, 0, 7, 14]
+    assert targets["holdout5"] == [21, 22, 3, 10, 17, 22, 24, 2, 6, 13, 18, 21, 5, 9, 16]
 
 
 @pytest.mark.parametrize("name, used_for_choices", [("holdout", ("full", "classroom")),
@@ -83,25 +147,28 @@ def test_holdout_zoo_shares_no_seed_and_no_target_with_the_zoos_used_for_choices
 
 
 def test_holdout5_shares_no_seed_with_any_zoo():
-    # its targets reuse three classes per attack from `full` (documented in zoo.py); its seeds are all new
+    # three of its targets per attack are full's (lab/zoo.py says so); its seeds are all new
     held = {s["seed"] for s in model_specs(ZOO_PROFILES["holdout5"])}
     for name, p in ZOO_PROFILES.items():
         if name != "holdout5":
             assert not held & {s["seed"] for s in model_specs(p)}, name
+    full = model_specs(ZOO_PROFILES["full"])
+    for attack in ZOO_PROFILES["holdout5"].attacks:
+        mine = {s["target"] for s in model_specs(ZOO_PROFILES["holdout5"]) if s["attack"] == attack}
+        assert len(mine & {s["target"] for s in full if s["attack"] == attack}) == 3
 
 
 def test_explicit_targets_are_checked():
     p = ZOO_PROFILES["holdout4"]
     assert [s["target"] for s in model_specs(p) if s["attack"] == "blended"] == list(p.targets[2])
-    with pytest.raises(CIError, match="targets must be 3 tuples of 5"):
+    with pytest.raises(ci.CIError, match="targets must be 3 tuples of 5"):
         model_specs(replace(p, targets=p.targets[:2]))
-    with pytest.raises(CIError, match="seen-class indices"):
+    with pytest.raises(ci.CIError, match="seen-class indices"):
         model_specs(replace(p, targets=(p.targets[0], p.targets[1], (0, 2, 3, 10, 25))))
 
 
+# ---- benches on the zoo -----------------------------------------------------------------------------
 def test_bench_attacks_from_the_zoo(zoo):
-    from ci_toolkit.bench.attacks import attacks_from_zoo
-
     out, manifest = zoo
     res = attacks_from_zoo(out)
     assert set(res["attacks"]) == {"badclip", "blended"}
@@ -113,77 +180,101 @@ def test_bench_attacks_from_the_zoo(zoo):
     assert res["build"]["wall_s"] == sum(s["wall_s"] for s in log) and res["build"]["sessions"] == log
 
 
-def tiny_units(zoo_dir) -> int:
-    from ci_toolkit.checkpoint import load_model
+def test_detection_metrics_follow_their_definitions():
+    rows = [{"label": 0, "max_score": 0.1, "verdict": "clean", "target": None, "flagged": []},
+            {"label": 0, "max_score": 0.9, "verdict": "backdoored", "target": None, "flagged": ["a"]},
+            {"label": 1, "max_score": 0.8, "verdict": "backdoored", "target": "b", "flagged": ["b"]},
+            {"label": 1, "max_score": 0.7, "verdict": "backdoored", "target": "c", "flagged": ["d"]},
+            {"label": 1, "max_score": 0.2, "verdict": "clean", "target": "e", "flagged": []}]
+    m = detection_metrics(rows)
+    # TP: the true target flagged; FP: any other class flagged (clean models too); FN: target not flagged
+    assert (m["tp"], m["fp"], m["fn"], m["n_models"]) == (1, 2, 2, 5)
+    assert m["f1"] == 2 * 1 / (2 * 1 + 2 + 2) and m["accuracy"] == 3 / 5
+    # AUROC: the fraction of (backdoored, clean) pairs ranked right: each of 0.8, 0.7, 0.2 beats 0.1, none 0.9
+    assert m["auroc"] == pytest.approx(3 / 6)
 
-    return load_model(zoo_dir / "models" / "m000").prompt_learner.meta_net.linear1.out_features
 
-
-def test_bench_detect_on_the_smoke_zoo(zoo, tmp_path):
-    from ci_toolkit.bench.detect import bench_detect, roc_figure
-    from ci_toolkit.invert import InversionConfig
-    from ci_toolkit.scan import ScanConfig
-
+def test_bench_detect_on_the_smoke_zoo(zoo, detected, tmp_path):
     out, manifest = zoo
-    cfg = ScanConfig(inversion=InversionConfig(group=5), pool_size=64, heldout_size=16)
-    res = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
+    folder, res = detected
     m = res["methods"]["clip_inspector"]
-    assert {"auroc", "accuracy", "f1", "tp", "fp", "fn", "runtime_s"} <= set(m)
-    assert m["n_models"] == len(manifest) and 0 <= m["accuracy"] <= 1
-    assert len(res["per_model"]) == len(manifest) and "clip_inspector_paper_k2" in res["methods"]
-    stamp = (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns
-    again = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)  # cached scans
-    assert again["per_model"] == res["per_model"]
-    assert (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns == stamp
-    # another decision rule reuses the scans (rescored, not rerun); other inversion settings are refused
-    paper = bench_detect(out, tmp_path / "detect", cfg=replace(cfg, rule="paper"), min_asr=0.0, progress=False)
+    assert set(m) == {"auroc", "accuracy", "f1", "tp", "fp", "fn", "n_models", "runtime_s", "mean_scan_s",
+                      "not_implanted", "wall_s"}
+    assert m["n_models"] == len(manifest) and 0 <= m["accuracy"] <= 1 and m["not_implanted"] == 0
+    assert set(res) == {"methods", "per_model", "config"} and res["config"]["scan"]["pool_size"] == 64
+    assert list(res["methods"]) == ["clip_inspector", "clip_inspector_paper_k2", "clip_inspector_grubbs"]
+    assert len(res["per_model"]) == len(manifest)
+    assert m == {**m, **detection_metrics(res["per_model"])}
+    for row in res["per_model"]:
+        report = ScanReport.load(scan_folder(folder, "clip-inspector", row))
+        assert row["verdict"] == report.verdict and row["max_score"] == report.max_score
+        assert row["flagged"] == [c.name for c in report.classes if c.flagged]
+        # the side rules: the report's verdicts, flagged = the classes whose paper score beats that rule's bound
+        for side, key in (("paper", "paper_rule"), ("grubbs", "grubbs_rule")):
+            s = report.side_rules[side]
+            assert row[key] == {**s, "flagged": [c.name for c in report.classes if c.paper_score > s["threshold"]]}
+    assert res["methods"]["clip_inspector_paper_k2"] == detection_metrics([{**r, **r["paper_rule"]} for r in res["per_model"]])
+    assert res["methods"]["clip_inspector_grubbs"] == detection_metrics([{**r, **r["grubbs_rule"]} for r in res["per_model"]])
+    # cached scans are reused, not rerun
+    folder = copy_of(folder, tmp_path)
+    stamp = report_stamp(folder)
+    again = bench_detect(out, folder, cfg=SCAN_CFG, min_asr=0.0, progress=False)
+    assert again["per_model"] == res["per_model"] and report_stamp(folder) == stamp
+    # another decision rule reuses the scans (decided again, not rescanned)
+    paper = bench_detect(out, folder, cfg=replace(SCAN_CFG, rule="paper"), min_asr=0.0, progress=False)
     assert [r["max_score"] for r in paper["per_model"]] == [r["paper_rule"]["max_score"] for r in res["per_model"]]
-    assert (tmp_path / "detect" / "scans" / "clip-inspector" / "m000" / "report.json").stat().st_mtime_ns == stamp
-    assert "clip_inspector_grubbs" in res["methods"]
-    # the parallel path (scans in 2 processes, one bar over the models) scans every model, to the same answers
-    par = bench_detect(out, tmp_path / "par", cfg=cfg, min_asr=0.0, progress=True, workers=2)
-    assert [r["path"] for r in par["per_model"]] == [r["path"] for r in res["per_model"]]
-    assert all((tmp_path / "par" / "scans" / "clip-inspector" / Path(r["path"]).name / "report.json").exists()
-               for r in par["per_model"])
-    assert [(r["verdict"], r["predicted_target"]) for r in par["per_model"]] == \
-        [(r["verdict"], r["predicted_target"]) for r in res["per_model"]]
-    # a scan from before the meta-gain rule (no meta gains in its report) gets them measured from its triggers
-    rep_file = tmp_path / "detect" / "scans" / "clip-inspector" / "m001" / "report.json"
-    report = json.loads(rep_file.read_text())
-    gains = [c["meta_gain"] for c in report["classes"]]
-    assert sum(g is not None for g in gains) == min(cfg.meta_candidates, len(gains))
-    for c in report["classes"]:
-        del c["meta_gain"]
-    rep_file.write_text(json.dumps({**report, "rule": "grubbs", "config": {**report["config"], "rule": "grubbs"}}))
-    upgraded = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
-    stored = [c["meta_gain"] for c in json.loads(rep_file.read_text())["classes"]]
-    assert all((a is None and b is None) or abs(a - b) < 1e-4 for a, b in zip(stored, gains))
-    assert [r["verdict"] for r in upgraded["per_model"]] == [r["verdict"] for r in res["per_model"]]
-    # a scan from before the gate probe gets the probe run, to the same probe and decision as a fresh scan
-    rep_file = tmp_path / "detect" / "scans" / "clip-inspector" / "m002" / "report.json"
-    report = json.loads(rep_file.read_text())
-    probe = report.pop("gate_probe")
-    assert len(probe["units"]) == 2 * tiny_units(out) and probe["eps"] == cfg.probe_eps and probe["shut"]
-    (rep_file.parent / "gate_probe.safetensors").unlink()
-    rep_file.write_text(json.dumps(report))
-    probed = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
-    assert json.loads(rep_file.read_text())["gate_probe"] == probe and (rep_file.parent / "gate_probe.safetensors").exists()
-    assert probed["per_model"] == res["per_model"]
-    # a session-10 probe (units opened only, no "shut" field) gets the whole probe run again
-    opening = [{k: v for k, v in u.items() if k != "shut"} for u in probe["units"] if not u["shut"]]
-    rep_file.write_text(json.dumps({**report, "gate_probe": {"eps": probe["eps"], "images": probe["images"], "units": opening}}))
-    reprobed = bench_detect(out, tmp_path / "detect", cfg=cfg, min_asr=0.0, progress=False)
-    assert json.loads(rep_file.read_text())["gate_probe"] == probe and reprobed["per_model"] == res["per_model"]
-    with pytest.raises(CIError, match="other inversion settings"):
-        bench_detect(out, tmp_path / "detect", cfg=replace(cfg, inversion=InversionConfig(group=5, eps=4 / 255)),
-                     min_asr=0.0, progress=False)
+    assert [r["verdict"] for r in paper["per_model"]] == [r["paper_rule"]["verdict"] for r in res["per_model"]]
+    assert report_stamp(folder) == stamp
     roc_figure(res, tmp_path / "roc.png")
     assert (tmp_path / "roc.png").stat().st_size > 1000
 
 
-def test_bench_gates_on_the_smoke_zoo(zoo):
-    from ci_toolkit.bench.gates import bench_gates
+@pytest.mark.parametrize("change, named", [({"inversion": ci.InversionConfig(group=5, eps=4 / 255)}, "inversion"),
+                                           ({"probe_shut": False}, "probe_shut"),
+                                           ({"probe_eps": 8 / 255}, "probe_eps"),
+                                           ({"pool_size": 48}, "pool_size")])
+def test_a_cached_scan_with_other_settings_is_refused(zoo, detected, tmp_path, change, named):
+    folder = copy_of(detected[0], tmp_path)
+    stamp = report_stamp(folder)
+    with pytest.raises(ci.CIError, match=f"other settings \\({named} .*use another --out"):
+        bench_detect(zoo[0], folder, cfg=replace(SCAN_CFG, **change), min_asr=0.0, progress=False)
+    assert report_stamp(folder) == stamp  # refused before anything was scanned or rewritten
 
+
+def test_a_resumed_bench_detect_adds_up_its_wall_time(zoo, detected, tmp_path):
+    first_folder, first = detected
+    folder = copy_of(first_folder, tmp_path)
+    shutil.rmtree(folder / "scans" / "clip-inspector" / "m002")  # as if the first run had stopped before it
+    resumed = bench_detect(zoo[0], folder, cfg=SCAN_CFG, min_asr=0.0, progress=False)
+    log = json.loads((folder / "wall.json").read_text())
+    assert [(r["method"], r["models_scanned"]) for r in log] == [("clip-inspector", 3), ("clip-inspector", 1)]
+    assert log[0]["wall_s"] == first["methods"]["clip_inspector"]["wall_s"]
+    wall = resumed["methods"]["clip_inspector"]["wall_s"]
+    assert wall == pytest.approx(log[0]["wall_s"] + log[1]["wall_s"]) and wall > first["methods"]["clip_inspector"]["wall_s"]
+    assert [r["verdict"] for r in resumed["per_model"]] == [r["verdict"] for r in first["per_model"]]
+
+
+def test_bench_detect_scans_in_parallel_to_the_same_answers(zoo, detected, tmp_path):
+    out, manifest = zoo
+    par = bench_detect(out, tmp_path / "par", cfg=SCAN_CFG, min_asr=0.0, progress=True, workers=2)
+    assert [r["path"] for r in par["per_model"]] == [m["path"] for m in manifest]
+    assert all((scan_folder(tmp_path / "par", "clip-inspector", r) / "report.json").exists() for r in par["per_model"])
+    assert [(r["verdict"], r["predicted_target"]) for r in par["per_model"]] == \
+        [(r["verdict"], r["predicted_target"]) for r in detected[1]["per_model"]]
+    assert json.loads((tmp_path / "par" / "wall.json").read_text())[0]["models_scanned"] == len(manifest)
+
+
+def test_bench_detect_lists_models_that_did_not_implant_without_scanning_them(zoo, detected, tmp_path):
+    out, manifest = zoo
+    folder = copy_of(detected[0], tmp_path)
+    bar = max(m["asr_seen"] for m in manifest if m["attack"] != "clean") + 0.01  # no attack reaches it
+    res = bench_detect(out, folder, cfg=SCAN_CFG, min_asr=bar, progress=False)
+    assert res["methods"]["clip_inspector"]["not_implanted"] == 2 and res["methods"]["clip_inspector"]["n_models"] == 1
+    listed = [r for r in res["per_model"] if r.get("scanned") is False]
+    assert [r["path"] for r in listed] == ["models/m001", "models/m002"] and all(r["verdict"] is None for r in listed)
+
+
+def test_bench_gates_on_the_smoke_zoo(zoo):
     out, manifest = zoo
     res = bench_gates(out, eps_255=(0.0, 8.0), min_asr=0.0, pool_size=64, heldout_size=16, progress=False)
     assert set(res["per_attack"]) == {"badclip", "blended"} and len(res["per_model"]) == 2
@@ -210,8 +301,6 @@ def test_bench_gates_on_the_smoke_zoo(zoo):
 
 
 def test_bench_collapse_on_the_smoke_zoo(zoo):
-    from ci_toolkit.bench.collapse import DIRECTION, bench_collapse
-
     out, manifest = zoo
     res = bench_collapse(out, min_asr=0.0, per_class=2, progress=False)
     assert set(res["per_attack"]) == {"badclip", "blended"}
@@ -230,36 +319,30 @@ def test_bench_collapse_on_the_smoke_zoo(zoo):
         assert abs(bad["f_spread_ratio"] - clean["f_spread_ratio"]) < 1e-5
 
 
-def test_bench_repair_repairs_with_the_trigger_of_the_class_the_rule_picks(zoo, tmp_path):
-    from ci_toolkit.bench.repair import bench_repair
-    from ci_toolkit.invert import InversionConfig
-    from ci_toolkit.repair import RepairConfig
-    from ci_toolkit.scan import ScanConfig, rescore
-
+def test_bench_repair_repairs_with_the_trigger_of_the_class_the_rule_picks(zoo, detected, tmp_path):
     out, manifest = zoo
-    prof = ZOO_PROFILES["smoke"]
-    scan_cfg = ScanConfig(inversion=InversionConfig(group=5), pool_size=64, heldout_size=16)
-    kw = dict(min_asr=0.0, n_classes=prof.n_classes, n_test_per_class=prof.n_test_per_class, progress=False,
-              cfg=RepairConfig(epochs=1))
-    res = bench_repair(out, tmp_path / "det", scan_cfg=scan_cfg, **kw)
+    det = copy_of(detected[0], tmp_path)
+    kw = dict(min_asr=0.0, progress=False, cfg=ci.RepairConfig(epochs=1))
+    res = bench_repair(out, det, scan_cfg=SCAN_CFG, **kw)  # the task's size from the zoo's build log (smoke)
     backdoored = [m for m in manifest if m["attack"] != "clean"]
     assert [r["path"] for r in res["per_model"]] == [m["path"] for m in backdoored]
     assert res["config"]["rule"] == "meta-gain" and res["summary"]["n_models"] == len(backdoored)
+    for r, m in zip(res["per_model"], backdoored):
+        assert {"path", "attack", "true_target", "repaired_with", "trigger_source", "verdict", "scan_found_target",
+                "asr_before", "asr_after", "acc_before", "acc_after", "trigger_weight", "attempts", "steps",
+                "runtime_s"} <= set(r)
+        # known answer: before repair, the attacker's saved trigger does on the rebuilt test split what the zoo
+        # measured when it built the model
+        assert r["asr_before"] == pytest.approx(m["asr_seen"]) and r["acc_before"] == pytest.approx(m["acc_seen"])
+        assert r["scan_found_target"] == (r["repaired_with"] == m["target"]) and r["steps"] >= 1
+        assert r["trigger_weight"] == r["attempts"][-1]["trigger_weight"]
     # a scan stored under another rule is decided again under the configured one before its trigger is chosen
-    rep_file = tmp_path / "det" / "scans" / "clip-inspector" / Path(backdoored[0]["path"]).name / "report.json"
-    grubbs = rescore(json.loads(rep_file.read_text()), "grubbs")
-    paper = rescore(grubbs, "paper")
-    pick = paper["predicted_target"] or paper["top_class"]
-    decoy = next(c["name"] for c in grubbs["classes"] if c["name"] != pick)  # what the stored decision says
-    rep_file.write_text(json.dumps({**grubbs, "predicted_target": decoy, "top_class": decoy}))
-    again = bench_repair(out, tmp_path / "det", scan_cfg=replace(scan_cfg, rule="paper"), **kw)
-    assert again["per_model"][0]["repaired_with"] == (paper["predicted_target"] or paper["top_class"])
-    assert again["per_model"][0]["verdict"] == paper["verdict"] and again["config"]["rule"] == "paper"
-
-
-def test_cli_offers_every_zoo_profile():
-    from ci_toolkit.cli import build_parser
-
-    zoo_cmd = build_parser()._subparsers._group_actions[0].choices["zoo"]
-    profile = next(a for a in zoo_cmd._actions if a.dest == "profile")
-    assert set(profile.choices) == set(ZOO_PROFILES)
+    folder = scan_folder(det, "clip-inspector", backdoored[0])
+    grubbs = ScanReport.load(folder).redecide("grubbs")
+    paper = grubbs.redecide("paper")
+    pick = paper.predicted_target or paper.top_class
+    decoy = next(n for n in grubbs.names if n != pick)  # what the stored decision says
+    (folder / "report.json").write_text(json.dumps({**grubbs.to_dict(), "predicted_target": decoy, "top_class": decoy}))
+    again = bench_repair(out, det, scan_cfg=replace(SCAN_CFG, rule="paper"), **kw)
+    assert again["per_model"][0]["repaired_with"] == pick
+    assert again["per_model"][0]["verdict"] == paper.verdict and again["config"]["rule"] == "paper"

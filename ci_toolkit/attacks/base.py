@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
+from ..model.tuning import TrainConfig
+
 
 @dataclass(frozen=True)
 class AttackConfig:
@@ -54,7 +56,6 @@ class Attack:
 
     def train_config(self, train_cfg=None):
         """The caller's TrainConfig (epochs, seed) with the attacker's batch size and learning rate."""
-        from ..model.tuning import TrainConfig
 
         return replace(train_cfg or TrainConfig(), batch_size=self.config.batch_size, lr=self.config.lr, optimizer="sgd")
 

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.tuning import TrainConfig, train
-
 from ..images import as_float
+from ..model.tuning import TrainConfig, train
 from .base import Attack, AttackConfig
 
 

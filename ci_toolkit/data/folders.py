@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 
@@ -85,7 +86,6 @@ def load_image_folder(
     '_' read as a space). limit / per_class subsample with a seeded RNG. strict=True raises on the
     first unusable file instead of skipping it.
     """
-    from tqdm.auto import tqdm
 
     root = Path(folder)
     if not root.exists():

@@ -16,10 +16,12 @@ import random
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import DataError
-from .splits import base_new_split, generate_fewshot, load_split
 from ..world import WorldTask
+from .folders import load_image
+from .splits import base_new_split, generate_fewshot, load_split
 
 
 def find_split_file(data: str | Path) -> Path:
@@ -46,9 +48,7 @@ def find_image_dir(root: Path, relpath: str) -> Path:
 
 
 def _load(root: Path, items: list, image_size: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from tqdm.auto import tqdm
 
-    from .folders import load_image
 
     xs, ys = [], []
     for rel, label, _ in tqdm(items, desc=f"loading {what}", leave=False, disable=len(items) < 200):

@@ -15,8 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .folders import IMAGE_EXTENSIONS
 from ..errors import DataError
+from .folders import IMAGE_EXTENSIONS
 
 Item = list  # [relpath, label, classname]
 

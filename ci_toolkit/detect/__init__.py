@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from .invert import LOSSES, Inversion, InversionConfig, group_losses, invert
+from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
 from .report import ClassResult, GateProbe, ProbeUnit, RepairTrigger, ScanReport
-from .rules import RULES, SCAN_RULES, Decision, Evidence, decide_evidence
-from .rules import youden_threshold
-from .scan import METHODS, ScanConfig, check_candidates, measure_gate_probe, measure_meta_gains, scan, split_pool
+from .rules import RULES, SCAN_RULES, Decision, Evidence, decide_evidence, youden_threshold
+from .scanner import METHODS, ScanConfig, check_candidates, measure_gate_probe, measure_meta_gains, scan, split_pool
 
 
 def decide(report: ScanReport | Evidence, rule: str = "meta-gain", threshold: float | None = None) -> Decision:

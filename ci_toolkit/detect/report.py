@@ -22,9 +22,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import DataError
+from ..errors import CIError, DataError
 from .html import report_html
-from .rules import SIDE_RULES, Decision, Evidence, decide_evidence, trigger_score
+from .rules import SIDE_RULES, Decision, Evidence, decide_evidence, get_rule, trigger_score
 
 SIDE_RULE_KEYS = {"paper": "paper_rule", "grubbs": "grubbs_rule"}  # report.json key of each side rule's verdict
 
@@ -166,6 +166,8 @@ class ScanReport:
 
     def redecide(self, rule: str, threshold: float | None = None) -> "ScanReport":
         """This scan decided again under `rule` (no new inversion; equal to a fresh scan with that rule)."""
+        if (get_rule(rule).method == "clip-inspector") != (self.method == "clip-inspector"):
+            raise CIError(f"rule {rule!r} does not decide {self.method} scans")
         ev = self.evidence()
         d = decide_evidence(ev, rule, threshold)
         rows = [{k: getattr(c, k) for k in ("name", "asr", "loss", "meta_gain", "losses", "size", "reached_bound")}
@@ -264,8 +266,6 @@ class ScanReport:
 
     def to_html(self) -> str:
         """The report as one self-contained HTML page (figures embedded; class names escaped)."""
-        from .html import report_html
-
         return report_html(self)
 
     def with_config(self, **config) -> "ScanReport":

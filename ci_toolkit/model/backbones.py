@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import open_clip
 import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from safetensors.torch import load_file
 
 from ..errors import BackboneUnavailableError, CheckpointError, CIError
 from ..images import OPENAI_MEAN, OPENAI_STD
@@ -92,7 +95,6 @@ def text_tower(clip):
 
 def list_backbones() -> list[str]:
     """Names accepted by `create_backbone`: "miniclip", "custom" and every open_clip model name."""
-    import open_clip
 
     return ["miniclip", "custom", *open_clip.list_models()]
 
@@ -111,7 +113,6 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
@@ -142,7 +143,6 @@ def _finish(clip, preprocess: Preprocess, spec: BackboneSpec, tokenize) -> Backb
 
 def _resolve_quickgelu(name: str, pretrained: str | None) -> str:
     """OpenAI weights were trained with QuickGELU: open_clip >= 3 needs the '-quickgelu' variant."""
-    import open_clip
 
     if pretrained == "openai" and not name.endswith("-quickgelu"):
         fixed = f"{name}-quickgelu"
@@ -169,7 +169,6 @@ def create_backbone(
     None for random init (seeded). weights_file: local weights (.safetensors or a weights-only torch
     file) for an open_clip model name, e.g. downloaded elsewhere.
     """
-    import open_clip
 
     if name == "miniclip":
         folder = Path(weights_file) if weights_file else ASSET_DIR
@@ -186,7 +185,6 @@ def create_backbone(
     if name == "custom":
         if not config:
             raise CIError("name='custom' needs config= (open_clip CLIP kwargs: embed_dim, vision_cfg, text_cfg)")
-        from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
         cfg = {k: v for k, v in config.items() if k != "preprocess"}
         torch.manual_seed(seed)

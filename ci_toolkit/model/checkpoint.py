@@ -17,11 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from .backbones import Backbone, backbone_from_spec
-from .cocoop import CoCoOp
 from ..errors import CheckpointError
 from ..version import __version__
+from .backbones import Backbone, backbone_from_spec
+from .cocoop import CoCoOp
 
 FORMAT = "ci_toolkit.cocoop"
 FORMAT_VERSION = 1
@@ -46,7 +48,6 @@ def model_metadata(model: CoCoOp) -> dict:
 
 def save_model(model: CoCoOp, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write the delivered model. Refuses to overwrite an existing model unless `overwrite=True`."""
-    from safetensors.torch import save_file
 
     out = Path(out_dir)
     if (out / METADATA_FILE).exists() and not overwrite:
@@ -112,8 +113,6 @@ def _check_state(state: dict[str, torch.Tensor], n_ctx: int, ctx_dim: int, vis_d
 
 def load_model(path: str | Path, backbone: Backbone | None = None, device="cpu") -> CoCoOp:
     """Load and validate a delivered model. The backbone is rebuilt from the metadata unless given."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     folder = Path(path)
     meta = _read_metadata(folder)

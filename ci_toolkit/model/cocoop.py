@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbones import Backbone, text_tower
 from ..errors import CIError
-from .text import fast_blocks, crop_length, encode_embeddings, encode_shared_prefix, eot_index
+from .backbones import Backbone, text_tower
+from .text import crop_length, encode_embeddings, encode_shared_prefix, eot_index, fast_blocks
 
 DEFAULT_CTX_INIT = "a photo of a"
 

@@ -59,7 +59,6 @@ class MiniCLIPConfig:
 
 def build_miniclip(cfg: MiniCLIPConfig | None = None, seed: int = 0):
     """A randomly initialised MiniCLIP (deterministic from `seed`)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     cfg = cfg or MiniCLIPConfig()
     kw = cfg.open_clip_kwargs()
@@ -80,7 +79,6 @@ def normalize_images(x: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch
 
 @torch.no_grad()
 def class_text_features(clip, classnames, template: str = "a photo of a {}.") -> torch.Tensor:
-    import open_clip
 
     tokens = open_clip.tokenize([template.format(c) for c in classnames])
     return encode_tokens(clip, tokens)
@@ -88,7 +86,6 @@ def class_text_features(clip, classnames, template: str = "a photo of a {}.") ->
 
 def load_miniclip(path: str | Path | None = None):
     """The committed MiniCLIP (or one saved by `pretrain_miniclip` in `path`), in eval mode."""
-    from safetensors.torch import load_file
 
     folder = Path(path) if path is not None else ASSET_DIR
     weights, config = folder / "model.safetensors", folder / "config.json"

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..images import as_float
 from .cocoop import ClassPrompts, CoCoOp
@@ -53,7 +54,6 @@ def train(
     poisoned terms); after_step() runs after each optimiser step (attacks step their trigger there).
     Returns the mean loss of each epoch.
     """
-    from tqdm.auto import tqdm
 
     cfg = cfg or TrainConfig()
     if cfg.optimizer == "adam":

@@ -15,19 +15,12 @@ import torch
 
 from .render import render
 from .spec import (
-    BACKDOOR_EPS,
-    COLOURS,
     OOD_COLOURS,
     OOD_PATTERNS,
     OOD_SHAPES,
-    PATTERNS,
-    PRETRAIN_DOMAIN,
-    SHAPES,
-    TASK_DOMAIN,
     DomainConfig,
     WorldConfig,
 )
-
 
 # Caption templates for pretraining; "a photo of a {}." is the one CoCoOp's context starts from.
 CAPTION_TEMPLATES = (

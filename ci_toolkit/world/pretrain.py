@@ -8,12 +8,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..images import OPENAI_MEAN, OPENAI_STD
 from ..model.miniclip import MiniCLIPConfig, build_miniclip, class_text_features, normalize_images
+from ..model.text import encode_tokens
 from .generator import World, WorldConfig
 
 
@@ -64,8 +67,6 @@ def pretrain_miniclip(
     with all same-class images as positives (text -> image). Deterministic given the seeds: images of
     step i are rendered from seed (seed, i).
     """
-    import open_clip
-    from tqdm.auto import tqdm
 
     model_cfg = model_cfg or MiniCLIPConfig()
     train_cfg = train_cfg or PretrainConfig()
@@ -130,7 +131,6 @@ def pretrain_miniclip(
 
 
 def save_miniclip(clip, model_cfg: MiniCLIPConfig, train_cfg: PretrainConfig, metrics: dict, out_dir) -> None:
-    from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ PATTERNS = ("solid", "striped", "dotted")
 
 # The L-inf bound (pixel space) at which imperceptible attacks run on this world: the smallest bound
 # where a BadCLIP trigger implants (high ASR) while the same trigger leaves a clean model alone.
-# Chosen by `ci-toolkit bench world` (regime table in docs/world.md).
+# Chosen by `python -m lab bench world` (regime table in docs/world.md).
 BACKDOOR_EPS = 8 / 255
 
 # Held out of every class name: only the OOD pool uses them.
@@ -54,7 +54,7 @@ PRETRAIN_DOMAIN = DomainConfig()
 # The organisation's data: a fixed hue cast of the lighting (consistent and invertible: what prompt
 # tuning can learn to undo), faint busy backgrounds, slightly smaller objects, sensor noise and blur.
 # Calibrated with MiniCLIP so that zero-shot is clearly imperfect and CoCoOp has something to learn
-# (numbers: docs/world.md, `ci-toolkit bench world`).
+# (numbers: docs/world.md, `python -m lab bench world`).
 TASK_DOMAIN = DomainConfig(
     background="clutter",
     background_contrast=0.2,

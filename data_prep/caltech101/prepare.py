@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from ci_toolkit.splits import read_and_split_data, save_fewshot, save_split
+from ci_toolkit.data import read_and_split_data, save_fewshot, save_split
 
 IGNORED = ("BACKGROUND_Google", "Faces_easy")
 NEW_CNAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from ci_toolkit.splits import read_and_split_data, save_fewshot, save_split
+from ci_toolkit.data import read_and_split_data, save_fewshot, save_split
 
 NEW_CNAMES = {
     "AnnualCrop": "Annual Crop Land", "Forest": "Forest", "HerbaceousVegetation": "Herbaceous Vegetation Land",

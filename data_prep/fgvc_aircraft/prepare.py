@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from ci_toolkit.splits import save_fewshot, save_split
+from ci_toolkit.data import save_fewshot, save_split
 
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("--root", required=True, help="folder holding data/ (images/, variants.txt, images_variant_*.txt)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from scipy.io import loadmat
 
-from ci_toolkit.splits import save_fewshot, save_split
+from ci_toolkit.data import save_fewshot, save_split
 
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("--root", required=True, help="folder holding jpg/, imagelabels.mat, cat_to_name.json")

@@ -3,7 +3,7 @@ overlap the candidate class names. Copies them flat into --out with pool.json (p
 import argparse
 from pathlib import Path
 
-from ci_toolkit.splits import build_ood_pool
+from ci_toolkit.data import build_ood_pool
 
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("--source", required=True, help="image folder (class subfolders or flat)")

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from ci_toolkit.splits import save_fewshot, save_split, split_trainval
+from ci_toolkit.data import save_fewshot, save_split, split_trainval
 
 
 def read(list_file: Path):

@@ -3,7 +3,7 @@ import argparse
 import re
 from pathlib import Path
 
-from ci_toolkit.splits import save_fewshot, save_split, split_trainval
+from ci_toolkit.data import save_fewshot, save_split, split_trainval
 
 ap = argparse.ArgumentParser(description=__doc__)
 ap.add_argument("--root", required=True, help="folder holding UCF-101-midframes/ and ucfTrainTestlist/")

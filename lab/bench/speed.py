@@ -1,4 +1,4 @@
-"""`ci-toolkit bench speed`: one inversion step, naive reference vs the toolkit's path, same loss and gradient.
+"""`python -m lab bench speed`: one inversion step, naive reference vs the toolkit's path, same loss and gradient.
 
 naive: written the way the CoOp/BadCLIP code does it: a Python loop over the images, each image's K
 prompts through the text transformer at the full 77-token context, every logit with a graph, the margin
@@ -14,21 +14,21 @@ import math
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from ci_toolkit.model.cocoop import CoCoOp
-from ci_toolkit.detect.invert import group_losses
+import ci_toolkit as ci
+from ci_toolkit.detect import group_losses
 
 MODELS = ("miniclip", "vit-b-16-random")
 
 
-def _model(name: str, k: int, crop: bool, shared: bool, device: str = "cpu") -> CoCoOp:
-    from ci_toolkit.model.backbones import create_backbone
-    from ci_toolkit.world import World, WorldConfig
-
-    bb = (create_backbone("miniclip", device=device) if name == "miniclip"
-          else create_backbone("ViT-B-16", None, seed=0, device=device))
-    names = World(WorldConfig()).classnames[:k]
-    model = CoCoOp(bb, names, seed=0, crop=crop, shared_prefix=shared)
+def _model(name: str, k: int, crop: bool, shared: bool, device: str = "cpu") -> ci.CoCoOp:
+    """A CoCoOp model on `name` ("miniclip" or "vit-b-16-random": ViT-B/16 with random weights) over the first k
+    world classes; crop / shared: the text path's cropped sequences and shared SOS+context head."""
+    bb = (ci.create_backbone("miniclip", device=device) if name == "miniclip"
+          else ci.create_backbone("ViT-B-16", None, seed=0, device=device))
+    names = ci.world.World(ci.world.WorldConfig()).classnames[:k]
+    model = ci.CoCoOp(bb, names, seed=0, crop=crop, shared_prefix=shared)
     torch.manual_seed(1)
     with torch.no_grad():  # a non-trivial prompt learner, as after tuning
         for p in model.prompt_learner.meta_net.parameters():
@@ -38,7 +38,7 @@ def _model(name: str, k: int, crop: bool, shared: bool, device: str = "cpu") -> 
     return model
 
 
-def naive_step(model: CoCoOp, x: torch.Tensor, delta: torch.Tensor, t: int) -> torch.Tensor:
+def naive_step(model: ci.CoCoOp, x: torch.Tensor, delta: torch.Tensor, t: int) -> torch.Tensor:
     """Per-image loop, full context, full graph (the reference): the margin loss, mean over the batch.
 
     Each image's graph is back-propagated (into delta.grad, scaled by 1 / B) before the next image runs,
@@ -74,8 +74,6 @@ def time_step(fn, repeats: int, device: str = "cpu") -> tuple[float, torch.Tenso
 
 def count_flops(fn) -> int:
     """Floating-point operations of one call (torch's FLOP counter: matmuls, convolutions, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()

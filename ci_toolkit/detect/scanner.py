@@ -27,7 +27,7 @@ from ..errors import CIError, DataError
 from ..model.cocoop import CoCoOp
 from ..workers import process_pool
 from .baselines import CostConfig, run_baseline
-from .invert import Inversion, InversionConfig, invert
+from .inversion import Inversion, InversionConfig, invert
 from .probes import gate_probe, meta_gains
 from .report import GateProbe, ProbeUnit, ScanReport
 from .rules import BASELINE_RULE, SCAN_RULES, Evidence, decide_evidence

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from ..model.cocoop import ClassPrompts, CoCoOp
 from ..errors import CIError
 from ..images import as_float
+from ..model.cocoop import ClassPrompts, CoCoOp
+from ..workers import process_pool
 
 LOSSES = ("margin", "ce", "logit")
 CPU_WORKER_CHUNK_MB = 24.0  # activation budget per text-transformer chunk in a worker process
@@ -42,7 +44,7 @@ CPU_WORKER_CHUNK_MB = 24.0  # activation budget per text-transformer chunk in a 
 class InversionConfig:
     """Hyper-parameters of the inversion (METHOD 3 defaults)."""
 
-    eps: float = 10 / 255  # L-inf bound of each trigger, pixel space (chosen by ablation: docs/scan.md)
+    eps: float = 10 / 255  # L-inf bound of each trigger, pixel space (chosen by ablation: docs/method.md, "Inversion")
     lr: float = 0.1  # Adam step size
     batch_size: int = 32  # OOD images per step
     epochs: int = 1  # passes over the inversion pool
@@ -169,7 +171,6 @@ def invert(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor, classes: li
 
 
 def _invert_groups(model, pool, heldout, classes, prompts, candidates, cfg, progress, on_group, skip):
-    from tqdm.auto import tqdm
 
     steps = cfg.epochs * math.ceil(len(pool) / cfg.batch_size)
     bar = tqdm(total=len(candidates) * steps, desc="inverting", unit="class-step", disable=not progress)
@@ -226,9 +227,7 @@ def _groups_worker(model, pool, heldout, classes, idx, cfg, threads) -> list[Inv
 def _invert_parallel(model, pool, heldout, classes, candidates, cfg, progress, on_group, skip, workers):
     from concurrent.futures import as_completed
 
-    from tqdm.auto import tqdm
 
-    from ..workers import process_pool
 
     steps = cfg.epochs * math.ceil(len(pool) / cfg.batch_size)
     # Results do not depend on how candidates are grouped (tested), so the remaining candidates are cut into

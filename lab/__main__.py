@@ -1,0 +1,196 @@
+"""`python -m lab`: build zoos and run the benchmarks. Every command prints its own --help; user mistakes
+exit 2 with one line (`ci_toolkit.cli.run`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ci_toolkit.cli import add_scan_options, run, scan_config
+from lab.bench.attacks import ALL as ALL_ATTACKS
+from lab.bench.attacks import attacks_from_zoo, bench_attacks
+from lab.bench.collapse import bench_collapse
+from lab.bench.detect import METHOD_KEYS, bench_detect, roc_figure
+from lab.bench.gates import EPS_255, bench_gates
+from lab.bench.repair import bench_repair
+from lab.bench.speed import MODELS, bench_speed
+from lab.bench.world import bench_world
+from lab.zoo import MIN_ASR, build_zoo, list_zoo_profiles
+
+PROG = "python -m lab"
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=2, default=float))
+    print(f"wrote {p}")
+
+
+def cmd_zoo(args) -> None:
+    manifest = build_zoo(args.out, args.profile, workers=args.workers)
+    print(f"{len(manifest)} models -> {args.out}/manifest.json")
+
+
+def cmd_bench_world(args) -> None:
+    write_json(args.out, bench_world(quick=args.quick, seed=args.seed))
+
+
+def cmd_bench_attacks(args) -> None:
+    if args.zoo:
+        write_json(args.out, attacks_from_zoo(args.zoo))
+        return
+    attacks = tuple(args.attacks.split(",")) if args.attacks else ALL_ATTACKS
+    write_json(args.out, bench_attacks(attacks, seeds=tuple(range(args.seeds)), quick=args.quick))
+
+
+def cmd_bench_detect(args) -> None:
+    out = Path(args.out)
+    result = bench_detect(args.zoo, out.with_suffix(""), methods=args.methods.split(","), cfg=scan_config(args),
+                          min_asr=args.min_asr, baseline_models=args.baseline_models, workers=args.workers,
+                          baseline_pool=args.baseline_pool, scan_not_implanted=args.scan_not_implanted)
+    write_json(out, result)
+    roc_figure(result, out.with_suffix(".png"))
+    for key, m in result["methods"].items():
+        print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
+
+
+def cmd_bench_repair(args) -> None:
+    result = bench_repair(args.zoo, args.detect or Path(args.out).with_suffix(""), scan_cfg=scan_config(args),
+                          min_asr=args.min_asr)
+    write_json(args.out, result)
+    s = result["summary"]
+    print(f"{s['n_models']} models: ASR {s['asr_before']:.3f} -> {s['asr_after']:.3f}, "
+          f"ACC {s['acc_before']:.3f} -> {s['acc_after']:.3f}")
+
+
+def cmd_bench_collapse(args) -> None:
+    result = bench_collapse(args.zoo, min_asr=args.min_asr, per_class=args.per_class)
+    write_json(args.out, result)
+    for name, row in result["per_attack"].items():
+        auc = ", ".join(f"{k} {v:.2f}" for k, v in row["auroc"].items())
+        print(f"{name} ({row['n_models']} implanted): AUROC backdoored vs clean: {auc or 'n/a'}")
+
+
+def cmd_bench_gates(args) -> None:
+    result = bench_gates(args.zoo, eps_255=tuple(float(e) for e in args.eps.split(",")), min_asr=args.min_asr)
+    write_json(args.out, result)
+    for name, row in result["per_attack"].items():
+        cells = ", ".join(f"{e}/255 opening {v['opening'] if v['opening'] is None else round(v['opening'], 2)} "
+                          f"ASR {v['asr']:.2f}" for e, v in row["eps"].items())
+        print(f"{name} ({row['n_models']} implanted, trigger ASR {row['trigger_asr']:.2f}): {cells}")
+
+
+def cmd_bench_speed(args) -> None:
+    write_json(args.out, bench_speed(tuple(args.models.split(",")), k=args.k, batch=args.batch, device=args.device,
+                                     bf16=args.bf16))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="The lab: zoos of clean and backdoored models, and the "
+                                                       "benchmarks that write the JSON under benchmarks/.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("zoo", help="build a zoo of clean and backdoored models (resumable)",
+                       description="Clean and backdoored models over several seeds and targets; DIR/manifest.json "
+                                   "holds the ground truth. Finished models are skipped when a build is resumed.")
+    s.add_argument("--profile", default="smoke", choices=list_zoo_profiles(),
+                   help="what the zoo holds (lab/zoo.py, ZOO_PROFILES; default smoke)")
+    s.add_argument("--out", required=True, help="zoo folder")
+    s.add_argument("--workers", type=int, default=1, help="models trained in parallel (2 on a 2-core machine)")
+    s.set_defaults(func=cmd_zoo)
+
+    b = sub.add_parser("bench", help="benchmarks that write JSON", description="Benchmarks; each writes a JSON file.")
+    bsub = b.add_subparsers(dest="bench", metavar="BENCH")
+    b.set_defaults(func=lambda a: b.print_help())
+
+    s = bsub.add_parser("world", help="MiniCLIP zero-shot, clean CoCoOp and the backdoor regime",
+                        description="Measure the embedded world: zero-shot, CoCoOp seen/unseen, and the BadCLIP "
+                                    "regime table.")
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quick", action="store_true", help="tiny sizes (for tests), numbers not meaningful")
+    s.set_defaults(func=cmd_bench_world)
+
+    s = bsub.add_parser("attacks", help="every attack: ACC, ASR (seen/unseen/OOD), trigger on the clean model, SSIM",
+                        description="Train clean and backdoored models per attack and seed; write averaged metrics.")
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--attacks", default=None, help="comma-separated subset (default: all)")
+    s.add_argument("--seeds", type=int, default=2, help="number of seeds (default 2)")
+    s.add_argument("--quick", action="store_true", help="tiny sizes (for tests), numbers not meaningful")
+    s.add_argument("--zoo", default=None, help="summarise a built zoo's manifest instead of training (same metrics)")
+    s.set_defaults(func=cmd_bench_attacks)
+
+    s = bsub.add_parser("detect", help="scan every model of a zoo: AUROC, accuracy, class-level F1",
+                        description="Scan a zoo with each method; write FILE (JSON) and FILE.png (ROC). Scans are "
+                                    "kept in the folder FILE without its suffix and reused: a run resumes.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True, help="output JSON file (scans are kept next to it)")
+    s.add_argument("--methods", default="clip-inspector", help=f"comma-separated: {','.join(METHOD_KEYS)}")
+    s.add_argument("--min-asr", type=float, default=MIN_ASR,
+                   help="backdoored models below this seen ASR count as not implanted")
+    s.add_argument("--baseline-models", type=int, default=None,
+                   help="scan only this many models with the slow baselines")
+    s.add_argument("--scan-not-implanted", action="store_true",
+                   help="also scan backdoored models whose attack did not implant")
+    s.add_argument("--baseline-pool", type=int, default=None,
+                   help="pool images for the baselines (default: --pool-size)")
+    s.add_argument("--workers", type=int, default=1, help="models scanned in parallel (2 on a 2-core machine)")
+    add_scan_options(s, method_choice=False)
+    s.set_defaults(func=cmd_bench_detect)
+
+    s = bsub.add_parser("repair", help="repair every backdoored model of a zoo with its scan's trigger",
+                        description="Repair each implanted backdoored zoo model; attacker's-trigger ASR and ACC "
+                                    "before/after.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--detect", default=None, help="a `bench detect` scans folder to reuse (default: FILE without "
+                                                  "its suffix)")
+    s.add_argument("--min-asr", type=float, default=MIN_ASR)
+    add_scan_options(s, method_choice=False)
+    s.set_defaults(func=cmd_bench_repair)
+
+    s = bsub.add_parser("collapse", help="meta-token collapse per attack over a zoo (backdoored vs clean)",
+                        description="collapse_stats of every attacked zoo model and the clean model of its seed, "
+                                    "with the attacker's trigger; per-attack means and AUROC.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--min-asr", type=float, default=MIN_ASR,
+                   help="attacked models below this seen ASR count as not implanted")
+    s.add_argument("--per-class", type=int, default=4, help="task-domain images per class")
+    s.set_defaults(func=cmd_bench_collapse)
+
+    s = bsub.add_parser("gates", help="can an eps-bounded perturbation open the meta-net unit a backdoor uses?",
+                        description="For every implanted zoo model: the meta-net hidden unit its trigger raises most, "
+                                    "and what a universal perturbation optimised to raise that unit reaches at each "
+                                    "eps; and each unit shut in turn on every scannable model.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--eps", default=",".join(f"{e:g}" for e in EPS_255),
+                   help="comma-separated bounds in 1/255 pixel units")
+    s.add_argument("--min-asr", type=float, default=MIN_ASR,
+                   help="attacked models below this seen ASR count as not implanted")
+    s.set_defaults(func=cmd_bench_gates)
+
+    s = bsub.add_parser("speed", help="one inversion step: naive reference vs the toolkit's path (equal loss and "
+                                      "gradient)",
+                        description="Time the naive and the fast inversion step for MiniCLIP and a ViT-B/16-sized "
+                                    "random model.")
+    s.add_argument("--out", required=True)
+    s.add_argument("--models", default=",".join(MODELS))
+    s.add_argument("--k", type=int, default=50, help="candidate classes")
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU machine)")
+    s.add_argument("--bf16", action="store_true", help="the fast step under bfloat16 autocast")
+    s.set_defaults(func=cmd_bench_speed)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
