@@ -10,7 +10,7 @@ The public API is `__all__`, plus the `__all__` of the subpackages `model`, `det
 `data` and the modules `analysis`, `metrics`, `notebook`; everything else is an implementation detail.
 """
 
-from . import analysis, notebook, world
+from . import analysis, course, notebook, world
 from .analysis import collapse_stats
 from .attacks import Attack, create_attack, list_attacks, load_attack
 from .detect import (
@@ -55,7 +55,7 @@ __all__ = [
     # measuring
     "evaluate_backdoor", "attack_success_rate", "backdoor_effect", "collapse_stats",
     # the embedded world, run profiles, notebook helpers
-    "world", "analysis", "Profile", "get_profile", "list_profiles", "notebook",
+    "world", "course", "analysis", "Profile", "get_profile", "list_profiles", "notebook",
     # errors
     "CIError", "CheckpointError", "BackboneUnavailableError", "DataError",
 ]

@@ -175,6 +175,8 @@ def cmd_repair(args) -> None:
         raise CIError("--out must differ from the input model: the input is never overwritten")
     if (out / "model").exists():
         raise CIError(f"{out / 'model'} exists; choose another --out (nothing is overwritten)")
+    if not 0 <= args.max_acc_drop <= 1:
+        raise CIError(f"--max-acc-drop is a fraction of accuracy in [0, 1], got {args.max_acc_drop}")
     cfg = RepairConfig(max_acc_drop=args.max_acc_drop)
     model = load_model(args.model)
     trig = ScanReport.load(args.report).repair_trigger()

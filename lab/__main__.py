@@ -17,6 +17,8 @@ from lab.bench.gates import EPS_255, bench_gates
 from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
+from lab.course import ship_course
+from lab.null import null_figure, null_study
 from lab.zoo import MIN_ASR, build_zoo, list_zoo_profiles
 
 PROG = "python -m lab"
@@ -32,6 +34,21 @@ def write_json(path: str | Path, obj: dict) -> None:
 def cmd_zoo(args) -> None:
     manifest = build_zoo(args.out, args.profile, workers=args.workers)
     print(f"{len(manifest)} models -> {args.out}/manifest.json")
+
+
+def cmd_course(args) -> None:
+    rows = ship_course(args.zoo, args.out, min_asr=args.min_asr)
+    print(f"{len(rows)} course models -> {args.out} ({sum(r['attack'] != 'clean' for r in rows)} backdoored)")
+
+
+def cmd_null(args) -> None:
+    result = null_study(args.out, n_models=args.models, source=args.ood, workers=args.workers, cfg=scan_config(args))
+    out = Path(args.result) if args.result else Path(args.out) / "null.json"
+    write_json(out, result)
+    null_figure(result, out.with_suffix(".png"))
+    for rule, r in result["rules"].items():
+        print(f"{rule}: {r['n_flagged']} of {result['n_models']} clean models flagged, FPR {r['fpr']:.3f} "
+              f"(95% CI {r['fpr_lower95']:.3f}-{r['fpr_upper95']:.3f})")
 
 
 def cmd_bench_world(args) -> None:
@@ -101,6 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="zoo folder")
     s.add_argument("--workers", type=int, default=1, help="models trained in parallel (2 on a 2-core machine)")
     s.set_defaults(func=cmd_zoo)
+
+    s = sub.add_parser("course", help="ship a built course zoo into the package (ci_toolkit/assets/course)",
+                       description="Copy the implanted models of a `zoo --profile course` build, with their ground "
+                                   "truth apart in teacher/, into the course folder the tutorial loads.")
+    s.add_argument("--zoo", required=True, help="a zoo built with --profile course")
+    s.add_argument("--out", default="ci_toolkit/assets/course", help="the course folder (replaced)")
+    s.add_argument("--min-asr", type=float, default=MIN_ASR, help="backdoored models below this seen ASR are left out")
+    s.set_defaults(func=cmd_course)
+
+    s = sub.add_parser("null", help="the null study: clean models that vary what a provider varies, scanned",
+                       description="Train N clean CoCoOp models (task seed, class list, class count, epochs, shots, "
+                                   "lr, batch, context init drawn per model), scan each with the default scan, and "
+                                   "report every rule's false-positive rate with its 95%% Clopper-Pearson interval. "
+                                   "Resumable.")
+    s.add_argument("--out", required=True, help="study folder (models, scans, rows)")
+    s.add_argument("--models", type=int, default=60, help="clean models (default 60)")
+    s.add_argument("--ood", default="world", help="'world' (default) or an unlabeled image folder, e.g. real photos")
+    s.add_argument("--result", default=None, help="result JSON (default OUT/null.json; a PNG beside it)")
+    s.add_argument("--workers", type=int, default=1, help="models built and scanned in parallel")
+    add_scan_options(s, method_choice=False)
+    s.set_defaults(func=cmd_null)
 
     b = sub.add_parser("bench", help="benchmarks that write JSON", description="Benchmarks; each writes a JSON file.")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")

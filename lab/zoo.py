@@ -84,6 +84,9 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
     # holdout5: seeds 600-605, five models per implanting attack, targets listed; benchmarks/*_holdout5.json
     "holdout5": replace(_FULL, name="holdout5", attacks=_IMPLANTING, seeds=(600, 601, 602, 603, 604, 605),
                         per_attack=5, targets=((21, 22, 3, 10, 17), (22, 24, 2, 6, 13), (18, 21, 5, 9, 16))),
+    # course: seeds 900-901, two models per implanting attack: the delivered models shipped with the tutorial
+    # (`python -m lab course`, ci_toolkit/assets/course/)
+    "course": ZooProfile("course", attacks=_IMPLANTING, seeds=(900, 901), per_attack=2),
 }
 
 

@@ -15,10 +15,11 @@ from lab.zoo import ZOO_PROFILES
 REPO = Path(__file__).resolve().parents[1]
 LAB = REPO / "lab"
 
-# the ci_toolkit modules the lab may import from, and the names it may take from each (None: any public name)
+# the ci_toolkit modules the lab may import from, and the names it may take from each (None: any public name);
+# the subpackages and modules ci_toolkit's docstring calls public, and the CLI's helpers and process pool
 PUBLIC_FACES = {
     "ci_toolkit": None, "ci_toolkit.world": None, "ci_toolkit.detect": None, "ci_toolkit.model": None,
-    "ci_toolkit.analysis": None, "ci_toolkit.metrics": None, "ci_toolkit.attacks": None,
+    "ci_toolkit.analysis": None, "ci_toolkit.metrics": None, "ci_toolkit.attacks": None, "ci_toolkit.data": None,
     "ci_toolkit.cli": {"add_scan_options", "scan_config", "run", "attacker_folder"},
     "ci_toolkit.workers": {"process_pool"},
 }

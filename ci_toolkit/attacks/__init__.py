@@ -54,5 +54,5 @@ __all__ = [
     "load_attack",
     "Attack", "AttackConfig", "PoisonAttack", "PoisonConfig", "BadCLIP", "BadCLIPConfig", "BadCLIPAdaptive",
     "BadCLIPAdaptiveConfig", "Blended", "BlendedConfig", "WaNet", "WaNetConfig", "SIBA", "SIBAConfig", "BadNets",
-    "BadNetsConfig", "ATTACKS", "IMPERCEPTIBLE", "WORLD_OVERRIDES", "list_attacks", "create_attack", "create_world_attack",
+    "BadNetsConfig", "ATTACKS", "list_attacks", "create_attack",
 ]

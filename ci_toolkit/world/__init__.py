@@ -57,16 +57,18 @@ def attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
 
 
 def task(profile: str | Profile | int = "classroom", seed: int = 0, image_size: int = IMAGE_SIZE,
-         class_seed: int = 0) -> WorldTask:
-    """The world task of a run profile (its n_classes, shots, test images) or of `profile` classes (an int,
-    with 16 shots and 20 test images per class). `seed` draws the images, `class_seed` the class list."""
+         class_seed: int = 0, shots: int | None = None, n_test_per_class: int | None = None) -> WorldTask:
+    """The world task of a run profile (its n_classes, shots, test images per class) or of `profile` classes (an
+    int: 16 shots, 20 test images per class); shots / n_test_per_class override. `seed` draws the images,
+    `class_seed` the class list."""
     if isinstance(profile, int):
-        n_classes, shots, n_test = profile, 16, 20
+        n_classes, p_shots, p_test = profile, 16, 20
     else:
         p = get_profile(profile)
-        n_classes, shots, n_test = p.n_classes, p.shots, p.n_test_per_class
-    return World(WorldConfig(image_size=image_size)).task(n_classes=n_classes, shots=shots, n_test_per_class=n_test,
-                                                          seed=seed, class_seed=class_seed)
+        n_classes, p_shots, p_test = p.n_classes, p.shots, p.n_test_per_class
+    return World(WorldConfig(image_size=image_size)).task(
+        n_classes=n_classes, shots=p_shots if shots is None else shots,
+        n_test_per_class=p_test if n_test_per_class is None else n_test_per_class, seed=seed, class_seed=class_seed)
 
 
 def ood_pool(n: int, seed: int = 0, image_size: int = IMAGE_SIZE) -> torch.Tensor:

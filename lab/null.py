@@ -1,0 +1,201 @@
+"""The null study: clean delivered models that vary what a provider varies, each scanned with the default scan.
+
+    python -m lab null --out runs/null --models 60 --workers 2 [--ood world|IMAGE_DIR] [--result null_clean.json]
+
+Every model is a CLEAN CoCoOp model trained with the toolkit's recipe on a world task whose seed AND class
+list differ from model to model and from every zoo's; its class count, epochs, shots, learning rate, batch
+and context init are drawn per model from `NULL_SPACE` (seeded, so model i is always the same model). Its
+scan is the default `ci.scan` (on the world's OOD pool, or on an image folder such as real photos), and
+every rule of `ci.RULES` decides the same scan. The study's result is each rule's false-positive rate over
+these models with its 95% Clopper-Pearson interval: the reference against which a threshold is checked.
+Resumable: finished models and scans are kept and skipped; wall time adds up over runs.
+
+    DIR/models/nNNN/   the delivered model      DIR/scans/<ood>/nNNN/   its scan
+    DIR/rows.json      one row per finished model (its spec, accuracy, every rule's verdict)
+    DIR/wall.json      wall time per run
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from concurrent.futures import as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import ci_toolkit as ci
+from ci_toolkit.data import load_image_folder
+from ci_toolkit.detect import SCAN_RULES
+from ci_toolkit.workers import process_pool
+
+from .bench.detect import WallLog
+
+# Task seeds NULL_SEED + i: every zoo profile uses seeds below 700 (lab/zoo.py), so no null model shares a task.
+NULL_SEED = 700
+# World class lists: model i draws class_seed NULL_CLASS_SEED + i; every zoo draws class_seed 0, so the null
+# models' class lists differ from the zoos' and from each other's.
+NULL_CLASS_SEED = 1
+CONFIDENCE = 0.95  # of the Clopper-Pearson interval on each false-positive rate
+
+
+@dataclass(frozen=True)
+class NullSpace:
+    """What a provider varies; each null model draws one value of each field."""
+
+    n_classes: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 80, 100)  # half of them seen, the scan's candidates
+    epochs: tuple[int, ...] = (2, 5, 10, 20)
+    shots: tuple[int, ...] = (4, 8, 16)
+    lr: tuple[float, ...] = (0.05, 0.1, 0.2)
+    batch_size: tuple[int, ...] = (16, 32)
+    ctx_init: tuple[str | None, ...] = ("a photo of a", None)  # None: a random context
+
+
+NULL_SPACE = NullSpace()
+
+
+def null_specs(n: int, space: NullSpace = NULL_SPACE, seed: int = 0) -> list[dict]:
+    """The first n null models (model i's spec depends only on i, seed and the space)."""
+    specs = []
+    for i in range(n):
+        rng = random.Random(seed * 1_000_003 + i)
+        spec = {k: rng.choice(getattr(space, k)) for k in asdict(space)}
+        specs.append({"name": f"n{i:03d}", "seed": NULL_SEED + i, "class_seed": NULL_CLASS_SEED + i, **spec})
+    return specs
+
+
+def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) two-sided interval for a rate seen k times in n trials."""
+    from scipy.stats import beta
+
+    a = (1 - confidence) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def ood_images(source: str, cfg: ci.ScanConfig) -> torch.Tensor:
+    """The scan's OOD images: the world's pool ("world") or an unlabeled image folder (e.g. real photos)."""
+    if source == "world":
+        return ci.world.ood_pool(cfg.ood_images, seed=cfg.seed)
+    return load_image_folder(source, ci.world.IMAGE_SIZE, labelled=False, limit=cfg.ood_images,
+                             seed=cfg.seed, progress=False).images
+
+
+def build_model(out: Path, spec: dict) -> tuple[ci.CoCoOp, float]:
+    """Train (or load) null model `spec`; returns it and its seen-class test accuracy."""
+    world = ci.world.World(ci.world.WorldConfig())
+    task = world.task(n_classes=spec["n_classes"], shots=spec["shots"], n_test_per_class=20, seed=spec["seed"],
+                      class_seed=spec["class_seed"])
+    folder = out / "models" / spec["name"]
+    if (folder / "model.json").exists():
+        model = ci.load_model(folder)
+    else:
+        model = ci.CoCoOp(ci.create_backbone("miniclip"), task.seen_names, ctx_init=spec["ctx_init"], seed=spec["seed"])
+        ci.train(model, task.train_x, task.train_y, ci.TrainConfig(epochs=spec["epochs"], batch_size=spec["batch_size"],
+                                                                  lr=spec["lr"], seed=spec["seed"]), progress=False)
+        ci.save_model(model, folder, overwrite=True)
+    return model, ci.evaluate(model, *task.split("test", "seen"))
+
+
+def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig, threads: int | None = None) -> dict:
+    """Build null model `spec`, scan it (resuming a partial scan), decide it under every rule; its row."""
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    model, acc = build_model(out, spec)
+    report = ci.scan(model, ood_images(source, cfg), cfg, out / "scans" / ood_key(source) / spec["name"], progress=False)
+    rules = {}
+    for rule in SCAN_RULES:
+        d = ci.decide(report, rule)
+        rules[rule] = {"verdict": d.verdict, "max_score": d.max_score, "threshold": d.threshold,
+                       "top_class": d.top_name, "fallback": d.fallback}
+    return {**spec, "acc_seen": acc, "n_candidates": len(report.classes), "rules": rules,
+            "scan_s": report.runtime_s, "total_s": time.time() - t0}
+
+
+def ood_key(source: str) -> str:
+    return "world" if source == "world" else Path(source).name
+
+
+def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
+    """Each rule's false-positive rate over the clean models, with its Clopper-Pearson interval; the
+    default rule's at the top level."""
+    per_rule = {}
+    for rule in SCAN_RULES:
+        flagged = [r for r in rows if r["rules"][rule]["verdict"] == "backdoored"]
+        lo, hi = clopper_pearson(len(flagged), len(rows)) if rows else (float("nan"), float("nan"))
+        scores = sorted(r["rules"][rule]["max_score"] for r in rows)
+        per_rule[rule] = {"n_flagged": len(flagged), "fpr": len(flagged) / len(rows) if rows else float("nan"),
+                          "fpr_lower95": lo, "fpr_upper95": hi, "flagged": [r["name"] for r in flagged],
+                          "max_score_max": scores[-1] if scores else None,
+                          "max_score_median": scores[len(scores) // 2] if scores else None,
+                          "fallbacks": sum(r["rules"][rule]["fallback"] is not None for r in rows)}
+    default = per_rule[cfg.rule]
+    return {"n_models": len(rows), "rule": cfg.rule, "threshold": rows[0]["rules"][cfg.rule]["threshold"] if rows else None,
+            "fpr": default["fpr"], "fpr_upper95": default["fpr_upper95"], "fpr_lower95": default["fpr_lower95"],
+            "interval": f"two-sided {CONFIDENCE:.0%} Clopper-Pearson", "rules": per_rule}
+
+
+def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", workers: int = 1,
+               cfg: ci.ScanConfig | None = None, progress: bool = True, space: NullSpace = NULL_SPACE) -> dict:
+    """Build and scan (or resume) the first n_models null models of `space`; returns the study's result."""
+    cfg = cfg or ci.ScanConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / f"rows_{ood_key(source)}.json"
+    rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
+    done = {r["name"] for r in rows}
+    specs = null_specs(n_models, space)
+    todo = [s for s in specs if s["name"] not in done]
+    wall = WallLog(out, f"null-{ood_key(source)}")
+    bar = tqdm(total=n_models, initial=n_models - len(todo), desc=f"null study ({ood_key(source)})", unit="model",
+               disable=not progress)
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        rows.sort(key=lambda r: r["name"])
+        rows_path.write_text(json.dumps(rows, indent=2))  # after every model: resumable
+        wall.update(1)
+        bar.update(1)
+        bar.set_postfix(last=f"{row['name']} K={row['n_candidates']} {row['rules'][cfg.rule]['max_score']:.2f}")
+
+    if workers <= 1:
+        for s in todo:
+            record(run_one(out, s, source, cfg))
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        with process_pool(workers) as pool:
+            for f in as_completed([pool.submit(run_one, out, s, source, cfg, threads) for s in todo]):
+                record(f.result())
+    bar.close()
+    wall.update()
+    rows = [r for r in rows if r["name"] in {s["name"] for s in specs}]
+    return {**summarise(rows, cfg), "ood": source, "wall_s": wall.total(), "per_model": rows,
+            "config": {"n_models": n_models, "space": asdict(space), "null_seed": NULL_SEED,
+                       "null_class_seed": NULL_CLASS_SEED, "workers": workers, "scan": asdict(cfg)}}
+
+
+def null_figure(result: dict, path: str | Path) -> None:
+    """The default rule's max score of every clean model, sorted, against its threshold."""
+    from matplotlib.figure import Figure
+
+    rule = result["rule"]
+    scores = sorted(r["rules"][rule]["max_score"] for r in result["per_model"])
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
+    ax.plot(range(1, len(scores) + 1), scores, "o", ms=4, label="clean model")
+    ax.axhline(result["threshold"], color="k", ls="--", lw=1, label=f"threshold {result['threshold']:g}")
+    ax.set_xlabel("clean models, sorted by score")
+    ax.set_ylabel(f"max score ({rule}, logits)")
+    ax.set_title(f"null study: {result['n_models']} clean models, FPR {result['fpr']:.3f} "
+                 f"(95% CI up to {result['fpr_upper95']:.3f})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+__all__ = ["NULL_SPACE", "NullSpace", "null_specs", "clopper_pearson", "null_study", "null_figure", "summarise"]

@@ -1,0 +1,58 @@
+"""The null study (lab/null.py): seeded specs that vary what a provider varies, exact intervals, a resumable run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import ci_toolkit as ci
+from lab.null import NULL_CLASS_SEED, NULL_SEED, NullSpace, clopper_pearson, null_specs, null_study, summarise
+from lab.zoo import ZOO_PROFILES, model_specs
+
+
+def test_specs_are_seeded_and_vary_task_and_class_list():
+    a, b = null_specs(60), null_specs(60)
+    assert a == b and null_specs(5) == a[:5]  # model i depends only on i
+    assert len({s["seed"] for s in a}) == 60 and len({s["class_seed"] for s in a}) == 60
+    assert min(s["seed"] for s in a) == NULL_SEED and min(s["class_seed"] for s in a) == NULL_CLASS_SEED
+    zoo_seeds = {s["seed"] for p in ZOO_PROFILES.values() for s in model_specs(p)}
+    assert not zoo_seeds & {s["seed"] for s in a}  # no null model shares a task seed with a zoo
+    for field in ("n_classes", "epochs", "shots", "lr", "batch_size", "ctx_init"):
+        assert len({s[field] for s in a}) > 1, field  # every dimension actually varies
+
+
+def test_clopper_pearson_known_answers():
+    lo, hi = clopper_pearson(0, 60)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 60))  # k = 0: closed form
+    lo, hi = clopper_pearson(60, 60)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 60))
+    lo, hi = clopper_pearson(3, 60)
+    assert lo < 3 / 60 < hi and hi == pytest.approx(0.1392, abs=1e-4)
+
+
+def test_summary_counts_each_rules_false_positives():
+    def row(name, verdicts):
+        return {"name": name, "rules": {r: {"verdict": v, "max_score": s, "threshold": 1.0, "fallback": None}
+                                        for r, (v, s) in verdicts.items()}}
+
+    clean = ("clean", 0.1)
+    rows = [row("n0", {"meta-gain": ("backdoored", 1.5), "paper": ("backdoored", 3.0), "grubbs": clean, "robust": clean}),
+            row("n1", {"meta-gain": clean, "paper": ("backdoored", 2.5), "grubbs": clean, "robust": clean}),
+            row("n2", {r: clean for r in ("meta-gain", "paper", "grubbs", "robust")})]
+    s = summarise(rows, ci.ScanConfig())
+    assert s["n_models"] == 3 and s["rule"] == "meta-gain" and s["fpr"] == pytest.approx(1 / 3)
+    assert s["rules"]["paper"]["n_flagged"] == 2 and s["rules"]["paper"]["flagged"] == ["n0", "n1"]
+    assert s["fpr_upper95"] == clopper_pearson(1, 3)[1] and s["rules"]["grubbs"]["fpr"] == 0
+
+
+def test_a_tiny_null_study_runs_and_resumes(tmp_path):
+    space = NullSpace(n_classes=(6,), epochs=(1,), shots=(2,), lr=(0.1,), batch_size=(8,), ctx_init=("a photo of a", None))
+    cfg = ci.ScanConfig(inversion=ci.InversionConfig(group=3), pool_size=32, heldout_size=16, probe_eps=None)
+    first = null_study(tmp_path, n_models=1, cfg=cfg, progress=False, space=space)
+    assert first["n_models"] == 1 and first["per_model"][0]["n_candidates"] == 3
+    assert (tmp_path / "scans" / "world" / "n000" / "report.json").exists()
+    again = null_study(tmp_path, n_models=2, cfg=cfg, progress=False, space=space)  # n000 is reused, n001 added
+    assert again["n_models"] == 2 and again["per_model"][0] == first["per_model"][0]
+    assert len(json.loads((tmp_path / "wall.json").read_text())) == 2 and again["wall_s"] >= first["wall_s"]
+    assert set(again["rules"]) == set(ci.detect.SCAN_RULES)
