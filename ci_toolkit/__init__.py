@@ -6,11 +6,12 @@
     print(report.summary())
     fixed, result = ci.repair(model, report, images, labels)  # unlearn with the trigger behind the verdict
 
-The public API is `__all__`, plus the `__all__` of the subpackages `model`, `detect`, `attacks`, `world`,
-`data` and the modules `analysis`, `metrics`, `notebook`; everything else is an implementation detail.
+The public API is `__all__`: these verbs and types, and the modules listed there (`model`, `detect`,
+`attacks`, `world`, `course`, `data`, `analysis`, `metrics`, `notebook`) with their own `__all__`; everything
+else is an implementation detail.
 """
 
-from . import analysis, course, notebook, world
+from . import analysis, attacks, course, data, detect, metrics, model, notebook, world
 from .analysis import collapse_stats
 from .attacks import Attack, create_attack, list_attacks, load_attack
 from .detect import (
@@ -55,7 +56,9 @@ __all__ = [
     # measuring
     "evaluate_backdoor", "attack_success_rate", "backdoor_effect", "collapse_stats",
     # the embedded world, run profiles, notebook helpers
-    "world", "course", "analysis", "Profile", "get_profile", "list_profiles", "notebook",
+    "Profile", "get_profile", "list_profiles",
+    # the public modules
+    "model", "detect", "attacks", "world", "course", "data", "analysis", "metrics", "notebook",
     # errors
     "CIError", "CheckpointError", "BackboneUnavailableError", "DataError",
 ]

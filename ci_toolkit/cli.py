@@ -17,7 +17,7 @@ from . import world
 from .attacks import list_attacks, load_attack
 from .data import load_image_folder
 from .demo import DemoConfig, run_demo
-from .detect import LOSSES, METHODS, SCAN_RULES, InversionConfig, ScanConfig, ScanReport, scan
+from .detect import LOSSES, METHODS, InversionConfig, ScanConfig, ScanReport, scan, scan_rules
 from .errors import CIError
 from .metrics import attack_success_rate, backdoor_effect
 from .model import (
@@ -203,7 +203,7 @@ def cmd_repair(args) -> None:
     save_model(fixed, out / "model")
     _write_json(out / "repair.json", {
         "asr_before": before["asr"], "asr_after": after["asr"], "acc_before": before["acc"], "acc_after": after["acc"],
-        "trigger_used": used, **asdict(result),
+        "trigger_used": used, "target": model.classnames[target], **asdict(result),
         "config": {"report": str(args.report), "data": args.data, "seed": args.seed, "repair": asdict(cfg)}})
     for a in result.attempts[:-1]:  # the guard's retries (RepairConfig.max_acc_drop)
         print(f"trigger weight {a['trigger_weight']:g}: repair-set ACC {a['train_acc_before']:.3f} -> {a['train_acc']:.3f},"
@@ -222,7 +222,7 @@ def add_scan_options(s, method_choice: bool = True) -> None:
     s.add_argument("--eps", type=float, default=inv.eps * 255,
                    help=f"trigger bound in 1/255 pixel units (default {inv.eps * 255:g})")
     s.add_argument("--loss", default=inv.loss, choices=LOSSES, help=f"inversion loss (default {inv.loss})")
-    s.add_argument("--rule", default=d.rule, choices=SCAN_RULES,
+    s.add_argument("--rule", default=d.rule, choices=scan_rules(),
                    help="decision rule (docs/method.md): meta-gain (default; do the triggers work through the prompt "
                         "learner), paper (max s_t > 2), grubbs (Grubbs' one-outlier bound) or robust (median/MAD)")
     s.add_argument("--threshold", type=float, default=None, help="override the rule's threshold")

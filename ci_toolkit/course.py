@@ -2,14 +2,14 @@
 
     from ci_toolkit import course
     course.list_models()                  # ["m000", "m001", ...]: neutral names, clean and backdoored alike
-    model = course.load("m003")           # a delivered CoCoOp model (a prompt learner of a few kilobytes)
+    model = course.load_model("m003")     # a delivered CoCoOp model (a prompt learner of a few kilobytes)
     task = course.task("m003")            # the organisation's task it was tuned on (its images and classes)
     course.truth("m003")                  # the teacher's answer: {"attack": ..., "target": ...}
-    attack = course.attack("m003")        # the attacker's trigger (None for a clean model), to measure ASR
+    attack = course.load_attack("m003")   # the attacker's trigger (None for a clean model), to measure ASR
 
 The models were built by `python -m lab zoo --profile course` and shipped by `python -m lab course`
-(MiniCLIP, the world task of 50 classes); `truth` and `attack` read the teacher's folder, which a student
-solving an audit should not open.
+(MiniCLIP, the world task of 50 classes) from a checkout of the repository; `truth` and `load_attack` read
+the teacher's folder, which a student solving an audit should not open.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .attacks import Attack, load_attack
+from .attacks import Attack
+from .attacks import load_attack as load_attack_folder
 from .errors import DataError
-from .model import CoCoOp, load_model
+from .model import CoCoOp
+from .model import load_model as load_model_folder
 from .world import WorldTask, task as world_task
 
 COURSE_DIR = Path(__file__).resolve().parent / "assets" / "course"
@@ -28,8 +30,8 @@ COURSE_DIR = Path(__file__).resolve().parent / "assets" / "course"
 def _index() -> dict[str, dict]:
     path = COURSE_DIR / "models.json"
     if not path.exists():
-        raise DataError(f"the course zoo is missing ({path}); rebuild it with `python -m lab zoo --profile course` "
-                        "and `python -m lab course`")
+        raise DataError(f"the course zoo is missing ({path}); reinstall ci_toolkit, or rebuild it from a checkout "
+                        "of the repository with `python -m lab zoo --profile course` and `python -m lab course`")
     return {row["name"]: row for row in json.loads(path.read_text())}
 
 
@@ -44,10 +46,10 @@ def list_models() -> list[str]:
     return sorted(_index())
 
 
-def load(name: str) -> CoCoOp:
+def load_model(name: str) -> CoCoOp:
     """A course model, loaded like any delivered model (validated safetensors + JSON)."""
     _row(name)
-    return load_model(COURSE_DIR / "models" / name)
+    return load_model_folder(COURSE_DIR / "models" / name)
 
 
 def task(name: str) -> WorldTask:
@@ -63,10 +65,10 @@ def truth(name: str) -> dict:
     return next(r for r in rows if r["name"] == name)
 
 
-def attack(name: str) -> Attack | None:
+def load_attack(name: str) -> Attack | None:
     """The attacker's trigger of a backdoored course model (None for a clean one)."""
     folder = COURSE_DIR / "teacher" / name
-    return load_attack(folder) if (folder / "attack.json").exists() else None
+    return load_attack_folder(folder) if (folder / "attack.json").exists() else None
 
 
-__all__ = ["COURSE_DIR", "list_models", "load", "task", "truth", "attack"]
+__all__ = ["COURSE_DIR", "list_models", "load_model", "task", "truth", "load_attack"]

@@ -54,17 +54,17 @@ def _setup(cfg, demo: DemoConfig):
                           "its split_zhou_*.json) and --ood (an unlabeled image folder)")
         bb = create_backbone("miniclip")
         size = bb.preprocess.image_size
-        ood_eval = world.World(world.WorldConfig(image_size=size)).sample_ood(cfg.scan.heldout_size, seed=demo.seed + 1)
+        ood_eval = world.World(world.WorldConfig(image_size=size)).sample_ood(cfg.scan_config.heldout_size, seed=demo.seed + 1)
         return bb, world.task(cfg, seed=demo.seed, image_size=size), world.ood_pool(
-            cfg.scan.ood_images, seed=cfg.scan.seed, image_size=size), ood_eval
+            cfg.scan_config.ood_images, seed=cfg.scan_config.seed, image_size=size), ood_eval
     if demo.ood is None:
         raise CIError("--data needs --ood: an unlabeled out-of-distribution image folder (data_prep/ood_pool)")
     find_split_file(demo.data)  # a missing split is named before a large backbone is built
     bb = create_backbone(cfg.backbone, cfg.pretrained, seed=demo.seed)  # seed: random init when pretrained is None
     size = bb.preprocess.image_size
     task = load_split_task(demo.data, size, shots=cfg.shots, seed=demo.seed, n_test_per_class=cfg.n_test_per_class)
-    images = load_image_folder(demo.ood, size, labelled=False, limit=cfg.scan.ood_images, seed=demo.seed).images
-    return bb, task, images, split_pool(images, cfg.scan, cfg.scan.inversion.batch_size)[1]
+    images = load_image_folder(demo.ood, size, labelled=False, limit=cfg.scan_config.ood_images, seed=demo.seed).images
+    return bb, task, images, split_pool(images, cfg.scan_config, cfg.scan_config.inversion.batch_size)[1]
 
 
 def run_demo(out_dir: str | Path, demo: DemoConfig | None = None, progress: bool = True, **overrides) -> dict:
@@ -106,7 +106,7 @@ def run_demo(out_dir: str | Path, demo: DemoConfig | None = None, progress: bool
     scans: dict[str, ScanReport] = {}
     for n, (name, m) in enumerate((("clean", clean), ("backdoored", bad)), start=3):
         _step(n, f"scanning the {name} model (inversion, then the gate probe)", "one to three minutes", progress)
-        scans[name] = scan(m, pool, cfg.scan, out / f"scan_{name}", progress=progress)
+        scans[name] = scan(m, pool, cfg.scan_config, out / f"scan_{name}", progress=progress)
         if progress:
             print(scans[name].summary())
     rep = scans["backdoored"]
@@ -121,12 +121,12 @@ def run_demo(out_dir: str | Path, demo: DemoConfig | None = None, progress: bool
                        "predicted_target": rep.predicted_target, **measured(bad)},
         "repair": {"asr_before": before["asr"], "asr_after": after["asr"], "acc_before": before["acc"],
                    "acc_after": after["acc"], "trigger_used": "attacker", "trigger_weight": repaired.trigger_weight,
-                   "trigger_class": repaired.target, "trigger_source": repaired.trigger_source},
+                   "trigger_class": repaired.trigger_class, "trigger_source": repaired.trigger_source},
         "threshold": rep.threshold,
         "eps": BACKDOOR_EPS,
         "runtime_s": time.time() - t0,
         "config": {"profile": asdict(cfg), "data": str(demo.data) if demo.data else "world",
-                   "ood": str(demo.ood) if demo.ood else "world", "train": asdict(train_cfg), "scan": asdict(cfg.scan),
+                   "ood": str(demo.ood) if demo.ood else "world", "train": asdict(train_cfg), "scan": asdict(cfg.scan_config),
                    "threads": torch.get_num_threads()},
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2, default=float))

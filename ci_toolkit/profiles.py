@@ -29,7 +29,7 @@ class Profile:
     n_test_per_class: int = 40  # evaluation images per class
     epochs: int = 10  # prompt-tuning epochs (CoCoOp default)
     batch_size: int = 32  # prompt-tuning batch (CoCoOp's original is 1; see model/tuning.py)
-    scan: ScanConfig = field(default_factory=ScanConfig)  # how its models are scanned
+    scan_config: ScanConfig = field(default_factory=ScanConfig)  # how its models are scanned
     device: str = "cpu"
     seed: int = 0
 
@@ -39,11 +39,11 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(name="smoke", n_classes=10, shots=4, n_test_per_class=4, epochs=1, batch_size=16,
-                     scan=ScanConfig(pool_size=64, heldout_size=32)),
+                     scan_config=ScanConfig(pool_size=64, heldout_size=32)),
     "classroom": Profile(name="classroom", n_classes=50, shots=16, n_test_per_class=20, epochs=10,
-                         scan=ScanConfig(pool_size=512, heldout_size=256)),
+                         scan_config=ScanConfig(pool_size=512, heldout_size=256)),
     "paper": Profile(name="paper", backbone="ViT-B-16-quickgelu", pretrained="openai", n_classes=100, n_test_per_class=50,
-                     scan=ScanConfig(inversion=InversionConfig(batch_size=32), pool_size=1000, heldout_size=1000),
+                     scan_config=ScanConfig(inversion=InversionConfig(batch_size=32), pool_size=1000, heldout_size=1000),
                      device="cuda"),
 }
 
@@ -65,6 +65,6 @@ def get_profile(name: str | Profile = "classroom", **overrides) -> Profile:
     bad = set(overrides) - valid
     if bad:
         raise CIError(f"unknown profile fields {sorted(bad)}; valid: {sorted(valid)}")
-    if "seed" in overrides and "scan" not in overrides:
-        overrides["scan"] = replace(base.scan, seed=overrides["seed"])
+    if "seed" in overrides and "scan_config" not in overrides:
+        overrides["scan_config"] = replace(base.scan_config, seed=overrides["seed"])
     return replace(base, **overrides)

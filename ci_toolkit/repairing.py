@@ -47,7 +47,7 @@ class RepairConfig:
 class RepairResult:
     """What a repair did: the trigger it used and each attempt of the guard."""
 
-    target: str | None  # the class the trigger sends images to (None: a bare delta was given)
+    trigger_class: str | None  # the class the trigger sends images to (None: a bare delta was given)
     trigger_source: str  # "inversion", "gate probe, unit u[ shut]" or "given"
     trigger_weight: float  # of the kept attempt
     accepted: bool  # False: every weight tried cost more than max_acc_drop; the gentlest is kept
@@ -91,6 +91,8 @@ def repair(model: CoCoOp, trigger, images: torch.Tensor, labels: torch.Tensor, c
     cfg = config or RepairConfig()
     t0 = time.time()
     trig = _trigger_of(trigger)
+    if not isinstance(cfg, RepairConfig):
+        raise CIError(f"config must be a RepairConfig, got {type(cfg).__name__}")
     if trig.target is not None and trig.target not in model.classnames:
         raise CIError(f"the trigger's class {trig.target!r} is not a class of this model (a report of another model?)")
     acc0 = evaluate(model, images, labels)

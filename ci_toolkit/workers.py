@@ -1,4 +1,4 @@
-"""Process pools for the CPU-bound benches (zoo builds, zoo scans).
+"""Process pools for CPU-bound work split over processes (a scan's candidate groups and probe, zoo builds and scans).
 
 Worker processes must not outlive their parent: a killed zoo build (`python -m lab zoo`) would otherwise leave its
 workers training (and writing) in the background. On Linux the kernel delivers SIGTERM to a worker when

@@ -8,12 +8,14 @@ import json
 import sys
 from pathlib import Path
 
+from ci_toolkit import list_profiles
 from ci_toolkit.cli import add_scan_options, run, scan_config
 from lab.bench.attacks import ALL as ALL_ATTACKS
 from lab.bench.attacks import attacks_from_zoo, bench_attacks
 from lab.bench.collapse import bench_collapse
 from lab.bench.detect import METHOD_KEYS, bench_detect, roc_figure
 from lab.bench.gates import EPS_255, bench_gates
+from lab.bench.notebooks import bench_notebooks
 from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
@@ -100,6 +102,13 @@ def cmd_bench_gates(args) -> None:
         print(f"{name} ({row['n_models']} implanted, trigger ASR {row['trigger_asr']:.2f}): {cells}")
 
 
+def cmd_bench_notebooks(args) -> None:
+    out = Path(args.out)
+    result = bench_notebooks(out.with_suffix(""), profile=args.profile, html=args.html,
+                             only=tuple(args.only.split(",")) if args.only else ())
+    write_json(out, result)
+
+
 def cmd_bench_speed(args) -> None:
     write_json(args.out, bench_speed(tuple(args.models.split(",")), k=args.k, batch=args.batch, device=args.device,
                                      bf16=args.bf16))
@@ -130,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("null", help="the null study: clean models that vary what a provider varies, scanned",
                        description="Train N clean CoCoOp models (task seed, class list, class count, epochs, shots, "
                                    "lr, batch, context init drawn per model), scan each with the default scan, and "
-                                   "report every rule's false-positive rate with its 95%% Clopper-Pearson interval. "
+                                   "report every rule's false-positive rate with its 95% Clopper-Pearson interval. "
                                    "Resumable.")
     s.add_argument("--out", required=True, help="study folder (models, scans, rows)")
     s.add_argument("--models", type=int, default=60, help="clean models (default 60)")
@@ -211,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-asr", type=float, default=MIN_ASR,
                    help="attacked models below this seen ASR count as not implanted")
     s.set_defaults(func=cmd_bench_gates)
+
+    s = bsub.add_parser("notebooks", help="run every tutorial notebook in a fresh kernel; wall time per notebook",
+                        description="Execute notebooks/NN_*.ipynb one at a time (papermill) under a profile; write "
+                                    "FILE (JSON) and the executed notebooks beside it (FILE without .json).")
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--profile", default="classroom", choices=list_profiles(),
+                   help="the notebooks' profile (default classroom: what Run All uses)")
+    s.add_argument("--only", default=None, help="comma-separated notebook names (default: all)")
+    s.add_argument("--html", action="store_true", help="also render each executed notebook to HTML")
+    s.set_defaults(func=cmd_bench_notebooks)
 
     s = bsub.add_parser("speed", help="one inversion step: naive reference vs the toolkit's path (equal loss and "
                                       "gradient)",

@@ -11,7 +11,7 @@ these models with its 95% Clopper-Pearson interval: the reference against which 
 Resumable: finished models and scans are kept and skipped; wall time adds up over runs.
 
     DIR/models/nNNN/   the delivered model      DIR/scans/<ood>/nNNN/   its scan
-    DIR/rows.json      one row per finished model (its spec, accuracy, every rule's verdict)
+    DIR/rows_<ood>.json   one row per finished model (its spec, accuracy, every rule's verdict)
     DIR/wall.json      wall time per run
 """
 
@@ -34,7 +34,7 @@ from ci_toolkit.workers import process_pool
 
 from .bench.detect import WallLog
 
-# Task seeds NULL_SEED + i: every zoo profile uses seeds below 700 (lab/zoo.py), so no null model shares a task.
+# Task seeds NULL_SEED + i (i < 200): no zoo profile uses seeds 700-899 (lab/zoo.py), so no null model shares a task.
 NULL_SEED = 700
 # World class lists: model i draws class_seed NULL_CLASS_SEED + i; every zoo draws class_seed 0, so the null
 # models' class lists differ from the zoos' and from each other's.
@@ -110,7 +110,7 @@ def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig, threads: int
     report = ci.scan(model, ood_images(source, cfg), cfg, out / "scans" / ood_key(source) / spec["name"], progress=False)
     rules = {}
     for rule in SCAN_RULES:
-        d = ci.decide(report, rule)
+        d = ci.decide(report, rule, cfg.threshold if rule == cfg.rule else None)
         rules[rule] = {"verdict": d.verdict, "max_score": d.max_score, "threshold": d.threshold,
                        "top_class": d.top_name, "fallback": d.fallback}
     return {**spec, "acc_seen": acc, "n_candidates": len(report.classes), "rules": rules,

@@ -24,25 +24,34 @@ def _check_01(m):
     for k in ("acc_clean", "acc_backdoored", "asr", "asr_clean_model", "asr_ood", "ssim"):
         assert 0.0 <= m[k] <= 1.0
     assert m["ssim"] > 0.8  # an imperceptible trigger
+    # the lesson: the backdoor implanted, and the same trigger leaves the clean model alone
+    assert m["asr"] >= 0.5 and m["asr_clean_model"] < 0.3, m
 
 
 def _check_03(m):
     assert 0 <= m["target_asr"] <= 1 and 0 <= m["benign_asr"] <= 1
-    assert m["target_loss"] == m["target_loss"] and m["benign_loss"] == m["benign_loss"]  # not NaN
+    # the lesson: the backdoor target is easy to reach, a benign class is not
+    assert m["target_asr"] > m["benign_asr"] and m["target_loss"] < m["benign_loss"], m
 
 
 def _check_04(m):
-    assert m["n_models"] == 3 and 0 <= m["accuracy"] <= 1 and 0 <= m["margin_target_asr"] <= 1
+    assert m["n_models"] == 3 and 0 <= m["margin_target_asr"] <= 1
+    # the lesson: the default rule tells the clean model from the backdoored ones and names their targets
+    assert m["accuracy"] == 1.0 and m["targets_found"] == 2, m
 
 
 def _check_02(m):
     for who in ("clean", "backdoored"):
         assert -1 <= m[f"{who}_feature_cos"] <= 1 and m[f"{who}_pi_spread_ratio"] >= 0
     assert abs(m["clean_text_turn"]) < 1 and abs(m["backdoored_meta_gain"]) <= 2  # a difference of cosine margins
+    # the lesson: a working backdoor, whose trigger gains through the meta tokens where the clean twin's does not
+    assert m["asr"] >= 0.5 and m["backdoored_meta_gain"] > m["clean_meta_gain"] + 0.01, m
 
 
 def _check_05(m):
     assert all(0 <= m[k] <= 1 for k in ("asr_before", "asr_after", "acc_before", "acc_after"))
+    # the lesson: the scan's trigger unlearns the backdoor without giving up the task
+    assert m["found_target"] and m["asr_after"] < m["asr_before"] / 2 and m["acc_after"] >= m["acc_before"] - 0.1, m
 
 
 CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,

@@ -56,7 +56,7 @@ def test_paper_profile_end_to_end_with_random_init_vit_b16(eurosat_like, tmp_pat
     root, ood = eurosat_like
     scan = ci.ScanConfig(inversion=ci.InversionConfig(batch_size=4), pool_size=8, heldout_size=2)
     res = run_demo(tmp_path, DemoConfig("paper", data=root, ood=ood), progress=False, pretrained=None, device="cpu",
-                   shots=1, n_test_per_class=1, epochs=1, batch_size=4, scan=scan)
+                   shots=1, n_test_per_class=1, epochs=1, batch_size=4, scan_config=scan)
     cfg = res["config"]
     assert cfg["profile"]["backbone"] == "ViT-B-16-quickgelu" and cfg["data"] == str(root)
     assert json.loads((tmp_path / "clean_model" / "model.json").read_text())["backbone"]["name"] == "ViT-B-16-quickgelu"

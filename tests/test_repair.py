@@ -32,7 +32,7 @@ def test_repair_unlearns_a_planted_trigger_and_leaves_the_input_alone(tiny_model
     after = ci.backdoor_effect(fixed, x, y, 0, delta)
     assert after["asr"] < before["asr"] / 2, (before, after)
     assert after["acc"] >= before["acc"] - 0.15  # random labels: the tiny model fits them only partly
-    assert (result.target, result.trigger_source, result.steps) == ("red circle", "inversion", 10 * 3 * len(result.attempts))
+    assert (result.trigger_class, result.trigger_source, result.steps) == ("red circle", "inversion", 10 * 3 * len(result.attempts))
     for k, v in tiny_model.prompt_learner.state_dict().items():  # the input model is unchanged
         assert torch.equal(v, snapshot[k])
 

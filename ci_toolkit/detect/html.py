@@ -40,7 +40,8 @@ def score_figure(report, true_target: str | None = None):
     axes = fig.subplots(1, 3, sharey=True)
     unit = "logits" if report.rule == "meta-gain" and not report.fallback else "z"
     for ax, key, title in zip(axes, ("score", "asr", "loss"),
-                              (f"score ({report.rule}, {unit})", "held-out ASR (fraction)", "mean inversion loss")):
+                              (f"score ({report.rule}, {unit})", "held-out ASR (fraction)",
+                               "mean inversion loss" if report.method == "clip-inspector" else "mean CE")):
         bars = ax.barh(range(len(rows)), [getattr(r, key) for r in rows], color=colours)
         if true_target is not None:
             for b, r in zip(bars, rows):
@@ -76,6 +77,10 @@ def trigger_figure(report, images: torch.Tensor | None = None, top: int = 3, n_i
     return fig
 
 
+HOW_TO_READ_BASELINE = (
+    "How to read this: every candidate class got the smallest trigger this baseline could find that sends the OOD "
+    "images to it; a backdoor target's trigger is unusually small. The score is its anomaly index (how far its size "
+    "lies below the median, in robust standard deviations); classes above the dashed threshold are flagged.")
 HOW_TO_READ = (
     "How to read this: every candidate class got a trigger inverted on unlabeled OOD images. Its held-out ASR "
     "is the fraction of unseen OOD images that trigger sends to the class; its mean loss how hard the class was "
@@ -123,7 +128,7 @@ tr.flag{{background:#fdd}} table{{border-collapse:collapse}} tr:nth-child(even){
 <p>method {e(report.method)}, rule {e(report.rule)}{fallback}: max score {report.max_score:.2f}
 against threshold {report.threshold:.2f}; top-1 minus top-2 gap {report.gap:.2f};
 {len(report.classes)} candidate classes; {report.runtime_s:.0f} s.</p>
-<p>{e(HOW_TO_READ)}</p>
+<p>{e(HOW_TO_READ if report.method == "clip-inspector" else HOW_TO_READ_BASELINE)}</p>
 {ssim_line}
 {figures}
 <h2>Table</h2><table><tr><th>class</th><th>ASR</th><th>loss</th><th>score</th><th>flagged</th></tr>{rows}</table>

@@ -227,8 +227,6 @@ def _groups_worker(model, pool, heldout, classes, idx, cfg, threads) -> list[Inv
 def _invert_parallel(model, pool, heldout, classes, candidates, cfg, progress, on_group, skip, workers):
     from concurrent.futures import as_completed
 
-
-
     steps = cfg.epochs * math.ceil(len(pool) / cfg.batch_size)
     # Results do not depend on how candidates are grouped (tested), so the remaining candidates are cut into
     # a multiple of `workers` groups of near-equal size (<= cfg.group): no process idles at the end.

@@ -14,7 +14,7 @@ per probe unit, in the order of `gate_probe.units`), report.html (for people).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,10 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CIError, DataError
+from ..images import to_uint8
 from .html import report_html
 from .rules import SIDE_RULES, Decision, Evidence, decide_evidence, get_rule, trigger_score
 
 SIDE_RULE_KEYS = {"paper": "paper_rule", "grubbs": "grubbs_rule"}  # report.json key of each side rule's verdict
+PREVIEW_IMAGES = 8  # held-out images saved with the triggers, for the HTML report's triggered examples
 
 
 @dataclass
@@ -182,9 +184,14 @@ class ScanReport:
         """The one trigger repair should use: toward the predicted target (the top class when judged clean),
         the trigger behind that class's score: its inverted trigger, or a gate-probe perturbation toward it
         that scored higher under the meta-gain rule."""
+        if self.method != "clip-inspector":
+            raise CIError(f"a {self.method} report's trigger pictures are not additive triggers: repair with a "
+                          "CLIP-Inspector scan")
         if self.triggers is None:
             raise DataError("this report holds no triggers (load it with ScanReport.load from its folder)")
         top = self.predicted_target or self.top_class
+        if top not in self.names:
+            raise DataError(f"the report's top class {top!r} is not among its candidates")
         i = self.names.index(top)
         row = self.classes[i]
         best, delta, source = trigger_score(row.asr, row.meta_gain or 0.0), self.triggers[i], "inversion"
@@ -225,8 +232,8 @@ class ScanReport:
                 ProbeUnit(u["unit"], u["class"], u["asr"], u["meta_gain"], u.get("shut", False)) for u in probe["units"]])
             side = {k: d[v] for k, v in SIDE_RULE_KEYS.items() if v in d}
             return cls(method=method, verdict=d["verdict"], max_score=d["max_score"], threshold=d["threshold"],
-                       predicted_target=d["predicted_target"], top_class=d.get("top_class") or classes[0].name,
-                       gap=d["gap"], rule=d.get("rule", ""), classes=classes, fallback=d.get("fallback"),
+                       predicted_target=d["predicted_target"], top_class=d["top_class"],
+                       gap=d["gap"], rule=d["rule"], classes=classes, fallback=d.get("fallback"),
                        side_rules=side, gate_probe=gp, warnings=list(d.get("warnings", [])), config=d.get("config", {}),
                        runtime_s=d.get("runtime_s", 0.0), triggers=triggers, probe_triggers=probe_triggers)
         except (KeyError, TypeError, IndexError) as exc:
@@ -237,7 +244,10 @@ class ScanReport:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if self.triggers is not None:
-            save_file({"deltas": self.triggers.contiguous()}, str(out / "triggers.safetensors"))
+            tensors = {"deltas": self.triggers.contiguous()}
+            if self.preview is not None:  # a few held-out images, for the HTML's triggered examples
+                tensors["preview"] = to_uint8(self.preview[:PREVIEW_IMAGES]).contiguous()
+            save_file(tensors, str(out / "triggers.safetensors"))
         if self.probe_triggers is not None:
             save_file({"deltas": self.probe_triggers.contiguous()}, str(out / "gate_probe.safetensors"))
         tmp = out / "report.json.tmp"
@@ -257,19 +267,18 @@ class ScanReport:
             raise DataError(f"no scan report at {rep}")
         try:
             d = json.loads(rep.read_text())
-            triggers = load_file(str(folder / "triggers.safetensors"))["deltas"]
+            tensors = load_file(str(folder / "triggers.safetensors")) if (folder / "triggers.safetensors").exists() else {}
+            triggers, preview = tensors.get("deltas"), tensors.get("preview")
             probe_file = folder / "gate_probe.safetensors"
             probe = load_file(str(probe_file))["deltas"] if d.get("gate_probe") and probe_file.exists() else None
         except (json.JSONDecodeError, OSError, KeyError, SafetensorError) as exc:
             raise DataError(f"unreadable scan report in {folder}: {exc}") from None
-        return cls.from_dict(d, triggers, probe)
+        report = cls.from_dict(d, triggers, probe)
+        report.preview = preview
+        return report
 
     def to_html(self) -> str:
         """The report as one self-contained HTML page (figures embedded; class names escaped)."""
         return report_html(self)
-
-    def with_config(self, **config) -> "ScanReport":
-        return replace(self, config={**self.config, **config})
-
 
 __all__ = ["ScanReport", "ClassResult", "GateProbe", "ProbeUnit", "RepairTrigger"]

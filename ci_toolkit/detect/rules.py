@@ -34,8 +34,8 @@ import torch
 from ..errors import CIError
 
 PAPER_K = 2.0  # the paper's threshold on s_t (METHOD 3 step 4)
-# Meta-gain threshold, logits per held-out image; how it was chosen and what it gives on zoos built after
-# it was fixed: docs/method.md ("The threshold") and benchmarks/README.md.
+# Meta-gain threshold, logits per held-out image; how it was chosen, and what it gives on a zoo built before it
+# was fixed and scanned after: docs/method.md ("The threshold") and benchmarks/README.md.
 META_GAIN_THRESHOLD = 1.0
 # Below this largest |meta gain| (logits) over every trigger, the meta tokens do not respond and the
 # meta-gain rule cannot see a backdoor (docs/method.md, "Fallback").
@@ -121,8 +121,8 @@ def grubbs_bound(k: int, alpha: float = ALPHA) -> float:
     """Critical value of the one-sided Grubbs test for K values, on the scale of s_t (population std).
 
     Grubbs: G = max (a - mean) / sd (sample std) is an outlier iff G > (K - 1) / sqrt(K) * sqrt(t^2 /
-    (K - 2 + t^2)), t the 1 - alpha / K quantile of Student's t with K - 2 degrees of freedom (2.663 for
-    K = 25 at alpha = 0.05, the tables' value). s_t = G * sqrt(K / (K - 1)), hence the bound below."""
+    (K - 2 + t^2)), t the 1 - alpha / K quantile of Student's t with K - 2 degrees of freedom (for K = 25
+    at alpha = 0.05 the critical G is 2.663, the tables' value). s_t = G * sqrt(K / (K - 1)), hence the bound."""
     from scipy.stats import t as student_t
 
     if k < 3:
@@ -151,9 +151,9 @@ def mad_index(sizes) -> torch.Tensor:
 
 
 def _by_threshold(stat: torch.Tensor, paper: torch.Tensor | None, rule: str, thr: float, names: list[str],
-                  fallback: str | None = None, note: str | None = None) -> Decision:
+                  fallback: str | None = None, note: str | None = None, first_max: bool = False) -> Decision:
     top2 = stat.topk(2)
-    top = int(top2.indices[0])
+    top = int(stat.argmax()) if first_max else int(top2.indices[0])
     mx = float(top2.values[0])
     backdoored = mx > thr
     return Decision(
@@ -285,11 +285,16 @@ class MadRule(Rule):
         if len(ev.sizes) != len(ev.names) or len(ev.sizes) < 2:
             raise CIError("the mad rule needs a trigger size for every candidate (a baseline scan)")
         thr = MAD_K if threshold is None else float(threshold)
-        return _by_threshold(mad_index(ev.sizes), None, self.name, thr, ev.names)
+        return _by_threshold(mad_index(ev.sizes), None, self.name, thr, ev.names, first_max=True)
 
 
 RULES: dict[str, Rule] = {r.name: r for r in (MetaGainRule(), PaperRule(), GrubbsRule(), RobustRule(), MadRule())}
-SCAN_RULES = tuple(n for n, r in RULES.items() if r.method == "clip-inspector")  # choices of ScanConfig.rule
+SCAN_RULES = tuple(n for n, r in RULES.items() if r.method == "clip-inspector")  # the built-in choices of ScanConfig.rule
+
+
+def scan_rules() -> list[str]:
+    """The rules that decide CLIP-Inspector scans, including any a fork registered in RULES."""
+    return [n for n, r in RULES.items() if r.method == "clip-inspector"]
 SIDE_RULES = ("paper", "grubbs")  # also decided on every CLIP-Inspector scan, recorded in its report
 BASELINE_RULE = "mad"
 

@@ -30,7 +30,7 @@ from .baselines import CostConfig, run_baseline
 from .inversion import Inversion, InversionConfig, invert
 from .probes import gate_probe, meta_gains
 from .report import GateProbe, ProbeUnit, ScanReport
-from .rules import BASELINE_RULE, SCAN_RULES, Evidence, decide_evidence
+from .rules import BASELINE_RULE, Evidence, decide_evidence, scan_rules
 
 METHODS = ("clip-inspector", "neural-cleanse", "pixel-backdoor")
 
@@ -56,8 +56,8 @@ class ScanConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise CIError(f"unknown scan method {self.method!r}; choose one of {list(METHODS)}")
-        if self.rule not in SCAN_RULES:
-            raise CIError(f"unknown decision rule {self.rule!r}; choose one of {list(SCAN_RULES)}")
+        if self.rule not in scan_rules():
+            raise CIError(f"unknown decision rule {self.rule!r}; choose one of {scan_rules()}")
 
     @property
     def ood_images(self) -> int:
@@ -141,6 +141,8 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
     score (default: the model's classes); workers: processes that invert candidate groups and run the probe
     side by side (the result is the same up to float rounding, as the groups are cut differently)."""
     cfg = config or ScanConfig()
+    if not isinstance(cfg, ScanConfig):
+        raise CIError(f"config must be a ScanConfig, got {type(cfg).__name__} (the output folder is out_dir=)")
     t0 = time.time()
     names = check_candidates(model, candidates)
     size = model.preprocess.image_size

@@ -62,12 +62,12 @@ def task(profile: str | Profile | int = "classroom", seed: int = 0, image_size: 
     int: 16 shots, 20 test images per class); shots / n_test_per_class override. `seed` draws the images,
     `class_seed` the class list."""
     if isinstance(profile, int):
-        n_classes, p_shots, p_test = profile, 16, 20
+        p_classes, p_shots, p_test = profile, 16, 20
     else:
         p = get_profile(profile)
-        n_classes, p_shots, p_test = p.n_classes, p.shots, p.n_test_per_class
+        p_classes, p_shots, p_test = p.n_classes, p.shots, p.n_test_per_class
     return World(WorldConfig(image_size=image_size)).task(
-        n_classes=n_classes, shots=p_shots if shots is None else shots,
+        n_classes=p_classes, shots=p_shots if shots is None else shots,
         n_test_per_class=p_test if n_test_per_class is None else n_test_per_class, seed=seed, class_seed=class_seed)
 
 

@@ -51,9 +51,9 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg: ci.RepairConfig |
         before = ci.backdoor_effect(model, x_test, y_test, attack.target, attack)
         fixed, res = ci.repair(model, report, task.train_x, task.train_y, cfg, progress=False)
         after = ci.backdoor_effect(fixed, x_test, y_test, attack.target, attack)
-        row = {"path": m["path"], "attack": m["attack"], "true_target": m["target"], "repaired_with": res.target,
+        row = {"path": m["path"], "attack": m["attack"], "true_target": m["target"], "repaired_with": res.trigger_class,
                "trigger_source": res.trigger_source, "verdict": report.verdict,
-               "scan_found_target": res.target == m["target"],
+               "scan_found_target": res.trigger_class == m["target"],
                "asr_before": before["asr"], "asr_after": after["asr"], "acc_before": before["acc"],
                "acc_after": after["acc"], "trigger_used": "attacker", "target": model.classnames[attack.target],
                "trigger_weight": res.trigger_weight, "attempts": res.attempts, "steps": res.steps,
@@ -61,7 +61,7 @@ def bench_repair(zoo: str | Path, detect_dir: str | Path, cfg: ci.RepairConfig |
         rows.append(row)
         if progress:
             print(f"{m['path']} {m['attack']}: ASR {row['asr_before']:.3f} -> {row['asr_after']:.3f}, "
-                  f"ACC {row['acc_before']:.3f} -> {row['acc_after']:.3f} (trigger of {res.target!r}, "
+                  f"ACC {row['acc_before']:.3f} -> {row['acc_after']:.3f} (trigger of {res.trigger_class!r}, "
                   f"true {m['target']!r}, weight {res.trigger_weight:g})")
 
     def mean(k):
