@@ -104,7 +104,7 @@ def cmd_bench_gates(args) -> None:
 
 def cmd_bench_notebooks(args) -> None:
     out = Path(args.out)
-    result = bench_notebooks(out.with_suffix(""), profile=args.profile, html=args.html,
+    result = bench_notebooks(out.with_suffix(""), profile=args.profile, html=args.html, figure=args.figure,
                              only=tuple(args.only.split(",")) if args.only else ())
     write_json(out, result)
 
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the notebooks' profile (default classroom: what Run All uses)")
     s.add_argument("--only", default=None, help="comma-separated notebook names (default: all)")
     s.add_argument("--html", action="store_true", help="also render each executed notebook to HTML")
+    s.add_argument("--figure", default=None, help="also draw notebook 04's scans of the clean and BadCLIP course "
+                                                  "models to this PNG (the README's figure)")
     s.set_defaults(func=cmd_bench_notebooks)
 
     s = bsub.add_parser("speed", help="one inversion step: naive reference vs the toolkit's path (equal loss and "

@@ -17,7 +17,9 @@ import ci_toolkit as ci
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
 
-def bench_notebooks(out_dir: str | Path, profile: str = "classroom", only: tuple[str, ...] = (), html: bool = False) -> dict:
+def bench_notebooks(out_dir: str | Path, profile: str = "classroom", only: tuple[str, ...] = (), html: bool = False,
+                    figure: str | Path | None = None) -> dict:
+    """Run the notebooks; with `figure`, also draw notebook 04's scans of the clean and BadCLIP course models."""
     import nbformat
     import papermill as pm
 
@@ -47,9 +49,42 @@ def bench_notebooks(out_dir: str | Path, profile: str = "classroom", only: tuple
 
             body, _ = HTMLExporter().from_filename(str(out / nb.name))
             (out / f"{nb.stem}.html").write_text(body)
+    if figure:
+        work = out / "work" / f"nb04_{profile}"
+        if work.is_dir():
+            shown = [n for n in sorted(p.name for p in work.iterdir())
+                     if ci.course.truth(n)["attack"] in ("clean", "badclip")]
+            scans_figure({n: work / n for n in shown}, figure)
     return {"profile": profile, "notebooks": rows, "cpus": os.cpu_count(),
             "machine": platform.processor() or platform.machine(),
             "note": "one run each, a fresh kernel per notebook; the CPU was otherwise idle only if nothing else ran"}
 
 
-__all__ = ["bench_notebooks"]
+def scans_figure(scan_dirs: dict[str, Path], path: str | Path) -> None:
+    """Side by side, the per-class scores of saved scans of course models (titled with the teacher's answer,
+    the true target outlined): the README's figure, from notebook 04's scans."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * len(scan_dirs), 4.2))
+    axes = fig.subplots(1, len(scan_dirs), squeeze=False)[0]
+    for ax, (name, folder) in zip(axes, scan_dirs.items()):
+        report, truth = ci.ScanReport.load(folder), ci.course.truth(name)
+        rows = sorted(report.classes, key=lambda r: -r.score)
+        bars = ax.barh(range(len(rows)), [r.score for r in rows],
+                       color=["tab:red" if r.flagged else "tab:blue" for r in rows])
+        for b, r in zip(bars, rows):
+            if r.name == truth["target"]:
+                b.set_edgecolor("k")
+                b.set_linewidth(2)
+        ax.axvline(report.threshold, color="k", ls="--", lw=1, label=f"threshold {report.threshold:g}")
+        ax.set_yticks(range(len(rows)), [r.name[:24] for r in rows], fontsize=6)
+        ax.invert_yaxis()
+        kind = "clean" if truth["attack"] == "clean" else f"{truth['attack']} toward {truth['target']}"
+        ax.set_title(f"{kind}: {report.verdict}", fontsize=9)
+        ax.set_xlabel("best ASR x meta gain of the class's triggers (logits)")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+__all__ = ["bench_notebooks", "scans_figure"]
