@@ -1,6 +1,7 @@
 """Named run profiles: one typed config, scaled by name (nanoGPT-style overrides).
 
-    smoke     : seconds to minutes on a CPU; what CI executes every notebook with
+    smoke     : seconds to minutes on a CPU; what CI executes every notebook with (its scan keeps 256 + 128 OOD
+                images: with fewer, notebook 04's scans of the course models miss their backdoors)
     classroom : a CPU laptop, minutes per notebook (the default)
     paper     : ViT-B/16 with OpenAI weights on a GPU, the paper's sizes (needs internet or cached weights)
 
@@ -39,7 +40,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(name="smoke", n_classes=10, shots=4, n_test_per_class=4, epochs=1, batch_size=16,
-                     scan_config=ScanConfig(pool_size=64, heldout_size=32)),
+                     scan_config=ScanConfig(pool_size=256, heldout_size=128)),
     "classroom": Profile(name="classroom", n_classes=50, shots=16, n_test_per_class=20, epochs=10,
                          scan_config=ScanConfig(pool_size=512, heldout_size=256)),
     "paper": Profile(name="paper", backbone="ViT-B-16-quickgelu", pretrained="openai", n_classes=100, n_test_per_class=50,

@@ -25,7 +25,7 @@ PUBLIC_FACES = {
 }
 DEFERRABLE = ("matplotlib", "sklearn", "scipy")  # slow imports the lab may make inside a function
 COMMANDS = ["zoo", "bench", "bench world", "bench attacks", "bench detect", "bench repair", "bench collapse",
-            "bench gates", "bench speed"]
+            "bench gates", "bench speed", "bench notebooks", "null", "course"]
 
 
 # ---- the command line -------------------------------------------------------------------------------

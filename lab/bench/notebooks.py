@@ -35,7 +35,7 @@ def bench_notebooks(out_dir: str | Path, profile: str = "classroom", only: tuple
             continue
         params = {"profile": profile}
         if "work_dir" in nb.read_text():
-            params["work_dir"] = str(out / "work")
+            params["work_dir"] = str((out / "work").resolve())  # papermill runs in notebooks/
         t0 = time.time()
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(nb.parent), kernel_name="python3",
                             progress_bar=False)
@@ -79,8 +79,12 @@ def scans_figure(scan_dirs: dict[str, Path], path: str | Path) -> None:
         ax.axvline(report.threshold, color="k", ls="--", lw=1, label=f"threshold {report.threshold:g}")
         ax.set_yticks(range(len(rows)), [r.name[:24] for r in rows], fontsize=6)
         ax.invert_yaxis()
-        kind = "clean" if truth["attack"] == "clean" else f"{truth['attack']} toward {truth['target']}"
-        ax.set_title(f"{kind}: {report.verdict}", fontsize=9)
+        if truth["attack"] == "clean":
+            title = "clean model: " + ("flagged, a false positive" if report.backdoored else "judged clean")
+        else:
+            title = f"{truth['attack']} toward {truth['target']}: " + (
+                "found" if report.predicted_target == truth["target"] else report.verdict)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("best ASR x meta gain of the class's triggers (logits)")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
