@@ -20,10 +20,12 @@ LAB = REPO / "lab"
 PUBLIC_FACES = {
     "ci_toolkit": None, "ci_toolkit.world": None, "ci_toolkit.detect": None, "ci_toolkit.model": None,
     "ci_toolkit.analysis": None, "ci_toolkit.metrics": None, "ci_toolkit.attacks": None, "ci_toolkit.data": None,
+    "ci_toolkit.course": None,
     "ci_toolkit.cli": {"add_scan_options", "scan_config", "run", "attacker_folder"},
     "ci_toolkit.workers": {"process_pool"},
 }
-DEFERRABLE = ("matplotlib", "sklearn", "scipy")  # slow imports the lab may make inside a function
+# slow imports the lab may make inside a function, and the notebook runner's, which only `bench notebooks` needs
+DEFERRABLE = ("matplotlib", "sklearn", "scipy", "nbformat", "papermill", "nbconvert")
 COMMANDS = ["zoo", "bench", "bench world", "bench attacks", "bench detect", "bench repair", "bench collapse",
             "bench gates", "bench speed", "bench notebooks", "null", "course"]
 
