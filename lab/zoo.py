@@ -53,6 +53,17 @@ class ZooProfile:
     ood_eval: int = 200  # OOD images for asr_ood
     target_offset: int = 0  # shifts the formula targets (`model_specs`): other targets for another zoo
     targets: tuple[tuple[int, ...], ...] = ()  # explicit seen-class targets, one tuple per attack (over the offset)
+    # attack strengths: one tuple of (keyword, value) pairs per entry of `attacks` (empty: the world's defaults);
+    # an attack may appear twice in `attacks` with two strengths
+    attack_kwargs: tuple[tuple[tuple[str, float], ...], ...] = ()
+    # task sizes cycled over the seeds (the model of seeds[i] has class_counts[i % len]); empty: n_classes
+    class_counts: tuple[int, ...] = ()
+    own_class_lists: bool = False  # each seed draws its own class list (class_seed = seed); False: class_seed 0
+
+    def task_of(self, seed: int) -> tuple[int, int]:
+        """(n_classes, class_seed) of the world task of `seed`."""
+        n = self.class_counts[self.seeds.index(seed) % len(self.class_counts)] if self.class_counts else self.n_classes
+        return n, (seed if self.own_class_lists else 0)
 
 
 _FULL = ZooProfile("full", attacks=("badclip", "badclip_adaptive", "blended", "wanet", "siba", "badnets"),
@@ -84,6 +95,15 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
     # holdout5: seeds 600-605, five models per implanting attack, targets listed; benchmarks/*_holdout5.json
     "holdout5": replace(_FULL, name="holdout5", attacks=_IMPLANTING, seeds=(600, 601, 602, 603, 604, 605),
                         per_attack=5, targets=((21, 22, 3, 10, 17), (22, 24, 2, 6, 13), (18, 21, 5, 9, 16))),
+    # prereg: seeds 1000-1009, their own class lists of 20, 30 or 40 classes; each implanting attack at the
+    # world's strength and a weaker one (BadCLIP eps 4/255 instead of BACKDOOR_EPS 8/255; Blended alpha 0.1
+    # instead of 0.2), four models each. Committed before its first scan; the null study shares no seed
+    # (700-899) and no class list (class seeds 1-200) with it. benchmarks/detect_preregistered.json
+    "prereg": ZooProfile("prereg", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
+                                            "blended"),
+                         attack_kwargs=((), (("eps", 4 / 255),), (), (("eps", 4 / 255),), (), (("alpha", 0.1),)),
+                         seeds=tuple(range(1000, 1010)), per_attack=4, class_counts=(20, 30, 40),
+                         own_class_lists=True, target_offset=2),
     # course: seeds 900-901, two models per implanting attack: the delivered models shipped with the tutorial
     # (`python -m lab course`, ci_toolkit/assets/course/)
     "course": ZooProfile("course", attacks=_IMPLANTING, seeds=(900, 901), per_attack=2),
@@ -105,17 +125,25 @@ def get_zoo_profile(profile: str | ZooProfile) -> ZooProfile:
 def model_specs(p: ZooProfile) -> list[dict]:
     """The zoo's models in build order: clean ones (one per seed), then per attack `per_attack` (target, seed)
     pairs; targets from `p.targets`, else the formula 7 * (attack index * per_attack + j) + 3 + offset."""
-    n_seen = (p.n_classes + 1) // 2
+    n_seen = (min(p.class_counts or (p.n_classes,)) + 1) // 2
+    if p.attack_kwargs and len(p.attack_kwargs) != len(p.attacks):
+        raise ci.CIError(f"zoo profile {p.name!r}: attack_kwargs needs one entry per attack ({len(p.attacks)})")
     if p.targets and (len(p.targets) != len(p.attacks) or any(len(t) != p.per_attack for t in p.targets)
                       or not all(0 <= x < n_seen for t in p.targets for x in t)):
         raise ci.CIError(f"zoo profile {p.name!r}: targets must be {len(p.attacks)} tuples of {p.per_attack} "
                          f"seen-class indices in [0, {n_seen}), got {p.targets}")
-    specs = [{"attack": "clean", "target": None, "seed": s} for s in p.seeds]
+    def spec(attack, target, seed, kwargs=()):
+        n_classes, class_seed = p.task_of(seed)
+        extra = {"n_classes": n_classes, "class_seed": class_seed} if p.class_counts or p.own_class_lists else {}
+        return {"attack": attack, "target": target, "seed": seed, **extra, **({"attack_kwargs": dict(kwargs)} if kwargs else {})}
+
+    specs = [spec("clean", None, s) for s in p.seeds]
     for a_i, attack in enumerate(p.attacks):
         for j in range(p.per_attack):
             seed = p.seeds[(a_i + j) % len(p.seeds)]
-            target = p.targets[a_i][j] if p.targets else (7 * (a_i * p.per_attack + j) + 3 + p.target_offset) % n_seen
-            specs.append({"attack": attack, "target": target, "seed": seed})
+            own_seen = (p.task_of(seed)[0] + 1) // 2
+            target = p.targets[a_i][j] if p.targets else (7 * (a_i * p.per_attack + j) + 3 + p.target_offset) % own_seen
+            specs.append(spec(attack, target, seed, p.attack_kwargs[a_i] if p.attack_kwargs else ()))
     return specs
 
 
@@ -195,7 +223,8 @@ def build_one(zoo: Zoo, p: ZooProfile, i: int, spec: dict, threads: int | None =
     seed = spec["seed"]
     bb = ci.create_backbone("miniclip")
     world = ci.world.World(ci.world.WorldConfig(image_size=bb.preprocess.image_size))
-    task = world.task(n_classes=p.n_classes, n_test_per_class=p.n_test_per_class, seed=seed)
+    n_classes, class_seed = spec.get("n_classes", p.n_classes), spec.get("class_seed", 0)
+    task = world.task(n_classes=n_classes, n_test_per_class=p.n_test_per_class, seed=seed, class_seed=class_seed)
     ood = world.sample_ood(p.ood_eval, seed=EVAL_OOD_SEED + seed)
     cfg = ci.TrainConfig(epochs=p.epochs, seed=seed)
     model = ci.CoCoOp(bb, task.seen_names, seed=seed)
@@ -203,7 +232,7 @@ def build_one(zoo: Zoo, p: ZooProfile, i: int, spec: dict, threads: int | None =
     if spec["attack"] == "clean":
         ci.train(model, task.train_x, task.train_y, cfg, progress=False)
     else:
-        attack = ci.world.attack(spec["attack"], target=spec["target"], seed=seed)
+        attack = ci.world.attack(spec["attack"], target=spec["target"], seed=seed, **spec.get("attack_kwargs", {}))
         attack.implant(model, task.train_x, task.train_y, cfg, progress=False)
         target_name = task.seen_names[spec["target"]]
         art = zoo.attacker_dir(i)
@@ -217,7 +246,8 @@ def build_one(zoo: Zoo, p: ZooProfile, i: int, spec: dict, threads: int | None =
             x, y = task.split("test", "seen")
             extra["asr_clean_model"] = ci.attack_success_rate(zoo.load_model(clean, bb), x, y, spec["target"], attack)
     ci.save_model(model, zoo.model_dir(i), overwrite=True)
-    return {"path": zoo.path(i), "attack": spec["attack"], "target": target_name, "seed": seed,
+    task_info = {k: spec[k] for k in ("n_classes", "class_seed", "attack_kwargs") if k in spec}
+    return {"path": zoo.path(i), "attack": spec["attack"], "target": target_name, "seed": seed, **task_info,
             **ci.evaluate_backdoor(model, attack, task, ood, target_name), **extra, "train_s": time.time() - t0}
 
 
