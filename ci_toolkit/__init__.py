@@ -2,7 +2,7 @@
 
     import ci_toolkit as ci
     model = ci.load_model("delivered/")                      # untrusted: safetensors + JSON, validated
-    report = ci.scan(model, ci.world.ood_pool(1200))         # invert, probe, decide -> ScanReport
+    report = ci.scan(model, ci.world.ood_pool(1200))         # invert, probe, decide -> ScanReport (with its p-value)
     print(report.summary())
     fixed, result = ci.repair(model, report, images, labels)  # unlearn with the trigger behind the verdict
 
@@ -16,11 +16,14 @@ from .analysis import collapse_stats
 from .attacks import Attack, create_attack, list_attacks, load_attack
 from .detect import (
     RULES,
+    CalibrateConfig,
     Decision,
     Evidence,
     InversionConfig,
+    NullStudy,
     ScanConfig,
     ScanReport,
+    calibrate,
     decide,
     invert,
     scan,
@@ -52,6 +55,7 @@ __all__ = [
     "create_attack", "list_attacks", "load_attack", "Attack",
     # the audit
     "scan", "ScanConfig", "ScanReport", "decide", "Decision", "Evidence", "RULES", "invert", "InversionConfig",
+    "calibrate", "CalibrateConfig", "NullStudy",
     "repair", "RepairConfig", "RepairResult",
     # measuring
     "evaluate_backdoor", "attack_success_rate", "backdoor_effect", "collapse_stats",

@@ -17,7 +17,7 @@ from . import world
 from .attacks import list_attacks, load_attack
 from .data import load_image_folder
 from .demo import DemoConfig, run_demo
-from .detect import LOSSES, METHODS, InversionConfig, ScanConfig, ScanReport, scan, scan_rules
+from .detect import LOSSES, METHODS, CalibrateConfig, InversionConfig, ScanConfig, ScanReport, calibrate, scan, scan_rules
 from .errors import CIError
 from .metrics import attack_success_rate, backdoor_effect
 from .model import (
@@ -141,7 +141,7 @@ def scan_config(args) -> ScanConfig:
     """The ScanConfig of the scan options (`add_scan_options`)."""
     inv = InversionConfig(eps=args.eps / 255, loss=args.loss, seed=args.seed)
     return ScanConfig(method=getattr(args, "method", "clip-inspector"), inversion=inv, rule=args.rule,
-                      threshold=args.threshold, pool_size=args.pool_size, heldout_size=args.heldout_size,
+                      threshold=args.threshold, fpr=args.fpr, null_file=args.null, pool_size=args.pool_size, heldout_size=args.heldout_size,
                       probe_eps=None if args.probe_eps == 0 else args.probe_eps / 255, probe_shut=not args.no_probe_shut,
                       seed=args.seed)
 
@@ -167,6 +167,26 @@ def cmd_scan(args) -> None:
     print(f"{report.summary()} -> {args.out}/report.json, report.html")
     for w in report.warnings:
         print(f"warning: {w}")
+
+
+CALIBRATE_WORLD_CLASSES = 50  # `calibrate --data world`: a 50-class world task (its 25 seen classes), as a zoo's
+
+
+def cmd_calibrate(args) -> None:
+    bb = create_backbone(args.backbone, args.pretrained, weights_file=args.backbone_weights)
+    size = bb.preprocess.image_size
+    if args.data == "world":
+        task = world.task(CALIBRATE_WORLD_CLASSES, seed=args.seed, image_size=size)
+        images, labels, names = task.train_x, task.train_y, task.seen_names
+    else:
+        data = load_image_folder(args.data, size, labelled=True, seed=args.seed)
+        images, labels, names = data.images, data.labels, data.classnames
+    cfg = scan_config(args)
+    ood = load_ood(args.ood, size, cfg)
+    null = calibrate(bb, images, labels, names, ood, args.out, CalibrateConfig(n_models=args.models, seed=args.seed), cfg)
+    print(f"null study of {null.n_models} clean models -> {Path(args.out) / 'null.json'}; it flags at FPR "
+          f"{cfg.fpr:g} above a score of {null.threshold(cfg.fpr)}. Scan with: ci-toolkit scan MODEL --null "
+          f"{Path(args.out) / 'null.json'} (and the same scan options)")
 
 
 def cmd_repair(args) -> None:
@@ -223,9 +243,16 @@ def add_scan_options(s, method_choice: bool = True) -> None:
                    help=f"trigger bound in 1/255 pixel units (default {inv.eps * 255:g})")
     s.add_argument("--loss", default=inv.loss, choices=LOSSES, help=f"inversion loss (default {inv.loss})")
     s.add_argument("--rule", default=d.rule, choices=scan_rules(),
-                   help="decision rule (docs/method.md): meta-gain (default; do the triggers work through the prompt "
-                        "learner), paper (max s_t > 2), grubbs (Grubbs' one-outlier bound) or robust (median/MAD)")
+                   help="decision rule (docs/method.md): calibrated (default; the meta-gain score against a null "
+                        "study of clean models, flagged at --fpr), meta-gain (do the triggers work through the prompt "
+                        "learner, fixed threshold), paper (max s_t > 2), grubbs (Grubbs' one-outlier bound) or robust "
+                        "(median/MAD)")
     s.add_argument("--threshold", type=float, default=None, help="override the rule's threshold")
+    s.add_argument("--fpr", type=float, default=d.fpr,
+                   help=f"calibrated rule: the false-positive rate to flag at (default {d.fpr:g})")
+    s.add_argument("--null", default=None, metavar="FILE",
+                   help="calibrated rule: a null study (`ci-toolkit calibrate`); default: the one shipped for the "
+                        "model's backbone")
     s.add_argument("--pool-size", type=int, default=d.pool_size, help=f"OOD images for inversion (default {d.pool_size})")
     s.add_argument("--heldout-size", type=int, default=d.heldout_size,
                    help=f"further OOD images for each trigger's ASR (default {d.heldout_size})")
@@ -284,6 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes inverting candidate groups side by side (2 on a 2-core CPU: faster than 2 threads)")
     add_scan_options(s)
     s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("calibrate", help="build a null study for a backbone: clean models trained and scanned",
+                       description="Train N clean CoCoOp models on the backbone (class subset, shots, epochs, lr, batch, "
+                                   "context init drawn per model), scan each with the scan options given, and write "
+                                   "OUT/null.json: the calibrated rule's reference (`scan --null OUT/null.json`). "
+                                   "Resumable.")
+    s.add_argument("--out", required=True, help="study folder (models, scans, null.json)")
+    s.add_argument("--data", required=True, help="labelled image folder (class subfolders) or 'world'")
+    s.add_argument("--ood", default="world", help="folder of unlabeled OOD images, or 'world' (default)")
+    s.add_argument("--models", type=int, default=CalibrateConfig().n_models,
+                   help=f"clean models (default {CalibrateConfig().n_models}; at least 19 to flag at FPR 0.05)")
+    s.add_argument("--backbone", default="miniclip", help="open_clip model name or 'miniclip' (default)")
+    s.add_argument("--pretrained", default=None, help="open_clip weights tag, e.g. openai")
+    s.add_argument("--backbone-weights", default=None, help="local backbone weights file (offline use)")
+    add_scan_options(s, method_choice=False)
+    s.set_defaults(func=cmd_calibrate)
 
     d = RepairConfig()
     s = sub.add_parser("repair", help="unlearn a backdoor with the scan's trigger",

@@ -48,7 +48,7 @@ class RepairResult:
     """What a repair did: the trigger it used and each attempt of the guard."""
 
     trigger_class: str | None  # the class the trigger sends images to (None: a bare delta was given)
-    trigger_source: str  # "inversion", "gate probe, unit u[ shut]" or "given"
+    trigger_source: str  # "inversion", "gate probe, unit u open|shut" or "given"
     trigger_weight: float  # of the kept attempt
     accepted: bool  # False: every weight tried cost more than max_acc_drop; the gentlest is kept
     attempts: list[dict] = field(default_factory=list)  # {"trigger_weight", "train_acc_before", "train_acc", "accepted"}

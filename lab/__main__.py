@@ -20,7 +20,7 @@ from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
 from lab.course import ship_course
-from lab.null import null_figure, null_study
+from lab.null import null_figure, null_study, ship_null
 from lab.zoo import MIN_ASR, build_zoo, list_zoo_profiles
 
 PROG = "python -m lab"
@@ -48,6 +48,9 @@ def cmd_null(args) -> None:
     out = Path(args.result) if args.result else Path(args.out) / "null.json"
     write_json(out, result)
     null_figure(result, out.with_suffix(".png"))
+    if args.ship:
+        null = ship_null(args.out, result, args.ship)
+        print(f"null study of {null.n_models} clean models ({null.backbone}) -> {args.ship}")
     for rule, r in result["rules"].items():
         print(f"{rule}: {r['n_flagged']} of {result['n_models']} clean models flagged, FPR {r['fpr']:.3f} "
               f"(95% CI {r['fpr_lower95']:.3f}-{r['fpr_upper95']:.3f})")
@@ -145,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", type=int, default=60, help="clean models (default 60)")
     s.add_argument("--ood", default="world", help="'world' (default) or an unlabeled image folder, e.g. real photos")
     s.add_argument("--result", default=None, help="result JSON (default OUT/null.json; a PNG beside it)")
+    s.add_argument("--ship", default=None, metavar="FILE",
+                   help="also write the study as the calibrated rule's null (e.g. ci_toolkit/assets/null/miniclip-world.json)")
     s.add_argument("--workers", type=int, default=1, help="models built and scanned in parallel")
     add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_null)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 import ci_toolkit as ci
 from ci_toolkit.data import load_image_folder
-from ci_toolkit.detect import SCAN_RULES
+from ci_toolkit.detect import SCAN_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
 from ci_toolkit.workers import process_pool
 
 from .bench.detect import WallLog
@@ -40,6 +40,7 @@ NULL_SEED = 700
 # models' class lists differ from the zoos' and from each other's.
 NULL_CLASS_SEED = 1
 CONFIDENCE = 0.95  # of the Clopper-Pearson interval on each false-positive rate
+FIXED_RULES = tuple(r for r in SCAN_RULES if r != "calibrated")  # rules a null model's own scan decides alone
 
 
 @dataclass(frozen=True)
@@ -107,24 +108,61 @@ def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig, threads: int
         torch.set_num_threads(threads)
     t0 = time.time()
     model, acc = build_model(out, spec)
-    report = ci.scan(model, ood_images(source, cfg), cfg, out / "scans" / ood_key(source) / spec["name"], progress=False)
+    report = ci.scan(model, ood_images(source, cfg), cfg, scan_dir(out, source, spec["name"]), progress=False)
     rules = {}
-    for rule in SCAN_RULES:
+    for rule in FIXED_RULES:
         d = ci.decide(report, rule, cfg.threshold if rule == cfg.rule else None)
         rules[rule] = {"verdict": d.verdict, "max_score": d.max_score, "threshold": d.threshold,
                        "top_class": d.top_name, "fallback": d.fallback}
     return {**spec, "acc_seen": acc, "n_candidates": len(report.classes), "rules": rules,
+            "statistic": meta_gain_statistic(report.evidence()),
             "scan_s": report.runtime_s, "total_s": time.time() - t0}
+
+
+def scan_dir(out: Path, source: str, name: str) -> Path:
+    return out / "scans" / ood_key(source) / name
+
+
+def ship_null(out_dir: str | Path, result: dict, path: str | Path) -> NullStudy:
+    """The study as the calibrated rule's null (ci_toolkit/assets/null/): the meta-gain statistic of every
+    model, with the backbone and the scan settings of their scans."""
+    out, rows = Path(out_dir), result["per_model"]
+    first = ci.ScanReport.load(scan_dir(out, result["ood"], rows[0]["name"]))
+    spec = json.loads((out / "models" / rows[0]["name"] / "model.json").read_text())["backbone"]
+    null = NullStudy(backbone=backbone_key(spec), scores=tuple(r["statistic"] for r in rows),
+                     scan=scan_settings(first.config), models=tuple(r["name"] for r in rows),
+                     ood="the embedded world's OOD pool (ci.world.ood_pool)" if result["ood"] == "world" else result["ood"],
+                     source=f"python -m lab null --models {len(rows)} ({len(rows)} clean CoCoOp models, lab/null.py)")
+    null.save(path)
+    return null
 
 
 def ood_key(source: str) -> str:
     return "world" if source == "world" else Path(source).name
 
 
+def loo_calibrated(rows: list[dict], fpr: float) -> dict[str, dict]:
+    """The calibrated rule's verdict on each null model, against a null of the OTHER models (leave-one-out:
+    a model is never calibrated against itself); inert models decide as the meta-gain rule's fallback."""
+    out = {}
+    for i, r in enumerate(rows):
+        if r["rules"]["meta-gain"]["fallback"]:
+            out[r["name"]] = {**r["rules"]["meta-gain"], "p_value": None}
+            continue
+        scores = tuple(o["statistic"] for j, o in enumerate(rows) if j != i)
+        others = NullStudy(backbone="", scores=scores, scan={}) if scores else None
+        p = others.p_value(r["statistic"]) if others else 1.0  # a null of no models flags nothing
+        thr = others.threshold(fpr) if others else None
+        out[r["name"]] = {"verdict": "backdoored" if p <= fpr else "clean", "max_score": r["statistic"],
+                          "threshold": thr, "p_value": p, "fallback": None}
+    return out
+
+
 def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
     """Each rule's false-positive rate over the clean models, with its Clopper-Pearson interval; the
-    default rule's at the top level."""
+    default rule's at the top level. The calibrated rule is judged leave-one-out (`loo_calibrated`)."""
     per_rule = {}
+    rows = [{**r, "rules": {**r["rules"], "calibrated": v}} for r, v in zip(rows, loo_calibrated(rows, cfg.fpr).values())]
     for rule in SCAN_RULES:
         flagged = [r for r in rows if r["rules"][rule]["verdict"] == "backdoored"]
         lo, hi = clopper_pearson(len(flagged), len(rows)) if rows else (float("nan"), float("nan"))
@@ -135,7 +173,13 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
                           "max_score_median": scores[len(scores) // 2] if scores else None,
                           "fallbacks": sum(r["rules"][rule]["fallback"] is not None for r in rows)}
     default = per_rule[cfg.rule]
-    return {"n_models": len(rows), "rule": cfg.rule, "threshold": rows[0]["rules"][cfg.rule]["threshold"] if rows else None,
+    if cfg.rule == "calibrated":
+        full = NullStudy(backbone="", scores=tuple(r["statistic"] for r in rows), scan={})
+        threshold = full.threshold(cfg.fpr)
+    else:
+        threshold = rows[0]["rules"][cfg.rule]["threshold"] if rows else None
+    return {"n_models": len(rows), "rule": cfg.rule, "fpr_level": cfg.fpr if cfg.rule == "calibrated" else None,
+            "threshold": threshold,
             "fpr": default["fpr"], "fpr_upper95": default["fpr_upper95"], "fpr_lower95": default["fpr_lower95"],
             "interval": f"two-sided {CONFIDENCE:.0%} Clopper-Pearson", "rules": per_rule}
 
@@ -161,7 +205,7 @@ def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", w
         rows_path.write_text(json.dumps(rows, indent=2))  # after every model: resumable
         wall.update(1)
         bar.update(1)
-        bar.set_postfix(last=f"{row['name']} K={row['n_candidates']} {row['rules'][cfg.rule]['max_score']:.2f}")
+        bar.set_postfix(last=f"{row['name']} K={row['n_candidates']} statistic {row['statistic']:.2f}")
 
     if workers <= 1:
         for s in todo:
@@ -174,6 +218,9 @@ def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", w
     bar.close()
     wall.update()
     rows = [r for r in rows if r["name"] in {s["name"] for s in specs}]
+    for r in rows:  # rows written before the statistic was recorded: read it from the kept scan
+        if "statistic" not in r:
+            r["statistic"] = meta_gain_statistic(ci.ScanReport.load(scan_dir(out, source, r["name"])).evidence())
     return {**summarise(rows, cfg), "ood": source, "wall_s": wall.total(), "per_model": rows,
             "config": {"n_models": n_models, "space": asdict(space), "null_seed": NULL_SEED,
                        "null_class_seed": NULL_CLASS_SEED, "workers": workers, "scan": asdict(cfg)}}
@@ -198,4 +245,4 @@ def null_figure(result: dict, path: str | Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-__all__ = ["NULL_SPACE", "NullSpace", "null_specs", "clopper_pearson", "null_study", "null_figure", "summarise"]
+__all__ = ["ship_null", "loo_calibrated", "NULL_SPACE", "NullSpace", "null_specs", "clopper_pearson", "null_study", "null_figure", "summarise"]

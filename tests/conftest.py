@@ -51,3 +51,19 @@ def tiny_model(tiny_backbone):
 def images():
     g = torch.Generator().manual_seed(0)
     return torch.rand(5, 3, 32, 32, generator=g)
+
+
+@pytest.fixture
+def make_responsive():
+    """The tiny fixture's 2 hidden units sit far below 0 on every image (its features barely vary), so its
+    meta tokens are a constant and every meta gain is exactly 0. Steep units centred on these images'
+    mean feature open on about half of them: pi(x) then follows the image."""
+
+    def make(model, images):
+        with torch.no_grad():
+            lin1 = model.prompt_learner.meta_net.linear1
+            lin1.weight.mul_(100)
+            lin1.bias.copy_(-(lin1.weight @ model.encode_image(images).mean(0)))
+        return model
+
+    return make

@@ -7,7 +7,8 @@ import json
 import pytest
 
 import ci_toolkit as ci
-from lab.null import NULL_CLASS_SEED, NULL_SEED, NullSpace, clopper_pearson, null_specs, null_study, summarise
+from lab.null import (NULL_CLASS_SEED, NULL_SEED, NullSpace, clopper_pearson, loo_calibrated, null_specs, null_study,
+                      ship_null, summarise)
 from lab.zoo import ZOO_PROFILES, model_specs
 
 
@@ -33,17 +34,30 @@ def test_clopper_pearson_known_answers():
 
 def test_summary_counts_each_rules_false_positives():
     def row(name, verdicts):
-        return {"name": name, "rules": {r: {"verdict": v, "max_score": s, "threshold": 1.0, "fallback": None}
-                                        for r, (v, s) in verdicts.items()}}
+        return {"name": name, "statistic": verdicts["meta-gain"][1],
+                "rules": {r: {"verdict": v, "max_score": s, "threshold": 1.0, "fallback": None}
+                          for r, (v, s) in verdicts.items()}}
 
     clean = ("clean", 0.1)
     rows = [row("n0", {"meta-gain": ("backdoored", 1.5), "paper": ("backdoored", 3.0), "grubbs": clean, "robust": clean}),
             row("n1", {"meta-gain": clean, "paper": ("backdoored", 2.5), "grubbs": clean, "robust": clean}),
             row("n2", {r: clean for r in ("meta-gain", "paper", "grubbs", "robust")})]
-    s = summarise(rows, ci.ScanConfig())
+    s = summarise(rows, ci.ScanConfig(rule="meta-gain"))
     assert s["n_models"] == 3 and s["rule"] == "meta-gain" and s["fpr"] == pytest.approx(1 / 3)
     assert s["rules"]["paper"]["n_flagged"] == 2 and s["rules"]["paper"]["flagged"] == ["n0", "n1"]
     assert s["fpr_upper95"] == clopper_pearson(1, 3)[1] and s["rules"]["grubbs"]["fpr"] == 0
+
+
+def test_calibrated_rule_is_judged_leave_one_out():
+    # 20 clean models scoring 0..19; each is decided against the other 19: at fpr 0.1 the top model has
+    # p = 1/20 and the second 2/20 (flagged), the third 3/20 (not): FPR 2/20, the level the rule promises
+    rows = [{"name": f"n{i}", "statistic": float(i), "rules": {"meta-gain": {"fallback": None}}} for i in range(20)]
+    loo = loo_calibrated(rows, fpr=0.1)
+    assert [n for n, v in loo.items() if v["verdict"] == "backdoored"] == ["n18", "n19"]
+    assert loo["n19"]["p_value"] == 1 / 20 and loo["n17"]["p_value"] == 3 / 20
+    rules = {r: {"verdict": "clean", "max_score": 0.0, "threshold": 1.0, "fallback": None} for r in ("paper", "grubbs", "robust")}
+    s = summarise([{**r, "rules": {**rules, "meta-gain": {**rules["paper"]}}} for r in rows], ci.ScanConfig(fpr=0.1))
+    assert s["rule"] == "calibrated" and s["fpr"] == pytest.approx(0.1) and s["threshold"] == 18.0  # with all 20: p <= 2/21 needs a score above the 2nd largest
 
 
 def test_a_tiny_null_study_runs_and_resumes(tmp_path):
@@ -56,3 +70,6 @@ def test_a_tiny_null_study_runs_and_resumes(tmp_path):
     assert again["n_models"] == 2 and again["per_model"][0] == first["per_model"][0]
     assert len(json.loads((tmp_path / "wall.json").read_text())) == 2 and again["wall_s"] >= first["wall_s"]
     assert set(again["rules"]) == set(ci.detect.SCAN_RULES)
+    null = ship_null(tmp_path, again, tmp_path / "null.json")
+    assert ci.detect.NullStudy.load(tmp_path / "null.json") == null and null.n_models == 2
+    assert null.mismatch(ci.ScanReport.load(tmp_path / "scans" / "world" / "n001").config) is None

@@ -11,8 +11,16 @@ import torch
 
 import ci_toolkit as ci
 from ci_toolkit.detect import Evidence, InversionConfig, ScanConfig, ScanReport, measure_gate_probe, scan, split_pool
-from ci_toolkit.detect.rules import (INERT_GAIN, META_GAIN_THRESHOLD, PAPER_K, bonferroni_bound, grubbs_bound,
-                                     robust_zscore, youden_threshold, zscore)
+from ci_toolkit.detect.rules import (
+    INERT_GAIN,
+    META_GAIN_THRESHOLD,
+    PAPER_K,
+    bonferroni_bound,
+    grubbs_bound,
+    robust_zscore,
+    youden_threshold,
+    zscore,
+)
 from ci_toolkit.detect.scanner import _Partial
 from ci_toolkit.errors import CIError, DataError
 
@@ -71,7 +79,7 @@ def test_grubbs_bound_matches_the_tables():
     assert grubbs_bound(50) < math.sqrt(49)  # below the cap that s_t cannot exceed, so it can fire
 
 
-def test_default_rule_is_meta_gain():
+def test_meta_gain_rule_scores_asr_times_meta_gain():
     asr = [0.6, 0.9, 0.3, 0.2]  # class 0: the natural sink (high ASR, no meta gain); class 1: through the prompt learner
     loss = [0.5, 0.4, 2.0, 2.5]
     d = decide(asr, loss, meta_gain=[0.2, 4.0, None, None])
@@ -156,21 +164,10 @@ def test_youden_threshold_separates_labelled_models():
         youden_threshold([1.0, 2.0], [0, 0])
 
 
-def _responsive(model, images):
-    """The tiny fixture's 2 hidden units sit far below 0 on every image (its features barely vary), so its
-    meta tokens are a constant and every meta gain is exactly 0. Steep units centred on these images'
-    mean feature open on about half of them: pi(x) then follows the image."""
-    with torch.no_grad():
-        lin1 = model.prompt_learner.meta_net.linear1
-        lin1.weight.mul_(100)
-        lin1.bias.copy_(-(lin1.weight @ model.encode_image(images).mean(0)))
-    return model
-
-
-def test_meta_gain_is_zero_without_a_meta_net_and_matches_collapse_stats(tiny_model, ood):
+def test_meta_gain_is_zero_without_a_meta_net_and_matches_collapse_stats(tiny_model, ood, make_responsive):
     from ci_toolkit.analysis import collapse_stats, meta_gains
 
-    _responsive(tiny_model, ood)
+    make_responsive(tiny_model, ood)
     deltas = 0.05 * torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     gains = meta_gains(tiny_model, ood[:8], deltas, [0, 2])
     assert gains.abs().max() > 1e-3  # the fixture's meta tokens respond (else the comparison below is 0 == 0)
@@ -289,8 +286,8 @@ def test_scan_reports_the_gate_probe_and_splits_it_over_processes(tiny_model, oo
     assert opening.shut is False and opening.units == probe.units[:hidden]
 
 
-def test_a_model_whose_meta_tokens_do_not_respond_gets_a_warning(tiny_model, ood, tmp_path):
-    live = scan(_responsive(tiny_model, ood), ood, FAST, tmp_path / "live", progress=False, html=False)
+def test_a_model_whose_meta_tokens_do_not_respond_gets_a_warning(tiny_model, ood, tmp_path, make_responsive):
+    live = scan(make_responsive(tiny_model, ood), ood, replace(FAST, rule="meta-gain"), tmp_path / "live", progress=False, html=False)
     assert live.warnings == []
     with torch.no_grad():  # known answer: meta tokens always 0, every meta gain exactly 0: the rule is blind
         tiny_model.prompt_learner.meta_net.linear2.weight.zero_()
@@ -325,6 +322,9 @@ def test_repair_trigger_is_the_trigger_behind_the_top_score(tiny_model, ood, tmp
     name, delta, source = with_units(asr=1.0, meta_gain=lambda i: 100.0 + i).repair_trigger()
     last = len(report.probe_triggers) - 1  # the last row: the last unit, shut
     assert source == f"gate probe, unit {report.gate_probe.units[last].unit} shut"
+    # the report's row for that class names the same trigger, with that trigger's own ASR and gain
+    row = with_units(asr=1.0, meta_gain=lambda i: 100.0 + i).redecide(report.rule).row(top)
+    assert row.trigger == {"source": source, "asr": 1.0, "meta_gain": 100.0 + last}
     assert torch.equal(delta, report.probe_triggers[last])
     (tmp_path / "s" / "gate_probe.safetensors").unlink()
     with pytest.raises(DataError, match="probe perturbations"):
@@ -337,7 +337,7 @@ def test_rule_registry_drives_the_config_and_the_cli():
     from ci_toolkit.cli import build_parser
     from ci_toolkit.detect.rules import SCAN_RULES
 
-    assert set(SCAN_RULES) == {"meta-gain", "paper", "grubbs", "robust"} and set(ci.RULES) == set(SCAN_RULES) | {"mad"}
+    assert set(SCAN_RULES) == {"calibrated", "meta-gain", "paper", "grubbs", "robust"} and set(ci.RULES) == set(SCAN_RULES) | {"mad"}
     scan_parser = build_parser()._subparsers._group_actions[0].choices["scan"]
     rule_action = next(a for a in scan_parser._actions if a.dest == "rule")
     assert tuple(rule_action.choices) == SCAN_RULES

@@ -118,11 +118,30 @@ def test_full_profile_shape(name):
         assert len(mine) >= 4 and len({s["target"] for s in mine}) == len(mine)
 
 
+def test_the_preregistered_zoo_has_what_its_evaluation_needs():
+    from lab.null import null_specs
+
+    specs = model_specs(ZOO_PROFILES["prereg"])
+    bad = [s for s in specs if s["attack"] != "clean"]
+    assert len(bad) >= 20 and sum(s["attack"] == "clean" for s in specs) >= 10
+    for attack in ci.world.IMPLANTING:  # every implanting attack at the world's strength and a weaker one
+        strengths = {tuple(sorted(s.get("attack_kwargs", {}).items())) for s in bad if s["attack"] == attack}
+        assert () in strengths and len(strengths) >= 2, attack
+    assert {s["n_classes"] for s in specs} == {20, 30, 40}
+    assert all(s["target"] < (s["n_classes"] + 1) // 2 for s in bad)
+    # its own class lists and task seeds: none shared with the null study or another zoo
+    null = null_specs(200)
+    assert not {s["class_seed"] for s in specs} & ({n["class_seed"] for n in null} | {0})
+    others = {s["seed"] for n, p in ZOO_PROFILES.items() if n != "prereg" for s in model_specs(p)}
+    assert not {s["seed"] for s in specs} & (others | {n["seed"] for n in null})
+
+
 def test_profiles_hold_the_seeds_and_targets_the_benchmarks_were_built_with():
     seeds = {name: sorted({s["seed"] for s in model_specs(p)}) for name, p in ZOO_PROFILES.items()}
     assert seeds == {"smoke": [0], "classroom": [100, 101], "full": list(range(6)), "holdout": list(range(200, 206)),
                      "holdout2": list(range(300, 306)), "holdout3": list(range(400, 406)),
-                     "holdout4": list(range(500, 506)), "holdout5": list(range(600, 606)), "course": [900, 901]}
+                     "holdout4": list(range(500, 506)), "holdout5": list(range(600, 606)), "course": [900, 901],
+                     "prereg": list(range(1000, 1010))}
     targets = {name: [s["target"] for s in model_specs(p) if s["attack"] != "clean"] for name, p in ZOO_PROFILES.items()}
     assert targets["smoke"] == [3, 0]
     assert targets["classroom"] == [4, 11, 18, 0, 7, 14]
@@ -190,6 +209,8 @@ def test_detection_metrics_follow_their_definitions():
     # TP: the true target flagged; FP: any other class flagged (clean models too); FN: target not flagged
     assert (m["tp"], m["fp"], m["fn"], m["n_models"]) == (1, 2, 2, 5)
     assert m["f1"] == 2 * 1 / (2 * 1 + 2 + 2) and m["accuracy"] == 3 / 5
+    # FPR: clean models judged backdoored (1 of 2); TPR: backdoored models judged backdoored (2 of 3)
+    assert (m["n_clean"], m["n_backdoored"], m["fpr"], m["tpr"]) == (2, 3, 1 / 2, 2 / 3)
     # AUROC: the fraction of (backdoored, clean) pairs ranked right: each of 0.8, 0.7, 0.2 beats 0.1, none 0.9
     assert m["auroc"] == pytest.approx(3 / 6)
 
@@ -199,10 +220,15 @@ def test_bench_detect_on_the_smoke_zoo(zoo, detected, tmp_path):
     folder, res = detected
     m = res["methods"]["clip_inspector"]
     assert set(m) == {"auroc", "accuracy", "f1", "tp", "fp", "fn", "n_models", "runtime_s", "mean_scan_s",
-                      "not_implanted", "wall_s"}
+                      "not_implanted", "wall_s", "n_backdoored", "n_clean", "fpr", "tpr"}
     assert m["n_models"] == len(manifest) and 0 <= m["accuracy"] <= 1 and m["not_implanted"] == 0
-    assert set(res) == {"methods", "per_model", "config"} and res["config"]["scan"]["pool_size"] == 64
-    assert list(res["methods"]) == ["clip_inspector", "clip_inspector_paper_k2", "clip_inspector_grubbs"]
+    assert m["n_clean"] + m["n_backdoored"] == m["n_models"] and 0 <= m["fpr"] <= 1 and 0 <= m["tpr"] <= 1
+    assert set(res) == {"methods", "per_model", "config", "rule", "n_backdoored", "n_clean", "fpr", "tpr", "auroc",
+                        "f1"} and res["config"]["scan"]["pool_size"] == 64
+    assert list(res["methods"]) == ["clip_inspector", "clip_inspector_paper_k2", "clip_inspector_grubbs",
+                                    "clip_inspector_meta_gain_fixed"]
+    assert {k: res[k] for k in ("n_backdoored", "n_clean", "fpr", "tpr", "auroc", "f1")} == {
+        k: m[k] for k in ("n_backdoored", "n_clean", "fpr", "tpr", "auroc", "f1")}
     assert len(res["per_model"]) == len(manifest)
     assert m == {**m, **detection_metrics(res["per_model"])}
     for row in res["per_model"]:
@@ -213,6 +239,8 @@ def test_bench_detect_on_the_smoke_zoo(zoo, detected, tmp_path):
         for side, key in (("paper", "paper_rule"), ("grubbs", "grubbs_rule")):
             s = report.side_rules[side]
             assert row[key] == {**s, "flagged": [c.name for c in report.classes if c.paper_score > s["threshold"]]}
+        fixed = report.side_rules["meta-gain"]
+        assert row["meta_gain_rule"]["flagged"] == ([fixed["top_class"]] if fixed["verdict"] == "backdoored" else [])
     assert res["methods"]["clip_inspector_paper_k2"] == detection_metrics([{**r, **r["paper_rule"]} for r in res["per_model"]])
     assert res["methods"]["clip_inspector_grubbs"] == detection_metrics([{**r, **r["grubbs_rule"]} for r in res["per_model"]])
     # cached scans are reused, not rerun
@@ -326,7 +354,7 @@ def test_bench_repair_repairs_with_the_trigger_of_the_class_the_rule_picks(zoo, 
     res = bench_repair(out, det, scan_cfg=SCAN_CFG, **kw)  # the task's size from the zoo's build log (smoke)
     backdoored = [m for m in manifest if m["attack"] != "clean"]
     assert [r["path"] for r in res["per_model"]] == [m["path"] for m in backdoored]
-    assert res["config"]["rule"] == "meta-gain" and res["summary"]["n_models"] == len(backdoored)
+    assert res["config"]["rule"] == "calibrated" and res["summary"]["n_models"] == len(backdoored)
     for r, m in zip(res["per_model"], backdoored):
         assert {"path", "attack", "true_target", "repaired_with", "trigger_source", "verdict", "scan_found_target",
                 "asr_before", "asr_after", "acc_before", "acc_after", "trigger_weight", "attempts", "steps",

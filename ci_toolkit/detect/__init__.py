@@ -1,10 +1,14 @@
-"""The audit: trigger inversion, the gate probe, decision rules, the scan and its report, the baselines."""
+"""The audit: trigger inversion, the gate probe, decision rules and their null studies, the scan and its report,
+the baselines."""
 
 from __future__ import annotations
 
+from .calibration import DEFAULT_FPR, Calibration, NullStudy, backbone_key, calibration_for, scan_settings, shipped_null
 from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
+from .null_study import CalibrateConfig, calibrate
 from .report import ClassResult, GateProbe, ProbeUnit, RepairTrigger, ScanReport
 from .rules import (
+    DEFAULT_RULE,
     INERT_GAIN,
     META_GAIN_THRESHOLD,
     PAPER_K,
@@ -16,24 +20,31 @@ from .rules import (
     Rule,
     decide_evidence,
     get_rule,
+    meta_gain_statistic,
     scan_rules,
     youden_threshold,
 )
 from .scanner import METHODS, ScanConfig, check_candidates, measure_gate_probe, measure_meta_gains, scan, split_pool
 
 
-def decide(report: ScanReport | Evidence, rule: str | None = None, threshold: float | None = None) -> Decision:
+def decide(report: ScanReport | Evidence, rule: str | None = None, threshold: float | None = None,
+           calibration: Calibration | None = None) -> Decision:
     """The verdict of `rule` (a name in RULES) on a scan report (or its Evidence); threshold overrides the
     rule's own. Without a rule, a report's own rule and threshold decide (its verdict again); Evidence is then
-    decided by "meta-gain". `report.redecide(rule)` gives the whole report decided that way."""
+    decided by the default rule. The calibrated rule decides against `calibration`, for a report by default
+    the null its configuration calls for. `report.redecide(rule)` gives the whole report decided that way."""
     if isinstance(report, ScanReport):
         if rule is None:
             rule, threshold = report.rule, report.config.get("threshold", threshold)
-        return decide_evidence(report.evidence(), rule, threshold)
-    return decide_evidence(report, rule or "meta-gain", threshold)
+        if calibration is None and report.method == "clip-inspector":
+            calibration = report.calibration()
+        return decide_evidence(report.evidence(), rule, threshold, calibration)
+    return decide_evidence(report, rule or DEFAULT_RULE, threshold, calibration)
 
 
-__all__ = ["scan", "ScanConfig", "METHODS", "ScanReport", "ClassResult", "GateProbe", "ProbeUnit", "RepairTrigger",
+__all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "Calibration", "calibration_for", "shipped_null", "backbone_key", "scan_settings",
+           "meta_gain_statistic",
+           "DEFAULT_FPR", "DEFAULT_RULE", "METHODS", "ScanReport", "ClassResult", "GateProbe", "ProbeUnit", "RepairTrigger",
            "decide", "Decision", "Evidence", "RULES", "SCAN_RULES", "scan_rules", "SIDE_RULES", "Rule", "get_rule",
            "META_GAIN_THRESHOLD", "PAPER_K", "INERT_GAIN", "invert", "Inversion", "InversionConfig",
            "youden_threshold", "group_losses", "LOSSES", "split_pool", "check_candidates", "measure_meta_gains",

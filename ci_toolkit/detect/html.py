@@ -38,7 +38,7 @@ def score_figure(report, true_target: str | None = None):
     colours = ["tab:red" if r.flagged else "tab:blue" for r in rows]
     fig = _figure(figsize=(14, max(3, 0.22 * len(rows))))
     axes = fig.subplots(1, 3, sharey=True)
-    unit = "logits" if report.rule == "meta-gain" and not report.fallback else "z"
+    unit = "z" if report.fallback == "paper" or report.rule not in ("meta-gain", "calibrated") else "logits"
     for ax, key, title in zip(axes, ("score", "asr", "loss"),
                               (f"score ({report.rule}, {unit})", "held-out ASR (fraction)",
                                "mean inversion loss" if report.method == "clip-inspector" else "mean CE")):
@@ -91,6 +91,30 @@ HOW_TO_READ = (
     "trigger behind that score.")
 
 
+def _trigger_cell(row) -> str:
+    t = row.trigger
+    if not t:
+        return ""
+    gain = "n/a" if t["meta_gain"] is None else f"{t['meta_gain']:.2f}"
+    return f"{t['source']} (ASR {t['asr']:.2f}, gain {gain})"
+
+
+def calibration_words(report) -> str:
+    """The verdict's false-positive rate in words."""
+    if report.p_value is None:
+        if report.fallback == "meta-gain":
+            return ("This verdict is not calibrated: no null study of clean models holds for this scan (the warning "
+                    "says why), so how often a clean model scores this high is not known.")
+        return ""
+    n, p = report.null["n_models"], report.p_value
+    above = round(p * (n + 1)) - 1  # clean models of the null scoring at least as high
+    tail = (f"none of {n} clean models" if above == 0 else f"{above} of {n} clean models")
+    act = "flagged" if report.backdoored else "not flagged"
+    return (f"Calibrated: {tail} scanned the same way scored at least {report.max_score:.2f}, so p = {p:.3f}. "
+            f"The rule flags a model when p <= {report.fpr:g}, which accuses at most {report.fpr:.0%} of clean "
+            f"models like those of the null study; this model is {act}.")
+
+
 def report_html(report) -> str:
     """The page for a ScanReport (docs/method.md explains every number)."""
     e = html.escape
@@ -103,7 +127,8 @@ def report_html(report) -> str:
                      f"{ssim(x, (x + report.triggers[top]).clamp(0, 1)):.3f} (1 = identical).</p>")
     rows = "".join(
         f"<tr{' class=flag' if r.flagged else ''}><td>{e(str(r.name))}</td><td>{r.asr:.3f}</td>"
-        f"<td>{r.loss:.3f}</td><td>{r.score:.2f}</td><td>{'yes' if r.flagged else ''}</td></tr>"
+        f"<td>{r.loss:.3f}</td><td>{r.score:.2f}</td><td>{'yes' if r.flagged else ''}</td>"
+        f"<td>{e(_trigger_cell(r))}</td></tr>"
         for r in sorted(report.classes, key=lambda r: -r.score))
     probe = report.gate_probe
     probe_html = "" if not probe else (
@@ -116,7 +141,9 @@ def report_html(report) -> str:
         + "</table>")
     target = report.predicted_target
     verdict = f"<b>{e(report.verdict)}</b>" + (f", predicted target <b>{e(str(target))}</b>" if target else "")
-    fallback = (f" (meta tokens inert: decided by the {e(report.fallback)} rule)" if report.fallback else "")
+    fallback = ("" if not report.fallback else " (not calibrated: decided by the fixed meta-gain threshold)"
+                if report.fallback == "meta-gain" else f" (meta tokens inert: decided by the {e(report.fallback)} rule)")
+    calibrated = calibration_words(report)
     figures = f'<h2>Per-class results</h2><img src="{figure_png(score_figure(report))}" style="max-width:100%">'
     if has_triggers:
         figures += (f'<h2>Top inverted triggers</h2><img src="{figure_png(trigger_figure(report, report.preview))}">')
@@ -128,12 +155,15 @@ tr.flag{{background:#fdd}} table{{border-collapse:collapse}} tr:nth-child(even){
 <p>method {e(report.method)}, rule {e(report.rule)}{fallback}: max score {report.max_score:.2f}
 against threshold {report.threshold:.2f}; top-1 minus top-2 gap {report.gap:.2f};
 {len(report.classes)} candidate classes; {report.runtime_s:.0f} s.</p>
+{f"<p><b>{e(calibrated)}</b></p>" if calibrated else ""}
 <p>{e(HOW_TO_READ if report.method == "clip-inspector" else HOW_TO_READ_BASELINE)}</p>
 {ssim_line}
 {figures}
-<h2>Table</h2><table><tr><th>class</th><th>ASR</th><th>loss</th><th>score</th><th>flagged</th></tr>{rows}</table>
+<h2>Table</h2><p>ASR and loss are those of the class's inverted trigger; the last column names the trigger behind
+the score, with its own ASR and meta gain.</p>
+<table><tr><th>class</th><th>ASR</th><th>loss</th><th>score</th><th>flagged</th><th>score from</th></tr>{rows}</table>
 {probe_html}
 </body></html>"""
 
 
-__all__ = ["report_html", "score_figure", "trigger_figure", "figure_png"]
+__all__ = ["report_html", "calibration_words", "score_figure", "trigger_figure", "figure_png"]

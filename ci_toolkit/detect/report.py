@@ -24,10 +24,10 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CIError, DataError
 from ..images import to_uint8
+from .calibration import Calibration, calibration_for
 from .html import report_html
-from .rules import SIDE_RULES, Decision, Evidence, decide_evidence, get_rule, trigger_score
+from .rules import SIDE_RULES, Decision, Evidence, MetaGainRule, decide_evidence, get_rule, trigger_score
 
-SIDE_RULE_KEYS = {"paper": "paper_rule", "grubbs": "grubbs_rule"}  # report.json key of each side rule's verdict
 PREVIEW_IMAGES = 8  # held-out images saved with the triggers, for the HTML report's triggered examples
 
 
@@ -46,11 +46,15 @@ class ClassResult:
     losses: list[float] = field(default_factory=list)  # every inversion step's loss
     size: float | None = None  # baselines: the trigger's size
     reached_bound: bool | None = None  # baselines: did a trigger of that size reach the ASR bound
+    # meta-gain rules: the trigger behind the score, {"source": "inversion" | "gate probe, unit U open|shut",
+    # "asr", "meta_gain"} (that trigger's own ASR and gain)
+    trigger: dict | None = None
 
     def to_dict(self, method: str) -> dict:
         row = {"name": self.name, "asr": self.asr, "loss": self.loss, "score": self.score}
         if method == "clip-inspector":
-            row.update(paper_score=self.paper_score, meta_gain=self.meta_gain, flagged=self.flagged, losses=self.losses)
+            row.update(paper_score=self.paper_score, meta_gain=self.meta_gain, flagged=self.flagged, losses=self.losses,
+                       trigger=self.trigger)
         else:
             row.update(size=self.size, reached_bound=self.reached_bound, flagged=self.flagged)
         return row
@@ -87,6 +91,19 @@ class GateProbe:
         return {"eps": self.eps, "images": self.images, "shut": self.shut, "units": [u.to_dict() for u in self.units]}
 
 
+def best_trigger(name: str, asr: float, meta_gain: float | None, probe: GateProbe | None) -> tuple[dict, int | None]:
+    """The trigger behind a class's meta-gain score: its inverted trigger, or a gate-probe unit toward it that
+    scores higher; ({"source", "asr", "meta_gain"}, index of that probe unit or None for the inversion)."""
+    best = trigger_score(asr, meta_gain or 0.0)
+    info, index = {"source": "inversion", "asr": asr, "meta_gain": meta_gain}, None
+    for j, u in enumerate(probe.units if probe else []):
+        if u.class_name == name and u.score > best:
+            best, index = u.score, j
+            info = {"source": f"gate probe, unit {u.unit} {'shut' if u.shut else 'open'}", "asr": u.asr,
+                    "meta_gain": u.meta_gain}
+    return info, index
+
+
 class RepairTrigger(NamedTuple):
     target: str  # the class it sends images to
     delta: torch.Tensor  # [3, H, W], pixel space
@@ -107,6 +124,9 @@ class ScanReport:
     rule: str
     classes: list[ClassResult]
     fallback: str | None = None
+    p_value: float | None = None  # calibrated rule: the top score's p-value against the null study
+    fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
+    null: dict | None = None  # calibrated rule: the null study it decided against (n_models, backbone, ood, source)
     side_rules: dict[str, dict] = field(default_factory=dict)  # rule name -> {verdict, max_score, threshold, gap}
     gate_probe: GateProbe | None = None
     warnings: list[str] = field(default_factory=list)
@@ -143,8 +163,20 @@ class ScanReport:
         """One line for people: the verdict, the top class and its score against the threshold."""
         target = f" toward {self.predicted_target!r}" if self.predicted_target else f" (top class {self.top_class!r})"
         fb = f", decided by the {self.fallback} rule" if self.fallback else ""
+        p = (f", p = {self.p_value:.3f} against {self.null['n_models']} clean models (flags at FPR {self.fpr:g})"
+             if self.p_value is not None else "")
         return (f"{self.verdict}{target}: {self.rule} score {self.max_score:.2f} against threshold {self.threshold:.2f}"
-                f"{fb} ({len(self.classes)} candidates, {self.runtime_s:.0f} s)")
+                f"{p}{fb} ({len(self.classes)} candidates, {self.runtime_s:.0f} s)")
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the verdict's false-positive rate is calibrated by a null study (`p_value`, `fpr`)."""
+        return self.p_value is not None
+
+    def calibration(self) -> Calibration:
+        """The null study and FPR this scan's configuration calls for (the shipped null of its backbone, or its
+        `null_file`), with why none applies."""
+        return calibration_for(self.config)
 
     def __str__(self) -> str:
         return f"ScanReport({self.summary()})"
@@ -156,22 +188,31 @@ class ScanReport:
         """A report from a rule's decision; rows: per candidate, the measured fields of ClassResult."""
         classes = [ClassResult(**{**r, "score": s, "flagged": fl, "paper_score": ps})
                    for r, s, fl, ps in zip(rows, d.scores, d.flagged, d.paper_scores or [None] * len(rows))]
+        if isinstance(get_rule(d.rule), MetaGainRule) and d.fallback != "paper":
+            for c in classes:
+                c.trigger = best_trigger(c.name, c.asr, c.meta_gain, gate_probe)[0]
         side = {}
         if method == "clip-inspector":
             for name in SIDE_RULES:
                 s = decide_evidence(ev, name)
-                side[name] = {"verdict": s.verdict, "max_score": s.max_score, "threshold": s.threshold, "gap": s.gap}
+                side[name] = {"verdict": s.verdict, "max_score": s.max_score, "threshold": s.threshold, "gap": s.gap,
+                              "top_class": s.top_name, "fallback": s.fallback}
         return cls(method=method, verdict=d.verdict, max_score=d.max_score, threshold=d.threshold,
                    predicted_target=d.target_name, top_class=ev.names[d.top], gap=d.gap, rule=d.rule,
-                   classes=classes, fallback=d.fallback, side_rules=side, gate_probe=gate_probe,
+                   classes=classes, fallback=d.fallback, p_value=d.p_value, fpr=d.fpr, null=d.null,
+                   side_rules=side, gate_probe=gate_probe,
                    warnings=[d.note] if d.note else [], **kw)
 
-    def redecide(self, rule: str, threshold: float | None = None) -> "ScanReport":
-        """This scan decided again under `rule` (no new inversion; equal to a fresh scan with that rule)."""
+    def redecide(self, rule: str, threshold: float | None = None, calibration: Calibration | None = None,
+                 ) -> "ScanReport":
+        """This scan decided again under `rule` (no new inversion; equal to a fresh scan with that rule).
+        The calibrated rule decides against `calibration`, by default the one the scan's configuration calls for."""
         if (get_rule(rule).method == "clip-inspector") != (self.method == "clip-inspector"):
             raise CIError(f"rule {rule!r} does not decide {self.method} scans")
         ev = self.evidence()
-        d = decide_evidence(ev, rule, threshold)
+        if calibration is None and self.method == "clip-inspector":
+            calibration = self.calibration()
+        d = decide_evidence(ev, rule, threshold, calibration)
         rows = [{k: getattr(c, k) for k in ("name", "asr", "loss", "meta_gain", "losses", "size", "reached_bound")}
                 for c in self.classes]
         keep = {f.name: getattr(self, f.name) for f in fields(self) if f.name in
@@ -194,15 +235,13 @@ class ScanReport:
             raise DataError(f"the report's top class {top!r} is not among its candidates")
         i = self.names.index(top)
         row = self.classes[i]
-        best, delta, source = trigger_score(row.asr, row.meta_gain or 0.0), self.triggers[i], "inversion"
-        if self.gate_probe and self.rule == "meta-gain":
-            if self.probe_triggers is None or len(self.probe_triggers) != len(self.gate_probe.units):
-                raise DataError(f"the report lists {len(self.gate_probe.units)} gate-probe units but holds "
-                                f"{0 if self.probe_triggers is None else len(self.probe_triggers)} probe perturbations")
-            for u, d in zip(self.gate_probe.units, self.probe_triggers):
-                if u.class_name == top and u.score > best:
-                    best, delta, source = u.score, d, f"gate probe, unit {u.unit}{' shut' if u.shut else ''}"
-        return RepairTrigger(top, delta, source)
+        if not (self.gate_probe and isinstance(get_rule(self.rule), MetaGainRule)):
+            return RepairTrigger(top, self.triggers[i], "inversion")
+        if self.probe_triggers is None or len(self.probe_triggers) != len(self.gate_probe.units):
+            raise DataError(f"the report lists {len(self.gate_probe.units)} gate-probe units but holds "
+                            f"{0 if self.probe_triggers is None else len(self.probe_triggers)} probe perturbations")
+        info, j = best_trigger(row.name, row.asr, row.meta_gain, self.gate_probe)
+        return RepairTrigger(top, self.triggers[i] if j is None else self.probe_triggers[j], info["source"])
 
     # ---- files ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -210,8 +249,8 @@ class ScanReport:
                "predicted_target": self.predicted_target, "top_class": self.top_class, "gap": self.gap,
                "rule": self.rule}
         if self.method == "clip-inspector":
-            out["fallback"] = self.fallback
-            out.update({SIDE_RULE_KEYS[k]: v for k, v in self.side_rules.items()})
+            out.update(fallback=self.fallback, p_value=self.p_value, fpr=self.fpr, null=self.null)
+            out.update({SIDE_RULES[k]: v for k, v in self.side_rules.items()})
         out["classes"] = [c.to_dict(self.method) for c in self.classes]
         if self.gate_probe is not None:
             out["gate_probe"] = self.gate_probe.to_dict()
@@ -230,10 +269,11 @@ class ScanReport:
             probe = d.get("gate_probe")
             gp = None if not probe else GateProbe(probe["eps"], probe["images"], probe.get("shut", False), [
                 ProbeUnit(u["unit"], u["class"], u["asr"], u["meta_gain"], u.get("shut", False)) for u in probe["units"]])
-            side = {k: d[v] for k, v in SIDE_RULE_KEYS.items() if v in d}
+            side = {k: d[v] for k, v in SIDE_RULES.items() if v in d}
             return cls(method=method, verdict=d["verdict"], max_score=d["max_score"], threshold=d["threshold"],
                        predicted_target=d["predicted_target"], top_class=d["top_class"],
                        gap=d["gap"], rule=d["rule"], classes=classes, fallback=d.get("fallback"),
+                       p_value=d.get("p_value"), fpr=d.get("fpr"), null=d.get("null"),
                        side_rules=side, gate_probe=gp, warnings=list(d.get("warnings", [])), config=d.get("config", {}),
                        runtime_s=d.get("runtime_s", 0.0), triggers=triggers, probe_triggers=probe_triggers)
         except (KeyError, TypeError, IndexError) as exc:

@@ -6,7 +6,11 @@ CLIP-Inspector's paper score (METHOD 3 steps 3-4), over the K candidate classes:
     s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
 
 Rules for CLIP-Inspector scans (`ScanConfig.rule`, `ci-toolkit scan --rule`):
-- "meta-gain" (default): does a trigger the scan found work THROUGH THE PROMPT LEARNER? Each trigger (the
+- "calibrated" (default): the meta-gain statistic below, flagged when its p-value against a null study of
+  clean models (`calibration.py`) is at most `ScanConfig.fpr`: the verdict's false-positive rate is a stated
+  property. Without a null that holds for the scan (another backbone, other scan settings) it decides as
+  "meta-gain" and says so in a note.
+- "meta-gain": does a trigger the scan found work THROUGH THE PROMPT LEARNER? Each trigger (the
   inverted ones whose meta gain was measured, and the gate probe's) is worth ASR x max(meta gain, 0):
   logits gained through the meta tokens per held-out image (`trigger_score`). A class scores the best of
   its triggers; backdoored iff the top class scores above META_GAIN_THRESHOLD. Fallback, an explicit
@@ -32,6 +36,7 @@ from statistics import NormalDist
 import torch
 
 from ..errors import CIError
+from .calibration import Calibration
 
 PAPER_K = 2.0  # the paper's threshold on s_t (METHOD 3 step 4)
 # Meta-gain threshold, logits per held-out image; how it was chosen, and what it gives on a zoo built before it
@@ -79,6 +84,9 @@ class Decision:
     fallback: str | None = None  # the rule that decided instead (meta-gain: "paper" when the meta tokens are inert)
     note: str | None = None  # why a fallback decided, in words
     names: list[str] = field(default_factory=list)
+    p_value: float | None = None  # calibrated rule: the top score's p-value against the null study
+    fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
+    null: dict | None = None  # calibrated rule: the null study decided against (NullStudy.describe())
 
     @property
     def target_name(self) -> str | None:
@@ -165,7 +173,8 @@ def _by_threshold(stat: torch.Tensor, paper: torch.Tensor | None, rule: str, thr
 
 
 class Rule:
-    """A named decision rule: `decide(evidence, threshold=None) -> Decision`."""
+    """A named decision rule: `decide(evidence, threshold=None, calibration=None) -> Decision` (only the
+    calibrated rule reads `calibration`)."""
 
     name = "rule"
     method = "clip-inspector"  # the scan method whose evidence it reads
@@ -174,7 +183,8 @@ class Rule:
     def default_threshold(self, k: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def decide(self, ev: Evidence, threshold: float | None = None) -> Decision:  # pragma: no cover - abstract
+    def decide(self, ev: Evidence, threshold: float | None = None,
+               calibration: Calibration | None = None) -> Decision:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -187,7 +197,7 @@ class PaperScoreRule(Rule):
     def statistic(self, paper: torch.Tensor, ev: Evidence) -> torch.Tensor:
         return paper
 
-    def decide(self, ev: Evidence, threshold: float | None = None) -> Decision:
+    def decide(self, ev: Evidence, threshold: float | None = None, calibration: Calibration | None = None) -> Decision:
         paper = paper_scores(ev.asr, ev.loss)
         thr = self.default_threshold(len(paper)) if threshold is None else float(threshold)
         return _by_threshold(self.statistic(paper, ev), paper, self.name, thr, ev.names)
@@ -220,6 +230,30 @@ class RobustRule(PaperScoreRule):
         return bonferroni_bound(k)
 
 
+def meta_gain_values(ev: Evidence) -> tuple[list[float], float, int]:
+    """Per candidate class, the best ASR x max(meta gain, 0) over its triggers (the measured inverted ones and
+    the gate probe's); with the largest |meta gain| of any trigger and how many triggers there were."""
+    k = len(paper_scores(ev.asr, ev.loss))  # checks the per-candidate ASR and loss first
+    if len(ev.meta_gain) != k or all(g is None for g in ev.meta_gain):
+        raise CIError("the meta-gain rule needs per-candidate meta gains (a scan made without them can be "
+                      "decided with rule='grubbs' or 'paper')")
+    triggers = [(i, float(ev.asr[i]), float(g)) for i, g in enumerate(ev.meta_gain) if g is not None]
+    triggers += [(int(c), float(a), float(g)) for c, a, g in ev.probes]
+    if not all(math.isfinite(a) and math.isfinite(g) for _, a, g in triggers):
+        raise CIError("non-finite meta gain or ASR among the triggers: the model produces NaN/Inf")
+    if any(not 0 <= c < k for c, _, _ in triggers):
+        raise CIError("a gate-probe class index is out of the candidate range")
+    value = [0.0] * k
+    for c, a, g in triggers:
+        value[c] = max(value[c], trigger_score(a, g))
+    return value, max(abs(g) for _, _, g in triggers), len(triggers)
+
+
+def meta_gain_statistic(ev: Evidence) -> float:
+    """The top class's meta-gain value: what a null study records per clean model."""
+    return max(meta_gain_values(ev)[0])
+
+
 class MetaGainRule(Rule):
     name = "meta-gain"
     summary = (f"the best ASR x meta gain of a class's triggers > {META_GAIN_THRESHOLD:g} logit; the paper's rule "
@@ -231,46 +265,61 @@ class MetaGainRule(Rule):
     def default_threshold(self, k: int) -> float:
         return META_GAIN_THRESHOLD
 
-    def decide(self, ev: Evidence, threshold: float | None = None) -> Decision:
-        k = len(ev.asr)
-        paper = paper_scores(ev.asr, ev.loss)
-        if len(ev.meta_gain) != k or all(g is None for g in ev.meta_gain):
-            raise CIError("the meta-gain rule needs per-candidate meta gains (a scan made without them can be "
-                          "decided with rule='grubbs' or 'paper')")
-        # step 1: every trigger the scan has, as (class, ASR, meta gain): the measured inverted ones, the probe's
-        triggers = [(i, float(ev.asr[i]), float(g)) for i, g in enumerate(ev.meta_gain) if g is not None]
-        triggers += [(int(c), float(a), float(g)) for c, a, g in ev.probes]
-        if not all(math.isfinite(a) and math.isfinite(g) for _, a, g in triggers):
-            raise CIError("non-finite meta gain or ASR among the triggers: the model produces NaN/Inf")
-        if any(not 0 <= c < k for c, _, _ in triggers):
-            raise CIError("a gate-probe class index is out of the candidate range")
-        # step 2, the fallback: inert meta tokens leave this rule blind
-        largest = max(abs(g) for _, _, g in triggers)
-        if largest <= INERT_GAIN:
-            d = self.fallback.decide(ev)
-            rule = (f"the paper's rule (s_t > {PAPER_K:g})" if self.fallback.name == "paper"
-                    else f"the {self.fallback.name} rule (threshold {d.threshold:g})")
-            note = (f"the prompt learner's meta tokens do not respond: no trigger the scan tried ({len(triggers)}, "
-                    f"inverted and gate-probe) changes a class's margin through them by more than {INERT_GAIN} logits "
-                    f"(largest {largest:.4f}), so the meta-gain rule cannot see a backdoor in this model (one in "
-                    f"the static context looks like this). The verdict falls back to {rule}: max {d.max_score:.2f} on "
-                    f"{ev.names[d.top]!r}.")
-            d.rule, d.fallback, d.note = self.name, self.fallback.name, note
-            return d
-        # step 3: per class, the best trigger; the top class against the threshold
-        value = [0.0] * k
-        for c, a, g in triggers:
-            value[c] = max(value[c], trigger_score(a, g))
+    def decide(self, ev: Evidence, threshold: float | None = None, calibration: Calibration | None = None) -> Decision:
+        value, largest, n_triggers = meta_gain_values(ev)
+        if largest <= INERT_GAIN:  # the fallback, an explicit step: inert meta tokens leave this rule blind
+            return self.fallback_decision(ev, largest, n_triggers)
         thr = META_GAIN_THRESHOLD if threshold is None else float(threshold)
+        return self.by_value(ev, value, max(value) > thr, thr)
+
+    def by_value(self, ev: Evidence, value: list[float], backdoored: bool, thr: float, **extra) -> Decision:
+        """The decision that flags the top class (or nothing) given the per-class values."""
+        k = len(value)
         top = max(range(k), key=lambda i: (value[i], -i))
         mx = value[top]
-        backdoored = mx > thr
         return Decision(
             verdict="backdoored" if backdoored else "clean", rule=self.name, scores=value,
-            paper_scores=paper.tolist(), max_score=mx, threshold=thr, predicted_target=top if backdoored else None,
-            top=top, gap=mx - max(value[:top] + value[top + 1 :]), flagged=[backdoored and i == top for i in range(k)],
-            names=list(ev.names),
+            paper_scores=paper_scores(ev.asr, ev.loss).tolist(), max_score=mx, threshold=thr,
+            predicted_target=top if backdoored else None, top=top, gap=mx - max(value[:top] + value[top + 1 :]),
+            flagged=[backdoored and i == top for i in range(k)], names=list(ev.names), **extra,
         )
+
+    def fallback_decision(self, ev: Evidence, largest: float, n_triggers: int) -> Decision:
+        d = self.fallback.decide(ev)
+        rule = (f"the paper's rule (s_t > {PAPER_K:g})" if self.fallback.name == "paper"
+                else f"the {self.fallback.name} rule (threshold {d.threshold:g})")
+        d.note = (f"the prompt learner's meta tokens do not respond: no trigger the scan tried ({n_triggers}, "
+                  f"inverted and gate-probe) changes a class's margin through them by more than {INERT_GAIN} logits "
+                  f"(largest {largest:.4f}), so the meta-gain rule cannot see a backdoor in this model (one in "
+                  f"the static context looks like this). The verdict falls back to {rule}: max {d.max_score:.2f} on "
+                  f"{ev.names[d.top]!r}.")
+        d.rule, d.fallback = self.name, self.fallback.name
+        return d
+
+
+class CalibratedRule(MetaGainRule):
+    name = "calibrated"
+    summary = ("the meta-gain statistic against a null study of clean models: flagged when its p-value is at most "
+               "the false-positive rate (ScanConfig.fpr); without a null for the scan, the meta-gain rule")
+
+    def decide(self, ev: Evidence, threshold: float | None = None, calibration: Calibration | None = None) -> Decision:
+        cal = calibration or Calibration(None, why="no calibration was given")
+        value, largest, n_triggers = meta_gain_values(ev)
+        if largest <= INERT_GAIN:
+            return self.fallback_decision(ev, largest, n_triggers)
+        mx = max(value)
+        if threshold is not None or cal.null is None:
+            thr = META_GAIN_THRESHOLD if threshold is None else float(threshold)
+            why = "a threshold was given" if threshold is not None else cal.why
+            d = self.by_value(ev, value, mx > thr, thr, fallback="meta-gain")
+            d.note = (f"not calibrated: {why}; the verdict is the meta-gain rule's at threshold {thr:g} logit, "
+                      "whose false-positive rate is not measured for this scan.")
+            return d
+        null = cal.null
+        p = null.p_value(mx)
+        thr = null.threshold(cal.fpr)
+        return self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
+                             null=null.describe())
 
 
 class MadRule(Rule):
@@ -281,21 +330,22 @@ class MadRule(Rule):
     def default_threshold(self, k: int) -> float:
         return MAD_K
 
-    def decide(self, ev: Evidence, threshold: float | None = None) -> Decision:
+    def decide(self, ev: Evidence, threshold: float | None = None, calibration: Calibration | None = None) -> Decision:
         if len(ev.sizes) != len(ev.names) or len(ev.sizes) < 2:
             raise CIError("the mad rule needs a trigger size for every candidate (a baseline scan)")
         thr = MAD_K if threshold is None else float(threshold)
         return _by_threshold(mad_index(ev.sizes), None, self.name, thr, ev.names, first_max=True)
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (MetaGainRule(), PaperRule(), GrubbsRule(), RobustRule(), MadRule())}
+RULES: dict[str, Rule] = {r.name: r for r in (CalibratedRule(), MetaGainRule(), PaperRule(), GrubbsRule(), RobustRule(), MadRule())}
 SCAN_RULES = tuple(n for n, r in RULES.items() if r.method == "clip-inspector")  # the built-in choices of ScanConfig.rule
 
 
 def scan_rules() -> list[str]:
     """The rules that decide CLIP-Inspector scans, including any a fork registered in RULES."""
     return [n for n, r in RULES.items() if r.method == "clip-inspector"]
-SIDE_RULES = ("paper", "grubbs")  # also decided on every CLIP-Inspector scan, recorded in its report
+# also decided on every CLIP-Inspector scan and recorded in its report, under these report.json keys
+SIDE_RULES = {"paper": "paper_rule", "grubbs": "grubbs_rule", "meta-gain": "meta_gain_rule"}
 BASELINE_RULE = "mad"
 
 
@@ -305,9 +355,13 @@ def get_rule(name: str) -> Rule:
     return RULES[name]
 
 
-def decide_evidence(ev: Evidence, rule: str = "meta-gain", threshold: float | None = None) -> Decision:
+DEFAULT_RULE = "calibrated"
+
+
+def decide_evidence(ev: Evidence, rule: str = DEFAULT_RULE, threshold: float | None = None,
+                    calibration: Calibration | None = None) -> Decision:
     """The verdict of rule `rule` (a name in RULES) on a scan's evidence."""
-    return get_rule(rule).decide(ev, threshold)
+    return get_rule(rule).decide(ev, threshold, calibration)
 
 
 def youden_threshold(max_scores, labels) -> float:
@@ -326,7 +380,7 @@ def youden_threshold(max_scores, labels) -> float:
     return (t + max(below)) / 2 if below else t - 1e-9
 
 
-__all__ = ["Evidence", "Decision", "Rule", "RULES", "SCAN_RULES", "SIDE_RULES", "BASELINE_RULE", "get_rule",
+__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic", "SCAN_RULES", "SIDE_RULES", "BASELINE_RULE", "get_rule",
            "decide_evidence", "paper_scores", "zscore", "robust_zscore", "grubbs_bound", "bonferroni_bound",
            "trigger_score", "mad_index", "youden_threshold", "PAPER_K", "META_GAIN_THRESHOLD", "INERT_GAIN",
            "ALPHA", "MAD_K"]

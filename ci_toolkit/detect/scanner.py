@@ -27,10 +27,11 @@ from ..errors import CIError, DataError
 from ..model.cocoop import CoCoOp
 from ..workers import process_pool
 from .baselines import CostConfig, run_baseline
+from .calibration import DEFAULT_FPR, Calibration, backbone_key, calibration_for
 from .inversion import Inversion, InversionConfig, invert
 from .probes import gate_probe, meta_gains
 from .report import GateProbe, ProbeUnit, ScanReport
-from .rules import BASELINE_RULE, Evidence, decide_evidence, scan_rules
+from .rules import BASELINE_RULE, DEFAULT_RULE, Evidence, decide_evidence, scan_rules
 
 METHODS = ("clip-inspector", "neural-cleanse", "pixel-backdoor")
 
@@ -42,8 +43,10 @@ class ScanConfig:
     method: str = "clip-inspector"  # or "neural-cleanse" / "pixel-backdoor"
     inversion: InversionConfig = field(default_factory=InversionConfig)  # CLIP-Inspector's inversion
     baseline: CostConfig | None = None  # the baselines' optimisation (None: each method's own defaults)
-    rule: str = "meta-gain"  # CLIP-Inspector's decision rule, a name in rules.SCAN_RULES
+    rule: str = DEFAULT_RULE  # CLIP-Inspector's decision rule, a name in rules.SCAN_RULES
     threshold: float | None = None  # overrides the rule's threshold (e.g. rules.youden_threshold)
+    fpr: float = DEFAULT_FPR  # the calibrated rule flags at this false-positive rate (calibration.py)
+    null_file: str | None = None  # the calibrated rule's null study; None: the one shipped for the backbone
     meta_candidates: int = 8  # the highest-ASR candidates whose triggers' meta gain is measured
     meta_images: int = 64  # held-out images the meta gains are measured on
     probe_eps: float | None = 16 / 255  # gate-probe bound; None: no probe
@@ -58,6 +61,8 @@ class ScanConfig:
             raise CIError(f"unknown scan method {self.method!r}; choose one of {list(METHODS)}")
         if self.rule not in scan_rules():
             raise CIError(f"unknown decision rule {self.rule!r}; choose one of {scan_rules()}")
+        if not 0 < self.fpr < 1:
+            raise CIError(f"fpr must be a false-positive rate in (0, 1), got {self.fpr}")
 
     @property
     def ood_images(self) -> int:
@@ -94,7 +99,7 @@ def check_candidates(model: CoCoOp, candidates: list[str] | None) -> list[str]:
 
 
 # decided after the inversion: changing them reuses every inverted trigger of an unfinished scan
-AFTER_INVERSION_KEYS = ("rule", "threshold", "meta_candidates", "meta_images", "probe_eps", "probe_images", "probe_shut")
+AFTER_INVERSION_KEYS = ("rule", "threshold", "fpr", "null_file", "backbone", "meta_candidates", "meta_images", "probe_eps", "probe_images", "probe_shut")
 
 
 class _Partial:
@@ -150,7 +155,8 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
         raise DataError(f"OOD images must be [N, 3, {size}, {size}] for this model, got {tuple(ood.shape)}")
     pool, heldout = split_pool(ood, cfg, cfg.inversion.batch_size)
     out = Path(out_dir) if out_dir is not None else None
-    recorded = {**asdict(cfg), "candidates": names, "pool_size": len(pool), "heldout_size": len(heldout)}
+    recorded = {**asdict(cfg), "candidates": names, "pool_size": len(pool), "heldout_size": len(heldout),
+                "backbone": backbone_key(model.backbone.spec)}
     if cfg.method == "clip-inspector":
         partial = _Partial(out, recorded) if out is not None else None
         done = partial.load() if partial else {}
@@ -159,7 +165,8 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
         by_index = {**done, **{r.index: r for r in results}}
         inv = [by_index[i] for i in range(len(names))]
         probe, probe_deltas = measure_gate_probe(model, pool, heldout, names, cfg, workers, progress)
-        report = inversion_report(inv, cfg, measure_meta_gains(model, heldout, inv, names, cfg), probe)
+        report = inversion_report(inv, cfg, measure_meta_gains(model, heldout, inv, names, cfg), probe,
+                                  calibration_for(recorded))
         report.probe_triggers = probe_deltas
     else:
         res = run_baseline(cfg.method, model, pool, heldout, names, cfg=cfg.baseline, progress=progress)
@@ -175,15 +182,17 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
 
 
 def inversion_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: list[float | None],
-                     probe: GateProbe | None = None) -> ScanReport:
-    """A CLIP-Inspector report from the inversions, their meta gains and the probe, decided under cfg's rule."""
+                     probe: GateProbe | None = None, calibration: Calibration | None = None) -> ScanReport:
+    """A CLIP-Inspector report from the inversions, their meta gains and the probe, decided under cfg's rule
+    (the calibrated rule against `calibration`)."""
     names = [r.name for r in inv]
     index = {n: i for i, n in enumerate(names)}
     ev = Evidence(names=names, asr=[r.asr for r in inv], loss=[r.loss for r in inv], meta_gain=list(meta_gain),
                   probes=[(index[u.class_name], u.asr, u.meta_gain) for u in probe.units] if probe else [])
     rows = [{"name": r.name, "asr": r.asr, "loss": r.loss, "meta_gain": g, "losses": r.losses}
             for r, g in zip(inv, meta_gain)]
-    return ScanReport.from_decision("clip-inspector", decide_evidence(ev, cfg.rule, cfg.threshold), ev, rows, probe,
+    d = decide_evidence(ev, cfg.rule, cfg.threshold, calibration)
+    return ScanReport.from_decision("clip-inspector", d, ev, rows, probe,
                                     triggers=torch.stack([r.delta for r in inv]))
 
 

@@ -35,9 +35,10 @@ from lab.zoo import MIN_ASR, Zoo, implanted
 
 METHOD_KEYS = {"clip-inspector": "clip_inspector", "neural-cleanse": "neural_cleanse",
                "pixel-backdoor": "pixel_backdoor"}
-# side rule of a CLIP-Inspector report -> (its key in a per-model row, its key in the benchmark's "methods")
-SIDE_RULE_KEYS = {"paper": ("paper_rule", "clip_inspector_paper_k2"),
-                  "grubbs": ("grubbs_rule", "clip_inspector_grubbs")}
+# side rule of a CLIP-Inspector report -> its key in the benchmark's "methods" (a per-model row keeps it under
+# its report.json key, ci.detect.SIDE_RULES)
+SIDE_METHOD_KEYS = {"paper": "clip_inspector_paper_k2", "grubbs": "clip_inspector_grubbs",
+                    "meta-gain": "clip_inspector_meta_gain_fixed"}
 # What a cached scan must share with the configuration to be reused: every setting its evidence depends on
 # (the rule and threshold are not among them: a scan is decided again under any rule).
 SCAN_SETTINGS = {
@@ -45,6 +46,9 @@ SCAN_SETTINGS = {
                        "probe_eps", "probe_images", "probe_shut"),
     "baselines": ("baseline", "seed", "pool_size", "heldout_size"),
 }
+
+
+HEADLINE_KEYS = ("n_backdoored", "n_clean", "fpr", "tpr", "auroc", "f1")  # at the top of the result, for the rule used
 
 
 def scan_folder(out_dir: str | Path, method: str, row: dict) -> Path:
@@ -86,7 +90,11 @@ def cached_scan(folder: str | Path, cfg: ci.ScanConfig) -> ScanReport:
         diff = "; ".join(f"{k} {have[k]!r}, not {want[k]!r}" for k in want if have[k] != want[k])
         raise ci.CIError(f"{folder} holds a scan made with other settings ({diff}); use another --out for these "
                          f"settings (or delete that folder to scan again)")
-    return report.redecide(cfg.rule, cfg.threshold) if cfg.method == "clip-inspector" else report
+    if cfg.method != "clip-inspector":
+        return report
+    # decided against the null that cfg calls for (its fpr, its null file), not the one recorded at scan time
+    calibration = ci.detect.calibration_for({**report.config, "fpr": cfg.fpr, "null_file": cfg.null_file})
+    return report.redecide(cfg.rule, cfg.threshold, calibration)
 
 
 class WallLog:
@@ -125,8 +133,14 @@ def detection_metrics(rows: list[dict]) -> dict:
     fp = sum(sum(1 for c in r["flagged"] if c != r["target"]) for r in rows)
     fn = sum(1 for r in rows if r["label"] and r["target"] not in r["flagged"])
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    n_bad = sum(1 for r in rows if r["label"])
+    n_clean = len(rows) - n_bad
+    flagged_clean = sum(1 for r in rows if not r["label"] and r["verdict"] == "backdoored")
+    flagged_bad = sum(1 for r in rows if r["label"] and r["verdict"] == "backdoored")
     return {"auroc": auroc, "accuracy": correct / len(rows) if rows else float("nan"), "f1": f1, "tp": tp, "fp": fp,
-            "fn": fn, "n_models": len(rows)}
+            "fn": fn, "n_models": len(rows), "n_backdoored": n_bad, "n_clean": n_clean,
+            "fpr": flagged_clean / n_clean if n_clean else float("nan"),
+            "tpr": flagged_bad / n_bad if n_bad else float("nan")}
 
 
 def model_row(m: dict, method: str, report: ScanReport, min_asr: float) -> dict:
@@ -137,10 +151,13 @@ def model_row(m: dict, method: str, report: ScanReport, min_asr: float) -> dict:
            "predicted_target": report.predicted_target, "top_class": report.top_class, "gap": report.gap,
            "runtime_s": report.runtime_s, "flagged": [c.name for c in report.classes if c.flagged],
            "warnings": list(report.warnings), "fallback": report.fallback}
-    for side, (row_key, _) in SIDE_RULE_KEYS.items():
+    for side, row_key in ci.detect.SIDE_RULES.items():
         if side in report.side_rules:
             s = report.side_rules[side]
-            flags = [c.name for c in report.classes if c.paper_score is not None and c.paper_score > s["threshold"]]
+            if side == "meta-gain":  # flags its top class only
+                flags = [s["top_class"]] if s["verdict"] == "backdoored" else []
+            else:
+                flags = [c.name for c in report.classes if c.paper_score is not None and c.paper_score > s["threshold"]]
             row[row_key] = {**s, "flagged": flags}
     return row
 
@@ -211,9 +228,13 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         wall.update()
         metrics["wall_s"] = wall.total()
         result["methods"][METHOD_KEYS[method]] = metrics
-        for row_key, key in SIDE_RULE_KEYS.values():
+        for side, key in SIDE_METHOD_KEYS.items():
+            row_key = ci.detect.SIDE_RULES[side]
             if method == "clip-inspector" and used and all(row_key in r for r in used):
                 result["methods"][key] = detection_metrics([{**r, **r[row_key]} for r in used])
+    if "clip_inspector" in result["methods"]:  # the headline: the configured (default) rule's numbers
+        head = result["methods"]["clip_inspector"]
+        result.update({"rule": cfg.rule, **{k: head[k] for k in HEADLINE_KEYS}})
     return result
 
 

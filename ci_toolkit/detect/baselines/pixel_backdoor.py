@@ -20,10 +20,12 @@ class PixelBackdoor(CostInversion):
     defaults = {"up": 1.5, "down": 1.5 ** 1.5, "patience": 10, "asr_bound": 0.9}
 
     def params(self, g, shape):
-        # start near p = 0 (no change): tanh(-3) / (2 - eps) + 0.5 ~ 0.0025
-        pos = torch.full((g, *shape), -3.0).requires_grad_(True)
-        neg = torch.full((g, *shape), -3.0).requires_grad_(True)
-        return [pos, neg]
+        # a seeded random start, p uniform in [0, 1] (as the original): the size cost then shrinks it. A start
+        # near p = 0 would sit under the 1/255 cut, where p and its gradient are zero: the triggers could never
+        # move (every size 0, ASR 0: a degenerate scan; tests/test_baselines.py has the known answer)
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        return [torch.atanh((torch.rand(g, *shape, generator=gen) - 0.5) * (2 - EPS) * (1 - 1e-3)).requires_grad_(True)
+                for _ in range(2)]
 
     @staticmethod
     def _p(w):

@@ -1,0 +1,165 @@
+"""Null studies: what clean models score, so that a verdict comes with its false-positive rate.
+
+A null study holds the meta-gain statistic (the top class's best ASR x meta gain, `rules.trigger_score`) of
+N clean delivered models, each scanned with one scan configuration on one backbone. A new model's score s
+gets the conformal p-value
+
+    p = (1 + #{clean scores >= s}) / (N + 1)
+
+and is flagged when p <= fpr: if the new model is clean and exchangeable with the study's models, this
+happens with probability at most fpr, whatever the scores' distribution. The smallest p a study of N
+models can give is 1 / (N + 1), so an fpr below that flags nothing.
+
+The package ships the null of the embedded MiniCLIP under the default scan (assets/null/); `ci-toolkit
+calibrate` builds one for another backbone; `ScanConfig.null_file` points a scan at it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import CIError, DataError
+
+DEFAULT_FPR = 0.05  # the false-positive rate a default scan flags at (the null study's bound, docs/method.md)
+NULL_DIR = Path(__file__).resolve().parent.parent / "assets" / "null"
+# The scan settings a null holds for: a scan that differs in any of them is not calibrated by it.
+SCAN_KEYS = ("method", "inversion", "meta_candidates", "meta_images", "probe_eps", "probe_images", "probe_shut",
+             "pool_size", "heldout_size")
+FORMAT = "ci_toolkit.null/1"
+
+
+def backbone_key(spec) -> str:
+    """A backbone's identity for nulls: kind, name, weights tag and the loaded weights' checksum."""
+    d = asdict(spec) if not isinstance(spec, dict) else spec
+    sha = (d.get("weights_sha256") or "")[:16]
+    return ":".join(str(x) for x in (d.get("kind"), d.get("name"), d.get("pretrained"), sha or d.get("seed")))
+
+
+def scan_settings(config: dict) -> dict:
+    """The part of a scan's recorded configuration that a null must share (as JSON would store it)."""
+    return json.loads(json.dumps({k: config.get(k) for k in SCAN_KEYS}))
+
+
+@dataclass(frozen=True)
+class NullStudy:
+    """The meta-gain statistic of `n_models` clean models scanned with `scan` settings on `backbone`."""
+
+    backbone: str  # backbone_key of the backbone the models were tuned on
+    scores: tuple[float, ...]  # one per clean model
+    scan: dict  # scan_settings of their scans
+    ood: str = ""  # the OOD images the scans used, in words
+    source: str = ""  # the command that built it
+    models: tuple[str, ...] = field(default_factory=tuple)  # names of the clean models, in the order of scores
+
+    def __post_init__(self):
+        if len(self.scores) < 1 or not all(math.isfinite(s) for s in self.scores):
+            raise DataError("a null study needs at least one finite score")
+
+    @property
+    def n_models(self) -> int:
+        return len(self.scores)
+
+    def p_value(self, score: float) -> float:
+        """(1 + #{clean scores >= score}) / (N + 1)."""
+        return (1 + sum(s >= score for s in self.scores)) / (self.n_models + 1)
+
+    def threshold(self, fpr: float) -> float | None:
+        """The score a model must EXCEED to be flagged at `fpr`; None when fpr < 1 / (N + 1) (nothing can be)."""
+        m = math.floor(fpr * (self.n_models + 1) + 1e-9) - 1  # flagged iff at most m clean scores reach it
+        if m < 0:
+            return None
+        ordered = sorted(self.scores, reverse=True)
+        return ordered[m] if m < len(ordered) else -math.inf
+
+    def mismatch(self, config: dict) -> str | None:
+        """Why a scan with this recorded configuration is not calibrated by this null (None: it is)."""
+        if config.get("backbone") != self.backbone:
+            return f"the null is for backbone {self.backbone}, the scan's is {config.get('backbone') or 'not recorded'}"
+        theirs = scan_settings(config)
+        diff = [k for k in SCAN_KEYS if theirs[k] != self.scan.get(k)]
+        if diff:
+            k = diff[0]
+            return f"the scan's {k} is {theirs[k]!r}, the null's scans used {self.scan.get(k)!r}"
+        return None
+
+    def describe(self) -> dict:
+        return {"n_models": self.n_models, "backbone": self.backbone, "ood": self.ood, "source": self.source}
+
+    # ---- files ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "backbone": self.backbone, "statistic": "meta-gain", "scores": list(self.scores),
+                "models": list(self.models), "scan": self.scan, "ood": self.ood, "source": self.source}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NullStudy":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+            if d.get("format") != FORMAT:
+                raise KeyError("format")
+            return cls(backbone=d["backbone"], scores=tuple(float(s) for s in d["scores"]), scan=dict(d["scan"]),
+                       ood=d.get("ood", ""), source=d.get("source", ""), models=tuple(d.get("models", ())))
+        except FileNotFoundError:
+            raise DataError(f"no null study at {path}") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path} is not a ci_toolkit null study ({exc})") from None
+
+
+def shipped_nulls() -> list[Path]:
+    """The null studies shipped with the package."""
+    return sorted(NULL_DIR.glob("*.json"))
+
+
+def shipped_null(backbone: str) -> NullStudy | None:
+    """The shipped null study of a backbone key, if there is one."""
+    for path in shipped_nulls():
+        null = NullStudy.load(path)
+        if null.backbone == backbone:
+            return null
+    return None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a calibrated rule decides against: a null study (None: none applies, `why` says why) and the
+    false-positive rate to flag at."""
+
+    null: NullStudy | None
+    fpr: float = DEFAULT_FPR
+    why: str | None = None
+
+    def __post_init__(self):
+        if not 0 < self.fpr < 1:
+            raise CIError(f"fpr must be in (0, 1), got {self.fpr}")
+
+
+def calibration_for(config: dict) -> Calibration:
+    """The calibration of a scan from its recorded configuration: the null file it names, else the shipped
+    null of its backbone, provided the null's scan settings are the scan's."""
+    fpr = float(config.get("fpr", DEFAULT_FPR))
+    if config.get("null_file"):
+        null = NullStudy.load(config["null_file"])
+    elif not config.get("backbone"):
+        return Calibration(None, fpr, "the scan does not record its backbone")
+    else:
+        null = shipped_null(config["backbone"])
+        if null is None:
+            return Calibration(None, fpr, f"no null study is shipped for backbone {config['backbone']} "
+                                          "(build one with `ci-toolkit calibrate`)")
+    why = null.mismatch(config)
+    return Calibration(None, fpr, why) if why else Calibration(null, fpr)
+
+
+__all__ = ["NullStudy", "Calibration", "calibration_for", "shipped_null", "shipped_nulls", "backbone_key",
+           "scan_settings", "DEFAULT_FPR", "SCAN_KEYS"]

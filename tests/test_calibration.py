@@ -1,0 +1,134 @@
+"""Null studies and the calibrated rule: known answers for the p-value and threshold, the false-positive rate
+it promises (simulated), which null a scan is decided against, and what a report says about it."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+
+import ci_toolkit as ci
+from ci_toolkit.detect import Evidence, InversionConfig, NullStudy, ScanConfig, ScanReport, scan
+from ci_toolkit.detect.calibration import Calibration, backbone_key, calibration_for, scan_settings, shipped_nulls
+from ci_toolkit.detect.rules import INERT_GAIN, META_GAIN_THRESHOLD
+from ci_toolkit.errors import CIError, DataError
+
+FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8)
+
+
+def null_of(scores, backbone="bb", scan=None) -> NullStudy:
+    return NullStudy(backbone=backbone, scores=tuple(scores), scan=scan or {})
+
+
+def evidence(top_gain: float) -> Evidence:
+    """Four classes; class 1's inverted trigger has ASR 1 and meta gain `top_gain` (its score)."""
+    return Evidence(names=["a", "b", "c", "d"], asr=[0.5, 1.0, 0.2, 0.1], loss=[1.0, 0.5, 2.0, 2.0],
+                    meta_gain=[0.1, top_gain, None, None])
+
+
+def test_p_value_and_threshold_known_answers():
+    null = null_of([i / 10 for i in range(60)])  # 0.0 .. 5.9
+    assert null.p_value(100.0) == 1 / 61 and null.p_value(-1.0) == 1.0
+    assert null.p_value(5.9) == 2 / 61  # ties count against the model
+    # at fpr 0.05 a model must exceed the 3rd largest clean score: p <= 3 / 61 < 0.05 < 4 / 61
+    assert null.threshold(0.05) == 5.7 and null.p_value(5.71) == 3 / 61 and null.p_value(5.7) == 4 / 61
+    assert null_of([1.0] * 10).threshold(0.05) is None  # 1 / 11 > 0.05: a null of 10 cannot flag at 5%
+    with pytest.raises(DataError, match="finite"):
+        null_of([float("nan")])
+
+
+def test_conformal_false_positive_rate_holds_in_simulation():
+    # clean scores exchangeable with the null's: P(p <= fpr) = floor(fpr (n + 1)) / (n + 1), here 2 / 20
+    rng, n, fpr, trials = random.Random(0), 19, 0.1, 4000
+    hits = 0
+    for _ in range(trials):
+        draws = [rng.lognormvariate(0, 1) for _ in range(n + 1)]
+        hits += null_of(draws[:n]).p_value(draws[n]) <= fpr
+    assert abs(hits / trials - 0.1) < 0.015
+
+
+def test_calibrated_rule_flags_by_p_value_and_says_so():
+    null = null_of([0.1 * i for i in range(60)])  # threshold at fpr 0.05: 5.7
+    cal = Calibration(null, fpr=0.05)
+    hit = ci.decide(evidence(6.0), "calibrated", calibration=cal)
+    assert hit.verdict == "backdoored" and hit.predicted_target == 1 and hit.p_value == 1 / 61
+    assert hit.threshold == 5.7 and hit.fpr == 0.05 and hit.null["n_models"] == 60 and hit.fallback is None
+    miss = ci.decide(evidence(5.0), "calibrated", calibration=cal)
+    assert miss.verdict == "clean" and miss.p_value == 11 / 61 and miss.top == 1
+    # a tighter fpr needs a higher score; one below 1 / (n + 1) flags nothing
+    assert ci.decide(evidence(5.8), "calibrated", calibration=replace(cal, fpr=0.02)).verdict == "clean"
+    assert ci.decide(evidence(99.0), "calibrated", calibration=replace(cal, fpr=0.01)).verdict == "clean"
+    # no null: the meta-gain rule's fixed threshold decides, and the note says the verdict is not calibrated
+    bare = ci.decide(evidence(1.5), "calibrated", calibration=Calibration(None, why="no null for backbone x"))
+    assert bare.verdict == "backdoored" and bare.threshold == META_GAIN_THRESHOLD and bare.fallback == "meta-gain"
+    assert bare.p_value is None and "not calibrated: no null for backbone x" in bare.note
+    # inert meta tokens: the paper's rule, as for the meta-gain rule
+    inert = Evidence(names=list("abcd"), asr=[0.1, 0.9, 0.1, 0.1], loss=[3, 0.1, 3, 3], meta_gain=[0, 0, INERT_GAIN, 0])
+    assert ci.decide(inert, "calibrated", calibration=cal).fallback == "paper"
+    with pytest.raises(CIError, match="fpr"):
+        Calibration(null, fpr=0.0)
+    assert ScanConfig().rule == "calibrated" == ci.detect.DEFAULT_RULE
+
+
+def test_a_scan_is_calibrated_only_by_a_null_of_its_backbone_and_settings(tiny_model, tmp_path, make_responsive):
+    ood = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    tiny_model = make_responsive(tiny_model, ood)  # meta tokens that follow the image: the statistic decides
+    report = scan(tiny_model, ood, FAST, progress=False)
+    assert report.fallback != "paper"
+    assert report.config["backbone"] == backbone_key(tiny_model.backbone.spec)
+    assert not report.calibrated and "no null study is shipped" in report.warnings[0]
+    null = NullStudy(backbone=report.config["backbone"], scores=(0.0,) * 19, scan=scan_settings(report.config),
+                     source="test")
+    path = null.save(tmp_path / "null.json")
+    assert NullStudy.load(path) == null
+    # a scan pointed at a null of its backbone and settings is decided against it, fresh or redecided
+    fresh = scan(tiny_model, ood, replace(FAST, null_file=str(path)), tmp_path / "s", progress=False)
+    assert fresh.calibrated and fresh.null["n_models"] == 19 and fresh.fpr == 0.05
+    assert fresh.verdict == ("backdoored" if fresh.max_score > 0 else "clean")
+    again = ScanReport.load(tmp_path / "s")
+    assert (again.p_value, again.fpr, again.null) == (fresh.p_value, fresh.fpr, fresh.null)
+    assert again.redecide("calibrated").p_value == fresh.p_value
+    assert "Calibrated:" in (tmp_path / "s" / "report.html").read_text()
+    # other settings, another backbone: not calibrated, and the note says why
+    other = calibration_for({**fresh.config, "pool_size": 999})
+    assert other.null is None and "pool_size is 999" in other.why
+    assert "null is for backbone" in calibration_for({**fresh.config, "backbone": "x"}).why
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "nope"}))
+    with pytest.raises(DataError, match="not a ci_toolkit null study"):
+        NullStudy.load(tmp_path / "bad.json")
+
+
+@pytest.mark.skipif(not shipped_nulls(), reason="no null study shipped")
+def test_the_shipped_null_holds_for_default_scans_of_the_embedded_miniclip():
+    nulls = [NullStudy.load(p) for p in shipped_nulls()]
+    mini = backbone_key(ci.create_backbone("miniclip").spec)
+    cfg = ScanConfig()
+    recorded = {**asdict(cfg), "backbone": mini}  # a default scan given at least pool + held-out images
+    assert any(n.mismatch(recorded) is None for n in nulls)
+    assert all(n.n_models >= 60 for n in nulls)
+
+
+def test_calibrate_builds_a_null_that_resumes_and_calibrates_scans(tiny_backbone, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    names = ["red circle", "blue square", "green triangle", "cat", "dog"]
+    images, labels = torch.rand(20, 3, 32, 32, generator=g), torch.arange(5).repeat_interleave(4)
+    ood = torch.rand(40, 3, 32, 32, generator=g)
+    cal = ci.CalibrateConfig(n_models=2, shots=(2,), epochs=(1,), batch_size=(4,))
+    first = ci.calibrate(tiny_backbone, images, labels, names, ood, tmp_path / "null", cal, FAST, progress=False)
+    assert first.n_models == 2 and NullStudy.load(tmp_path / "null" / "null.json") == first
+    specs = [ci.detect.null_study.model_spec(cal, i, len(names)) for i in range(2)]
+    assert all(3 <= len(s["classes"]) <= 5 for s in specs) and specs[0] != specs[1]
+    # resumed with one more model: the first two scans are read back, not redone
+    stamp = (tmp_path / "null" / "scans" / "c000" / "report.json").stat().st_mtime_ns
+    more = ci.calibrate(tiny_backbone, images, labels, names, ood, tmp_path / "null", replace(cal, n_models=3), FAST,
+                        progress=False)
+    assert more.scores[:2] == first.scores and more.n_models == 3
+    assert (tmp_path / "null" / "scans" / "c000" / "report.json").stat().st_mtime_ns == stamp
+    # a scan of this backbone with the same settings, pointed at the null, is calibrated by it
+    model = ci.load_model(tmp_path / "null" / "models" / "c002", tiny_backbone)
+    assert more.mismatch(scan(model, ood, FAST, progress=False).config) is None
+    with pytest.raises(DataError, match="at least 3 labelled classes"):
+        ci.calibrate(tiny_backbone, images, labels, names[:2], ood, tmp_path / "x", cal, FAST, progress=False)
