@@ -44,7 +44,8 @@ def cmd_course(args) -> None:
 
 
 def cmd_null(args) -> None:
-    result = null_study(args.out, n_models=args.models, source=args.ood, workers=args.workers, cfg=scan_config(args))
+    result = null_study(args.out, n_models=args.models, source=args.ood, workers=args.workers, cfg=scan_config(args),
+                        build=not args.finished_only)
     out = Path(args.result) if args.result else Path(args.out) / "null.json"
     write_json(out, result)
     null_figure(result, out.with_suffix(".png"))
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ship", default=None, metavar="FILE",
                    help="also write the study as the calibrated rule's null (e.g. ci_toolkit/assets/null/miniclip-world.json)")
     s.add_argument("--workers", type=int, default=1, help="models built and scanned in parallel")
+    s.add_argument("--finished-only", action="store_true",
+                   help="summarise the models finished so far; build and scan nothing")
     add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_null)
 

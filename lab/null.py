@@ -185,8 +185,10 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
 
 
 def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", workers: int = 1,
-               cfg: ci.ScanConfig | None = None, progress: bool = True, space: NullSpace = NULL_SPACE) -> dict:
-    """Build and scan (or resume) the first n_models null models of `space`; returns the study's result."""
+               cfg: ci.ScanConfig | None = None, progress: bool = True, space: NullSpace = NULL_SPACE,
+               build: bool = True) -> dict:
+    """Build and scan (or resume) the first n_models null models of `space`; returns the study's result.
+    build=False: the result of the models finished so far, nothing built or scanned."""
     cfg = cfg or ci.ScanConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +196,7 @@ def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", w
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
     done = {r["name"] for r in rows}
     specs = null_specs(n_models, space)
-    todo = [s for s in specs if s["name"] not in done]
+    todo = [s for s in specs if s["name"] not in done] if build else []
     wall = WallLog(out, f"null-{ood_key(source)}")
     bar = tqdm(total=n_models, initial=n_models - len(todo), desc=f"null study ({ood_key(source)})", unit="model",
                disable=not progress)
@@ -222,25 +224,31 @@ def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", w
         if "statistic" not in r:
             r["statistic"] = meta_gain_statistic(ci.ScanReport.load(scan_dir(out, source, r["name"])).evidence())
     return {**summarise(rows, cfg), "ood": source, "wall_s": wall.total(), "per_model": rows,
+            "complete": len(rows) == n_models,
             "config": {"n_models": n_models, "space": asdict(space), "null_seed": NULL_SEED,
                        "null_class_seed": NULL_CLASS_SEED, "workers": workers, "scan": asdict(cfg)}}
 
 
 def null_figure(result: dict, path: str | Path) -> None:
-    """The default rule's max score of every clean model, sorted, against its threshold."""
+    """Every clean model's meta-gain statistic, sorted, against the calibrated rule's threshold (at its FPR
+    level, from all the study's models) and the fixed meta-gain threshold."""
     from matplotlib.figure import Figure
 
-    rule = result["rule"]
-    scores = sorted(r["rules"][rule]["max_score"] for r in result["per_model"])
-    fig = Figure(figsize=(6, 3.2))
+    scores = sorted(r["statistic"] for r in result["per_model"])
+    fig = Figure(figsize=(6.4, 3.4))
     ax = fig.subplots()
     ax.plot(range(1, len(scores) + 1), scores, "o", ms=4, label="clean model")
-    ax.axhline(result["threshold"], color="k", ls="--", lw=1, label=f"threshold {result['threshold']:g}")
+    if result.get("fpr_level") is not None and result["threshold"] is not None:
+        ax.axhline(result["threshold"], color="tab:red", ls="--", lw=1,
+                   label=f"calibrated threshold at FPR {result['fpr_level']:g} ({result['threshold']:.2f})")
+    ax.axhline(ci.detect.META_GAIN_THRESHOLD, color="k", ls=":", lw=1,
+               label=f"fixed meta-gain threshold {ci.detect.META_GAIN_THRESHOLD:g}")
     ax.set_xlabel("clean models, sorted by score")
-    ax.set_ylabel(f"max score ({rule}, logits)")
-    ax.set_title(f"null study: {result['n_models']} clean models, FPR {result['fpr']:.3f} "
-                 f"(95% CI up to {result['fpr_upper95']:.3f})", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("meta-gain statistic (logits)")
+    r = result["rules"][result["rule"]]
+    ax.set_title(f"null study: {result['n_models']} clean models; {result['rule']} rule flags {r['n_flagged']} "
+                 f"(FPR {r['fpr']:.3f}, 95% CI up to {r['fpr_upper95']:.3f})", fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

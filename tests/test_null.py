@@ -7,8 +7,8 @@ import json
 import pytest
 
 import ci_toolkit as ci
-from lab.null import (NULL_CLASS_SEED, NULL_SEED, NullSpace, clopper_pearson, loo_calibrated, null_specs, null_study,
-                      ship_null, summarise)
+from lab.null import (NULL_CLASS_SEED, NULL_SEED, NullSpace, clopper_pearson, loo_calibrated, null_figure, null_specs,
+                      null_study, ship_null, summarise)
 from lab.zoo import ZOO_PROFILES, model_specs
 
 
@@ -70,6 +70,11 @@ def test_a_tiny_null_study_runs_and_resumes(tmp_path):
     assert again["n_models"] == 2 and again["per_model"][0] == first["per_model"][0]
     assert len(json.loads((tmp_path / "wall.json").read_text())) == 2 and again["wall_s"] >= first["wall_s"]
     assert set(again["rules"]) == set(ci.detect.SCAN_RULES)
+    partial = null_study(tmp_path, n_models=3, cfg=cfg, progress=False, space=space, build=False)
+    assert partial["n_models"] == 2 and not partial["complete"] and again["complete"]
+    assert not (tmp_path / "models" / "n002").exists()  # nothing built
+    null_figure(partial, tmp_path / "null.png")
+    assert (tmp_path / "null.png").stat().st_size > 1000
     null = ship_null(tmp_path, again, tmp_path / "null.json")
     assert ci.detect.NullStudy.load(tmp_path / "null.json") == null and null.n_models == 2
     assert null.mismatch(ci.ScanReport.load(tmp_path / "scans" / "world" / "n001").config) is None
