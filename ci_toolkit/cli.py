@@ -13,7 +13,7 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from . import world
+from . import course, world
 from .attacks import list_attacks, load_attack
 from .data import load_image_folder
 from .demo import DemoConfig, run_demo
@@ -82,7 +82,11 @@ def cmd_import_dassl(args) -> None:
         art = attacker_folder(args.out)
         art.mkdir(parents=True, exist_ok=True)
         save_file({"delta": trigger["delta"].contiguous()}, str(art / "trigger.safetensors"))
-        (art / "attack.json").write_text(json.dumps({"target_name": trigger["target_name"]}))
+        meta = {"target_name": trigger["target_name"]}
+        if trigger["target_name"] in names:  # a BadCLIP trigger: additive, within its own L-inf bound
+            meta.update(attack="badclip", config={"target": names.index(trigger["target_name"]), "seed": 0,
+                                                  "eps": float(trigger["delta"].abs().max())})
+        (art / "attack.json").write_text(json.dumps(meta))
         print(f"attacker trigger -> {art}; L-inf {float(trigger['delta'].abs().max()) * 255:.1f}/255")
 
 
@@ -167,6 +171,14 @@ def cmd_scan(args) -> None:
     print(f"{report.summary()} -> {args.out}/report.json, report.html")
     for w in report.warnings:
         print(f"warning: {w}")
+
+
+def cmd_course(args) -> None:
+    written = course.make_course(args.notebooks, args.out)
+    out = Path(args.out)
+    print(f"{len(written['student'])} notebooks -> {out / 'student'} (exercises unsolved, public checks: "
+          f"grader.check) and {out / 'solutions'} (solutions, public and hidden checks); "
+          f"{sum(course.has_exercises(Path(args.notebooks) / n) for n in written['student'])} hold exercises")
 
 
 CALIBRATE_WORLD_CLASSES = 50  # `calibrate --data world`: a 50-class world task (its 25 seen classes), as a zoo's
@@ -311,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes inverting candidate groups side by side (2 on a 2-core CPU: faster than 2 threads)")
     add_scan_options(s)
     s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("course", help="the tutorial's student version and its solutions, for a class",
+                       description="From the tutorial notebooks (otter-grader master format), write OUT/student "
+                                   "(exercises unsolved, public checks a student runs with grader.check) and "
+                                   "OUT/solutions (solutions, public and hidden checks, for grading with otter-grader). "
+                                   "Needs otter-grader (pip install -e '.[notebook]').")
+    s.add_argument("--out", required=True, help="new folder for the course")
+    s.add_argument("--notebooks", default="notebooks", help="the tutorial's notebooks (default ./notebooks, a checkout's)")
+    s.set_defaults(func=cmd_course)
 
     s = sub.add_parser("calibrate", help="build a null study for a backbone: clean models trained and scanned",
                        description="Train N clean CoCoOp models on the backbone (class subset, shots, epochs, lr, batch, "

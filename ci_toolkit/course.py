@@ -10,16 +10,23 @@
 The models were built by `python -m lab zoo --profile course` and shipped by `python -m lab course`
 (MiniCLIP, the world task of 50 classes) from a checkout of the repository; `truth` and `load_attack` read
 the teacher's folder, which a student solving an audit should not open.
+
+The course's student and solution versions (`make_course`, `ci-toolkit course --out DIR`): the tutorial
+notebooks are the one source of truth, written in otter-grader's master format (exercises with solution
+and test cells); otter-grader's assign step strips the solutions and hidden tests for DIR/student and
+keeps them in DIR/solutions. Otter-grader is an optional dependency (the `notebook` extra).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from .attacks import Attack
 from .attacks import load_attack as load_attack_folder
-from .errors import DataError
+from .errors import CIError, DataError
 from .model import CoCoOp
 from .model import load_model as load_model_folder
 from .world import WorldTask, task as world_task
@@ -71,4 +78,48 @@ def load_attack(name: str) -> Attack | None:
     return load_attack_folder(folder) if (folder / "attack.json").exists() else None
 
 
-__all__ = ["COURSE_DIR", "list_models", "load_model", "task", "truth", "load_attack"]
+ASSIGNMENT_MARK = "# ASSIGNMENT CONFIG"  # otter-grader's first raw cell of a master notebook with exercises
+
+
+def has_exercises(notebook: str | Path) -> bool:
+    """Whether a notebook is an otter-grader master (it holds exercises with checks)."""
+    cells = json.loads(Path(notebook).read_text()).get("cells", [])
+    return any(c["cell_type"] == "raw" and "".join(c["source"]).lstrip().startswith(ASSIGNMENT_MARK) for c in cells)
+
+
+def make_course(notebooks: str | Path, out_dir: str | Path) -> dict[str, list[str]]:
+    """The student and solution versions of the tutorial: OUT/student (exercises unsolved, public checks that
+    a student runs with `grader.check`) and OUT/solutions (solutions, public and hidden checks for grading),
+    each with its `tests/`. Notebooks without exercises are copied to both. Returns {"student": [...],
+    "solutions": [...]}, the notebooks written. Refuses an OUT that already holds a course."""
+    src, out = Path(notebooks), Path(out_dir)
+    masters = sorted(src.glob("[0-9]*.ipynb"))
+    if not masters:
+        raise DataError(f"no tutorial notebooks in {src} (the notebooks are not installed with the package: run "
+                        "from a checkout of the repository, or pass the folder that holds them)")
+    if (out / "student").exists() or (out / "solutions").exists():
+        raise CIError(f"{out} already holds a course; choose another --out (nothing is overwritten)")
+    try:
+        from otter.assign import main as otter_assign
+    except ImportError:
+        raise CIError("making the student version needs otter-grader: pip install -e '.[notebook]'") from None
+    written: dict[str, list[str]] = {"student": [], "solutions": []}
+    for version in written:
+        (out / version / "tests").mkdir(parents=True)
+    for nb in masters:
+        if not has_exercises(nb):
+            for version in written:
+                shutil.copy(nb, out / version / nb.name)
+                written[version].append(nb.name)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            otter_assign(str(nb), tmp, no_pdfs=True, no_run_tests=True)
+            for version, part in (("student", "student"), ("solutions", "autograder")):
+                shutil.copy(Path(tmp) / part / nb.name, out / version / nb.name)
+                for test in (Path(tmp) / part / "tests").glob("*.py"):
+                    shutil.copy(test, out / version / "tests" / test.name)
+                written[version].append(nb.name)
+    return written
+
+
+__all__ = ["COURSE_DIR", "list_models", "load_model", "task", "truth", "load_attack", "make_course", "has_exercises"]

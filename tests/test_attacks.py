@@ -104,3 +104,9 @@ def test_joint_logits_equal_separate_calls(tiny_backbone, data):
     xt = (x + 0.03).clamp(0, 1)
     a, b = joint_logits(model, x, xt)
     assert torch.allclose(a, model(x), atol=1e-5) and torch.allclose(b, model(xt), atol=1e-5)
+
+
+def test_attacker_artefacts_that_do_not_name_their_attack_are_a_clear_error(tmp_path):
+    (tmp_path / "attack.json").write_text('{"target_name": "cat"}')
+    with pytest.raises(ci.DataError, match="does not say which attack"):
+        ci.load_attack(tmp_path)

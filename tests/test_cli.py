@@ -9,7 +9,8 @@ import torch
 import ci_toolkit as ci
 from ci_toolkit.cli import build_parser, main
 
-COMMANDS = ["demo", "train", "implant", "scan", "repair", "info", "inspect", "import-dassl", "pretrain-miniclip"]
+COMMANDS = ["demo", "train", "implant", "scan", "repair", "calibrate", "course", "info", "inspect", "import-dassl",
+            "pretrain-miniclip"]
 
 
 def test_top_level_help_lists_every_command():

@@ -42,8 +42,11 @@ def load_attack(folder) -> Attack:
         meta = json.loads((folder / "attack.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"no readable attacker artefacts in {folder}: {exc}") from None
+    if not isinstance(meta, dict) or "attack" not in meta or "config" not in meta:
+        raise DataError(f"{folder / 'attack.json'} does not say which attack made the trigger (needs 'attack' and "
+                        "'config'); it cannot be applied")
     cfg = dict(meta["config"])
-    attack = create_attack(meta["attack"], target=cfg.pop("target"), seed=cfg.pop("seed"), **cfg)
+    attack = create_attack(meta["attack"], target=cfg.pop("target"), seed=cfg.pop("seed", 0), **cfg)
     tensors = load_file(str(folder / "trigger.safetensors")) if (folder / "trigger.safetensors").exists() else {}
     for name, value in tensors.items():
         setattr(attack, name, value)
