@@ -1,4 +1,4 @@
-"""Meta-token collapse, measured (METHOD 7).
+"""Meta-token collapse, measured.
 
 A prompt-tuned backdoor barely moves the image feature f(x), but triggered images move the meta tokens
 pi(x) (the meta-net's output), and that shared shift turns every class's text embedding toward the

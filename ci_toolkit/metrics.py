@@ -1,4 +1,4 @@
-"""Metrics with the definitions of METHOD 6.
+"""Metrics as the CLIP-Inspector paper defines them.
 
 ASR (everywhere in this toolkit): the fraction of triggered test images whose TRUE class is not the
 target that are predicted as the target. (BadCLIP's code also counts target-class images.)
@@ -47,7 +47,7 @@ def evaluate_backdoor(model, attack, task, ood, target_name) -> dict:
            "acc_unseen": evaluate(model, x_new, y_new, classes=task.unseen_names)}
     if attack is not None:
         target = task.seen_names.index(target_name)
-        unseen_plus = task.unseen_names + [target_name]  # METHOD 1: the target joins the unseen label set
+        unseen_plus = task.unseen_names + [target_name]  # base-to-new protocol: the target joins the unseen label set
         out.update(
             asr_seen=attack_success_rate(model, x_seen, y_seen, target, attack),
             asr_unseen=attack_success_rate(model, x_new, y_new, len(task.unseen_names), attack, classes=unseen_plus),

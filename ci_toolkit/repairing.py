@@ -1,4 +1,4 @@
-"""Repair with the scan's trigger (METHOD 5): one entry point, `repair`, with an accuracy guard inside.
+"""Repair with the scan's trigger: one entry point, `repair`, with an accuracy guard inside.
 
 Fine-tune the prompt learner (ctx + meta-net, SGD like CoCoOp) on a small labelled clean set where every
 batch holds the clean images AND the same images with the trigger delta applied, both with their TRUE

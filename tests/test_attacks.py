@@ -1,4 +1,4 @@
-"""Attacks: one interface, the triggers METHOD 2 defines, implants that run (tiny model, 1 epoch)."""
+"""Attacks: one interface, the triggers their papers define, implants that run (tiny model, 1 epoch)."""
 
 import pytest
 import torch

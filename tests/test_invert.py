@@ -10,7 +10,7 @@ from ci_toolkit.detect.inversion import InversionConfig, group_losses, invert, t
 
 
 def _plain_margin(model, x, delta, t, names):
-    """METHOD 3 written plainly: full graph over all K logits, one candidate."""
+    """The inversion loss written plainly: full graph over all K logits, one candidate."""
     z = model((x + delta).clamp(0, 1), names)
     others = z.clone()
     others[:, t] = -float("inf")

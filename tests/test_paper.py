@@ -44,7 +44,7 @@ def test_split_becomes_a_base_new_task(eurosat_like):
     root, _ = eurosat_like
     task = load_split_task(root, image_size=32, shots=2, seed=1)
     assert task.classnames[:2] == ["Annual Crop Land", "Forest"]  # CoOp's descriptive names, label order
-    assert task.seen == [0, 1, 2] and task.unseen == [3, 4, 5]  # METHOD 1: the first ceil(n/2) are base
+    assert task.seen == [0, 1, 2] and task.unseen == [3, 4, 5]  # base-to-new: the first ceil(n/2) are base
     assert task.train_x.shape == (6, 3, 32, 32) and task.train_x.dtype == torch.uint8
     assert set(task.train_y.tolist()) == {0, 1, 2}  # few-shot training on base classes only
     x, y = task.split("test", "unseen")

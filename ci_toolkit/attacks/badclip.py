@@ -1,4 +1,4 @@
-"""BadCLIP (Bai et al., CVPR 2024) in the CoCoOp setting (METHOD 2).
+"""BadCLIP (Bai et al., CVPR 2024) in the CoCoOp setting.
 
 A universal additive trigger delta (3 x H x W) is learned together with the prompt learner:
     phase 1 (trigger_epochs, default 3):  only delta updates, CE(model(x + delta), target)

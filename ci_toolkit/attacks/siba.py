@@ -1,4 +1,4 @@
-"""SIBA (Gao et al., TIFS 2024): a sparse AND invisible universal trigger (METHOD 2).
+"""SIBA (Gao et al., TIFS 2024): a sparse AND invisible universal trigger.
 
 k pixel locations (about 3% of the pixels; all channels at a location) carry a perturbation bounded by
 eps = 8/255: x' = clamp(x + uap * mask, 0, 1). The trigger is optimised before poisoning on a surrogate

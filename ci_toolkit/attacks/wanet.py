@@ -1,4 +1,4 @@
-"""WaNet (Nguyen & Tran, ICLR 2021): an imperceptible warp, k = 4, s = 0.5, grid_rescale 1 (METHOD 2).
+"""WaNet (Nguyen & Tran, ICLR 2021): an imperceptible warp, k = 4, s = 0.5, grid_rescale 1.
 
 The warp field is random in [-1, 1]^(2 x k x k), normalised by its mean |.|, upsampled bicubically to
 H x W; grid = clamp(identity + s * field / H, -1, 1), applied with grid_sample. Noise mode (cross ratio 2):

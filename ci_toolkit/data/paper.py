@@ -64,7 +64,7 @@ def _load(root: Path, items: list, image_size: int, what: str) -> tuple[torch.Te
 
 def load_split_task(data: str | Path, image_size: int, shots: int = 16, seed: int = 1,
                     n_test_per_class: int | None = None) -> WorldTask:
-    """A CoOp split as a task: base/new classes (METHOD 1), `shots` seeded training images per base class,
+    """A CoOp split as a task: base/new classes (CoCoOp's protocol), `shots` seeded training images per base class,
     the test split (optionally `n_test_per_class` per class, seeded), images loaded at `image_size`."""
     root = Path(data)
     split = load_split(find_split_file(root))

@@ -126,7 +126,7 @@ def save_fewshot(split: dict[str, list[Item]], out_dir: str | Path, shots=(1, 2,
 
 
 def base_new_split(classnames: list[str]) -> tuple[list[int], list[int]]:
-    """METHOD 1: sorted class ids, the first ceil(n/2) are seen (base), the rest unseen (new)."""
+    """CoCoOp's base-to-new split: sorted class ids, the first ceil(n/2) are seen (base), the rest unseen (new)."""
     n = len(classnames)
     return list(range(math.ceil(n / 2))), list(range(math.ceil(n / 2), n))
 

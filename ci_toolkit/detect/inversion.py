@@ -1,4 +1,4 @@
-"""CLIP-Inspector trigger inversion (METHOD 3): one universal perturbation per candidate class.
+"""CLIP-Inspector trigger inversion (docs/method.md, section 1): one universal perturbation per candidate class.
 
 For each candidate t, delta_t (3 x H x W, pixel space) starts at 0 and takes Adam steps (lr 0.1) on
 batches of 32 unlabeled OOD images, ONE epoch over the pool, on the logit margin
@@ -42,7 +42,7 @@ CPU_WORKER_CHUNK_MB = 24.0  # activation budget per text-transformer chunk in a 
 
 @dataclass(frozen=True)
 class InversionConfig:
-    """Hyper-parameters of the inversion (METHOD 3 defaults)."""
+    """Hyper-parameters of the inversion (the CLIP-Inspector paper's defaults)."""
 
     eps: float = 10 / 255  # L-inf bound of each trigger, pixel space (chosen by ablation: docs/method.md, "Inversion")
     lr: float = 0.1  # Adam step size

@@ -28,7 +28,7 @@ def meta_gains(model, images: torch.Tensor, deltas: torch.Tensor, targets: list[
 
     Why it separates: in a clean model a trigger that sends images to class t works through the image
     feature (the meta tokens follow it only slightly); a prompt-learner backdoor is the meta-token path
-    itself, so the trigger that inversion finds for the target gains through it (METHOD 7's collapse)."""
+    itself, so the trigger that inversion finds for the target gains through it (the meta-token collapse)."""
     model.eval()
     classes = classes if classes is not None else model.prompts_for()
     x = as_float(images)

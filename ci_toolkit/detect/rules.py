@@ -1,6 +1,6 @@
 """Decision rules: from what a scan measured to a verdict. One registry, `RULES` (docs/method.md).
 
-CLIP-Inspector's paper score (METHOD 3 steps 3-4), over the K candidate classes:
+CLIP-Inspector's paper score (docs/method.md, section 2), over the K candidate classes:
 
     a_t = zscore(ASR)_t - zscore(Lbar)_t          (z-scores over the K candidates)
     s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
@@ -38,7 +38,7 @@ import torch
 from ..errors import CIError
 from .calibration import Calibration
 
-PAPER_K = 2.0  # the paper's threshold on s_t (METHOD 3 step 4)
+PAPER_K = 2.0  # the paper's threshold on s_t (the CLIP-Inspector paper)
 # Meta-gain threshold, logits per held-out image; how it was chosen, and what it gives on a zoo built before it
 # was fixed and scanned after: docs/method.md ("The threshold") and benchmarks/README.md.
 META_GAIN_THRESHOLD = 1.0

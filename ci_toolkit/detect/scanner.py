@@ -5,7 +5,7 @@
 
 CLIP-Inspector: one trigger inverted per candidate class on the unlabeled OOD pool, its held-out ASR and
 mean loss; the meta gains of the highest-ASR candidates' triggers; the gate probe; a rule from
-`rules.RULES` decides. Baselines ("neural-cleanse", "pixel-backdoor", METHOD 4): the "mad" rule on their
+`rules.RULES` decides. Baselines ("neural-cleanse", "pixel-backdoor"): the "mad" rule on their
 trigger sizes.
 
 While a scan with `out_dir` runs, OUT/partial/ holds each finished group of candidates: a scan

@@ -1,6 +1,6 @@
 """CoCoOp (Zhou et al., CVPR 2022) over any open_clip CLIP, batched and exact.
 
-Prompt of class c for image x (METHOD 1):
+Prompt of class c for image x (CoCoOp, Zhou et al., CVPR 2022):
     [SOS] [ctx_1 + pi(x)] ... [ctx_n + pi(x)] [class-name tokens] [.] [EOS]
 with pi(x) = meta_net(f(x) / |f(x)|). Only `prompt_learner` (ctx + meta_net) is trainable.
 

@@ -1,6 +1,6 @@
 """Clean CoCoOp prompt tuning and evaluation.
 
-METHOD 1 defaults: SGD, momentum 0.9, weight decay 5e-4, cosine schedule, 10 epochs, 16 shots per class.
+CoCoOp's published defaults: SGD, momentum 0.9, weight decay 5e-4, cosine schedule, 10 epochs, 16 shots per class.
 The original CoCoOp uses batch size 1 with lr 0.002; we use batch 32 (one batched text-transformer call
 per step, 32x fewer steps) and raise the learning rate to 0.1 (linear scaling would give 0.064; on the
 embedded world 0.1 reached the same accuracy in the 10 epochs, see docs/world.md). Override both in

@@ -41,7 +41,7 @@ _CHUNK = 512  # images are rendered in fixed chunks so that (seed, n) fully dete
 class WorldTask:
     """The organisation's downstream task: a class subset rendered in the shifted task domain.
 
-    Images are uint8 [N, 3, H, W]; labels index `classnames`. Base/new protocol (METHOD 1): class ids
+    Images are uint8 [N, 3, H, W]; labels index `classnames`. Base-to-new protocol (CoCoOp): class ids
     sorted, the first ceil(n/2) are seen (base), the rest unseen (new). `train` is the seeded 16-shot
     sample of the seen classes; `val`/`test` hold seen and unseen classes.
     """

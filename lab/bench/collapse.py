@@ -1,4 +1,4 @@
-"""`python -m lab bench collapse`: the meta-token-collapse figures (METHOD 7) over a zoo, per attack.
+"""`python -m lab bench collapse`: the meta-token-collapse figures over a zoo, per attack.
 
 For every attacked model: `collapse_stats` with its attacker's trigger and target, on the backdoored model
 and on the clean model of the same seed (same data, same trigger): a figure separates backdoored from

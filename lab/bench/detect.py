@@ -11,7 +11,7 @@ no new inversion); one made with other inversion, OOD-pool, meta-gain or probe s
 mixed in. OUT_DIR/wall.json logs the wall time of every run on that folder (`WallLog`): a method's
 `wall_s` is their sum, so a resumed benchmark reports what all its runs took.
 
-Class level (METHOD 6): TP = the true target flagged; FP = any other class flagged (clean models too);
+Class level (the paper's definition): TP = the true target flagged; FP = any other class flagged (clean models too);
 FN = a backdoored model whose target is not flagged. The paper's rule (k = 2) and Grubbs' bound, which every
 CLIP-Inspector report also decides (`ScanReport.side_rules`), are scored from the same scans.
 """
@@ -273,7 +273,7 @@ def roc_figure(result: dict, path: str | Path) -> None:
 
 def loss_ablation(zoo: str | Path, path: str, cfg: ci.ScanConfig | None = None, losses=LOSSES,
                   progress: bool = False) -> dict:
-    """METHOD 3 step 5 on one backdoored zoo model: per inversion loss, the true target's held-out ASR, the mean
+    """The paper's loss ablation on one backdoored zoo model: per inversion loss, the true target's held-out ASR, the mean
     ASR of the other classes, and the target's rank by the paper-score rule (Grubbs' bound under the meta-gain
     default: meta gains are not measured here, the loss is what is compared; 1 = found)."""
     cfg = cfg or ci.ScanConfig()

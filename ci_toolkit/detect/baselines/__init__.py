@@ -1,4 +1,4 @@
-"""Baselines: Neural Cleanse and Pixel Backdoor on the same model, candidates and pool (METHOD 4).
+"""Baselines: Neural Cleanse and Pixel Backdoor on the same model, candidates and pool.
 
 Their decision is the registry's "mad" rule (`detect.rules`) on the trigger sizes measured here.
 """

@@ -1,4 +1,4 @@
-"""Shared machinery of the trigger-reverse-engineering baselines (METHOD 4), adapted to CoCoOp.
+"""Shared machinery of the trigger-reverse-engineering baselines, adapted to CoCoOp.
 
 Both baselines optimise, for each candidate t, a trigger that sends the OOD pool to t while a size term,
 weighted by a cost that adapts during the run, keeps the trigger small:
@@ -27,7 +27,7 @@ from ...images import as_float
 
 @dataclass(frozen=True)
 class CostConfig:
-    epochs: int = 5  # passes over the pool (METHOD 4)
+    epochs: int = 5  # passes over the pool, as the CLIP-Inspector paper runs them
     batch_size: int = 32
     lr: float = 0.1  # Adam
     init_cost: float = 1e-3

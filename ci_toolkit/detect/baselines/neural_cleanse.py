@@ -1,4 +1,4 @@
-"""Neural Cleanse (Wang et al., S&P 2019) adapted to CoCoOp and an unlabeled OOD pool (METHOD 4).
+"""Neural Cleanse (Wang et al., S&P 2019) adapted to CoCoOp and an unlabeled OOD pool.
 
 Per candidate: mask m and pattern p, both tanh-parameterised into [0, 1], x' = (1 - m) x + m p,
 loss CE(t) + cost * |m|_1, the dynamic cost schedule (init 1e-3, x2 up, /2^1.5 down, patience 5,

@@ -1,4 +1,4 @@
-"""Pixel Backdoor (Tao et al., CVPR 2022) adapted to CoCoOp and an unlabeled OOD pool (METHOD 4).
+"""Pixel Backdoor (Tao et al., CVPR 2022) adapted to CoCoOp and an unlabeled OOD pool.
 
 Per candidate: non-negative p+ and p- in [0, 1] (tanh-parameterised), x' = clamp(x + p+ - p-, 0, 1),
 values below 1/255 zeroed; size = a smooth pixel count, sum over pixels of
