@@ -104,6 +104,14 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
                          attack_kwargs=((), (("eps", 4 / 255),), (), (("eps", 4 / 255),), (), (("alpha", 0.1),)),
                          seeds=tuple(range(1000, 1010)), per_attack=4, class_counts=(20, 30, 40),
                          own_class_lists=True, target_offset=2),
+    # prereg2: seeds 1010-1019, own class lists of 25, 35 or 45 classes; strengths between prereg's two, where
+    # prereg's weaker ones mostly did not implant (BadCLIP and BadCLIP-adaptive at eps 6/255, Blended alpha
+    # 0.15) and BadCLIP-adaptive at the world's strength again. Committed before its first build; evaluated
+    # with prereg (benchmarks/detect_preregistered.json)
+    "prereg2": ZooProfile("prereg2", attacks=("badclip", "badclip_adaptive", "badclip_adaptive", "blended"),
+                          attack_kwargs=((("eps", 6 / 255),), (), (("eps", 6 / 255),), (("alpha", 0.15),)),
+                          seeds=tuple(range(1010, 1020)), per_attack=4, class_counts=(25, 35, 45),
+                          own_class_lists=True, target_offset=3),
     # course: seeds 900-901, two models per implanting attack: the delivered models shipped with the tutorial
     # (`python -m lab course`, ci_toolkit/assets/course/)
     "course": ZooProfile("course", attacks=_IMPLANTING, seeds=(900, 901), per_attack=2),

@@ -118,21 +118,22 @@ def test_full_profile_shape(name):
         assert len(mine) >= 4 and len({s["target"] for s in mine}) == len(mine)
 
 
-def test_the_preregistered_zoo_has_what_its_evaluation_needs():
+def test_the_preregistered_zoos_have_what_their_evaluation_needs():
     from lab.null import null_specs
 
-    specs = model_specs(ZOO_PROFILES["prereg"])
+    specs = model_specs(ZOO_PROFILES["prereg"]) + model_specs(ZOO_PROFILES["prereg2"])
     bad = [s for s in specs if s["attack"] != "clean"]
     assert len(bad) >= 20 and sum(s["attack"] == "clean" for s in specs) >= 10
     for attack in ci.world.IMPLANTING:  # every implanting attack at the world's strength and a weaker one
         strengths = {tuple(sorted(s.get("attack_kwargs", {}).items())) for s in bad if s["attack"] == attack}
         assert () in strengths and len(strengths) >= 2, attack
-    assert {s["n_classes"] for s in specs} == {20, 30, 40}
+    assert {s["n_classes"] for s in specs} == {20, 25, 30, 35, 40, 45}
     assert all(s["target"] < (s["n_classes"] + 1) // 2 for s in bad)
     # its own class lists and task seeds: none shared with the null study or another zoo
     null = null_specs(200)
     assert not {s["class_seed"] for s in specs} & ({n["class_seed"] for n in null} | {0})
-    others = {s["seed"] for n, p in ZOO_PROFILES.items() if n != "prereg" for s in model_specs(p)}
+    assert len({s["seed"] for s in specs if s["attack"] == "clean"}) == 20  # no clean model twice
+    others = {s["seed"] for n, p in ZOO_PROFILES.items() if not n.startswith("prereg") for s in model_specs(p)}
     assert not {s["seed"] for s in specs} & (others | {n["seed"] for n in null})
 
 
@@ -374,3 +375,21 @@ def test_bench_repair_repairs_with_the_trigger_of_the_class_the_rule_picks(zoo, 
     again = bench_repair(out, det, scan_cfg=replace(SCAN_CFG, rule="paper"), **kw)
     assert again["per_model"][0]["repaired_with"] == pick
     assert again["per_model"][0]["verdict"] == paper.verdict and again["config"]["rule"] == "paper"
+
+
+def test_bench_detect_on_a_photo_folder_scans_a_part_and_keeps_its_scans_apart(zoo, detected, tmp_path):
+    """--ood DIR --models-per-label N: N clean and N backdoored models scanned on images from a folder; a
+    folder of world-pool scans refuses another OOD source instead of mixing them."""
+    from PIL import Image
+
+    out, manifest = zoo
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, img in enumerate(ci.world.ood_pool(SCAN_CFG.ood_images, seed=7)):
+        Image.fromarray((img * 255).round().byte().permute(1, 2, 0).numpy()).save(photos / f"{i:03d}.png")
+    res = bench_detect(out, tmp_path / "photo", cfg=SCAN_CFG, min_asr=0.0, progress=False, ood=str(photos),
+                       models_per_label=1)
+    assert res["config"]["ood"] == str(photos)
+    assert sorted(r["label"] for r in res["per_model"]) == [0, 1]  # one clean, one backdoored
+    with pytest.raises(ci.CIError, match="OOD images from 'world'"):
+        bench_detect(out, copy_of(detected[0], tmp_path), cfg=SCAN_CFG, min_asr=0.0, progress=False, ood=str(photos))
