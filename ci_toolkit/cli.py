@@ -101,7 +101,8 @@ def cmd_pretrain(args) -> None:
 
 def cmd_demo(args) -> None:
     overrides = {"pretrained": None} if args.random_init else {}
-    run_demo(args.out, DemoConfig(profile=args.profile, seed=args.seed, data=args.data, ood=args.ood), **overrides)
+    run_demo(args.out, DemoConfig(profile=args.profile, seed=args.seed, data=args.data, ood=args.ood, implant=args.implant),
+             **overrides)
 
 
 def _world_setup(profile: str, seed: int):
@@ -282,13 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("demo", help="the whole story on the embedded world (MiniCLIP), or on a prepared dataset",
-                       description="Train a clean and a BadCLIP-backdoored CoCoOp model, scan both, repair the backdoored "
-                                   "one; writes DIR/demo.json and DIR/demo.html. --profile paper runs on a data_prep "
+                       description="Scan a clean and a BadCLIP-backdoored CoCoOp model (delivered models shipped with "
+                                   "the package; --implant tunes and implants them first), repair the backdoored one; "
+                                   "writes DIR/demo.json and DIR/demo.html. --profile paper runs on a data_prep "
                                    "dataset (--data) and an OOD folder (--ood) with ViT-B/16.")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--profile", default="classroom", choices=list_profiles(), help="run size (default: classroom)")
     s.add_argument("--data", default=None, help="a data_prep dataset folder (holds split_zhou_*.json); default: the world")
     s.add_argument("--ood", default=None, help="unlabeled OOD image folder (with --data)")
+    s.add_argument("--implant", action="store_true",
+                   help="tune the clean model and implant the backdoored one first (a few CPU minutes; always with --data)")
     s.add_argument("--random-init", action="store_true", help="random backbone weights (offline check of the paper path)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_demo)

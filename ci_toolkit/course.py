@@ -6,6 +6,7 @@
     task = course.task("m003")            # the organisation's task it was tuned on (its images and classes)
     course.truth("m003")                  # the teacher's answer: {"attack": ..., "target": ...}
     attack = course.load_attack("m003")   # the attacker's trigger (None for a clean model), to measure ASR
+    report = course.shipped_scan("m002", "neural-cleanse")  # a scan shipped with the zoo (None: not shipped)
 
 The models were built by `python -m lab zoo --profile course` and shipped by `python -m lab course`
 (MiniCLIP, the world task of 50 classes) from a checkout of the repository; `truth` and `load_attack` read
@@ -25,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from .attacks import Attack
+from .detect import ScanReport
 from .attacks import load_attack as load_attack_folder
 from .errors import CIError, DataError
 from .model import CoCoOp
@@ -78,6 +80,15 @@ def load_attack(name: str) -> Attack | None:
     return load_attack_folder(folder) if (folder / "attack.json").exists() else None
 
 
+def shipped_scan(name: str, method: str = "neural-cleanse") -> ScanReport | None:
+    """The scan of a course model by `method` shipped with the zoo (its report; the trigger pictures are not
+    shipped), or None. Scans that take minutes per model are shipped so that a lesson can start from them;
+    each report records its settings (`report.config`)."""
+    _row(name)
+    folder = COURSE_DIR / "scans" / method / name
+    return ScanReport.load(folder) if (folder / "report.json").exists() else None
+
+
 ASSIGNMENT_MARK = "# ASSIGNMENT CONFIG"  # otter-grader's first raw cell of a master notebook with exercises
 
 
@@ -122,4 +133,5 @@ def make_course(notebooks: str | Path, out_dir: str | Path) -> dict[str, list[st
     return written
 
 
-__all__ = ["COURSE_DIR", "list_models", "load_model", "task", "truth", "load_attack", "make_course", "has_exercises"]
+__all__ = ["COURSE_DIR", "list_models", "load_model", "task", "truth", "load_attack", "shipped_scan", "make_course",
+           "has_exercises"]

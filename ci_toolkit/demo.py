@@ -1,9 +1,11 @@
 """`ci-toolkit demo`: the whole story in one command, on the public API.
 
-MiniCLIP -> the shifted world task -> a clean CoCoOp model and a BadCLIP-backdoored one (same data, same
-seed) -> both scanned by CLIP-Inspector on unlabeled OOD images -> the backdoored one repaired with the
-trigger behind its verdict. Writes DIR/demo.json, DIR/demo.html and every artefact along the way
-(the attacker's trigger in DIR/attacker/, apart from the delivered models).
+MiniCLIP -> the shifted world task -> a clean CoCoOp model and a BadCLIP-backdoored one -> both scanned by
+CLIP-Inspector on unlabeled OOD images -> the backdoored one repaired with the trigger behind its verdict.
+By default the two models are delivered models of the course zoo shipped with the package (`ci.course`:
+tuned on the same task), so the demo starts scanning at once; `implant=True` (`--implant`), or a prepared
+dataset (`data`), tunes and implants them first. Writes DIR/demo.json, DIR/demo.html and every artefact
+along the way (the attacker's trigger in DIR/attacker/, apart from the delivered models).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import world
+from . import course, world
 from .data import find_split_file, load_image_folder, load_split_task
 from .detect import ScanReport, scan
 from .detect.html import figure_png, score_figure
@@ -38,6 +40,11 @@ class DemoConfig:
     seed: int = 0
     data: str | None = None  # a data_prep dataset folder instead of the world (the paper setting)
     ood: str | None = None  # an unlabeled OOD image folder (with data)
+    implant: bool = False  # tune and implant the two models (always with data); default: the shipped course models
+
+
+# the course zoo's clean model and its BadCLIP twin, tuned on the same world task (teacher/manifest.json)
+COURSE_CLEAN, COURSE_BACKDOORED = "m004", "m005"
 
 
 def _step(n: int, title: str, estimate: str, progress: bool) -> float:
@@ -75,21 +82,35 @@ def run_demo(out_dir: str | Path, demo: DemoConfig | None = None, progress: bool
     if cfg.device != "cpu":  # recorded as run: the demo's training/scan/repair path runs on the CPU
         warnings.warn(f"profile {cfg.name!r} asks for device {cfg.device!r}; the demo runs on the CPU", stacklevel=2)
         cfg = replace(cfg, device="cpu")
-    bb, task, pool, ood_eval = _setup(cfg, demo)
+    shipped = demo.data is None and not demo.implant
+    if shipped:
+        task = course.task(COURSE_BACKDOORED)
+        attack = course.load_attack(COURSE_BACKDOORED)
+        size = int(task.train_x.shape[-1])
+        pool = world.ood_pool(cfg.scan_config.ood_images, seed=cfg.scan_config.seed, image_size=size)
+        ood_eval = world.World(world.WorldConfig(image_size=size)).sample_ood(cfg.scan_config.heldout_size, seed=demo.seed + 1)
+    else:
+        bb, task, pool, ood_eval = _setup(cfg, demo)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_cfg = cfg.train_config()
     x_seen, y_seen = task.split("test", "seen")
     x_new, y_new = task.split("test", "unseen")
-    target = len(task.seen) // 2  # a seen class
-
-    _step(1, "prompt-tuning a clean CoCoOp model (the honest provider)", "under a minute", progress)
-    clean = CoCoOp(bb, task.seen_names, seed=demo.seed)
-    train(clean, task.train_x, task.train_y, train_cfg, progress=progress, desc="clean CoCoOp")
-    _step(2, f"implanting BadCLIP toward {task.seen_names[target]!r} (the attacker)", "a few minutes", progress)
-    bad = CoCoOp(bb, task.seen_names, seed=demo.seed)
-    attack = world.attack("badclip", target=target, seed=demo.seed)
-    attack.implant(bad, task.train_x, task.train_y, train_cfg, progress=progress)
+    if shipped:
+        target = attack.target
+        _step(1, "loading the delivered models (the course zoo shipped with the package)", "seconds", progress)
+        clean, bad = course.load_model(COURSE_CLEAN), course.load_model(COURSE_BACKDOORED)
+        _step(2, f"the attacker's BadCLIP trigger toward {task.seen_names[target]!r} (the teacher's folder)",
+              "seconds", progress)
+    else:
+        target = len(task.seen) // 2  # a seen class
+        _step(1, "prompt-tuning a clean CoCoOp model (the honest provider)", "under a minute", progress)
+        clean = CoCoOp(bb, task.seen_names, seed=demo.seed)
+        train(clean, task.train_x, task.train_y, train_cfg, progress=progress, desc="clean CoCoOp")
+        _step(2, f"implanting BadCLIP toward {task.seen_names[target]!r} (the attacker)", "a few minutes", progress)
+        bad = CoCoOp(bb, task.seen_names, seed=demo.seed)
+        attack = world.attack("badclip", target=target, seed=demo.seed)
+        attack.implant(bad, task.train_x, task.train_y, train_cfg, progress=progress)
 
     def measured(model):
         return {"acc_seen": evaluate(model, x_seen, y_seen),
@@ -126,6 +147,7 @@ def run_demo(out_dir: str | Path, demo: DemoConfig | None = None, progress: bool
         "eps": BACKDOOR_EPS,
         "runtime_s": time.time() - t0,
         "config": {"profile": asdict(cfg), "data": str(demo.data) if demo.data else "world",
+                   "models": f"course zoo {COURSE_CLEAN}, {COURSE_BACKDOORED}" if shipped else "tuned and implanted here",
                    "ood": str(demo.ood) if demo.ood else "world", "train": asdict(train_cfg), "scan": asdict(cfg.scan_config),
                    "threads": torch.get_num_threads()},
     }

@@ -19,7 +19,7 @@ from lab.bench.notebooks import bench_notebooks
 from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
-from lab.course import ship_course
+from lab.course import ship_course, ship_course_scans
 from lab.null import null_figure, null_study, ship_null
 from lab.zoo import MIN_ASR, build_zoo, list_zoo_profiles
 
@@ -41,6 +41,10 @@ def cmd_zoo(args) -> None:
 def cmd_course(args) -> None:
     rows = ship_course(args.zoo, args.out, min_asr=args.min_asr)
     print(f"{len(rows)} course models -> {args.out} ({sum(r['attack'] != 'clean' for r in rows)} backdoored)")
+
+
+def cmd_course_scans(args) -> None:
+    ship_course_scans(args.out, args.methods.split(","), args.models.split(","), args.pool, args.work)
 
 
 def cmd_null(args) -> None:
@@ -73,7 +77,8 @@ def cmd_bench_detect(args) -> None:
     out = Path(args.out)
     result = bench_detect(args.zoo, out.with_suffix(""), methods=args.methods.split(","), cfg=scan_config(args),
                           min_asr=args.min_asr, baseline_models=args.baseline_models, workers=args.workers,
-                          baseline_pool=args.baseline_pool, scan_not_implanted=args.scan_not_implanted)
+                          baseline_pool=args.baseline_pool, scan_not_implanted=args.scan_not_implanted, ood=args.ood,
+                          models_per_label=args.models_per_label)
     write_json(out, result)
     roc_figure(result, out.with_suffix(".png"))
     for key, m in result["methods"].items():
@@ -140,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-asr", type=float, default=MIN_ASR, help="backdoored models below this seen ASR are left out")
     s.set_defaults(func=cmd_course)
 
+    s = sub.add_parser("course-scans", help="scan course models (e.g. with the baselines) and ship the reports",
+                       description="Scan shipped course models with the given methods on world OOD images and copy "
+                                   "each report.json to OUT/scans/<method>/<name>/ (ci.course.shipped_scan).")
+    s.add_argument("--methods", default="neural-cleanse,pixel-backdoor", help="comma-separated scan methods")
+    s.add_argument("--models", required=True, help="comma-separated course model names")
+    s.add_argument("--pool", type=int, default=128, help="OOD images to optimise on (of 2 x POOL drawn)")
+    s.add_argument("--work", default="runs/course_scans", help="where the scans are kept (a rerun reloads them)")
+    s.add_argument("--out", default="ci_toolkit/assets/course", help="the course folder")
+    s.set_defaults(func=cmd_course_scans)
+
     s = sub.add_parser("null", help="the null study: clean models that vary what a provider varies, scanned",
                        description="Train N clean CoCoOp models (task seed, class list, class count, epochs, shots, "
                                    "lr, batch, context init drawn per model), scan each with the default scan, and "
@@ -192,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also scan backdoored models whose attack did not implant")
     s.add_argument("--baseline-pool", type=int, default=None,
                    help="pool images for the baselines (default: --pool-size)")
+    s.add_argument("--ood", default="world", help="'world' (default) or an unlabeled image folder, e.g. real photos")
+    s.add_argument("--models-per-label", type=int, default=None,
+                   help="scan only the first N clean and N backdoored models (a part of the zoo)")
     s.add_argument("--workers", type=int, default=1, help="models scanned in parallel (2 on a 2-core machine)")
     add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_bench_detect)

@@ -7,6 +7,13 @@ OUT/models.json (public: each model's name and the task it was tuned on), OUT/mo
 delivered models), OUT/teacher/manifest.json and OUT/teacher/<name>/ (the ground truth and the attacker's
 artefacts). A backdoored model whose attack did not implant (seen ASR < MIN_ASR) is left out: it would
 teach the opposite of its label.
+
+Scans that take minutes per model (the baselines) are shipped beside the models, made with the public API:
+
+    python -m lab course-scans --methods neural-cleanse,pixel-backdoor --models m001,m002 --pool 128
+
+writes OUT/scans/<method>/<name>/report.json (each scan's report, its configuration inside), which
+`ci.course.shipped_scan(name, method)` loads.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import json
 import random
 import shutil
 from pathlib import Path
+
+import ci_toolkit as ci
 
 from .zoo import MIN_ASR, Zoo, get_zoo_profile, implanted
 
@@ -47,4 +56,27 @@ def ship_course(zoo_dir: str | Path, out_dir: str | Path, min_asr: float = MIN_A
     return teacher
 
 
-__all__ = ["ship_course"]
+def ship_course_scans(out_dir: str | Path, methods: list[str], names: list[str], pool: int, work: str | Path,
+                      progress: bool = True) -> list[Path]:
+    """Scan course models with `methods` on 2 x `pool` world OOD images (seed 0; `pool` to optimise on, a fifth
+    of them held out for ASR), keeping the scans in `work` (a rerun reloads them), and ship each report.json."""
+    out, written = Path(out_dir) / "scans", []
+    ood = ci.world.ood_pool(2 * pool, seed=0)
+    for method in methods:
+        for name in names:
+            folder = Path(work) / f"{method}_{name}"
+            report = (ci.ScanReport.load(folder) if (folder / "report.json").exists() else
+                      ci.scan(ci.course.load_model(name), ood, ci.ScanConfig(method=method, pool_size=pool, heldout_size=pool),
+                              folder, progress=progress))
+            if report.config["pool_size"] != pool or report.config["method"] != method:
+                raise ci.CIError(f"{folder} holds a scan with other settings; choose another --work")
+            target = out / method / name / "report.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / "report.json", target)
+            written.append(target)
+            if progress:
+                print(f"{method} {name}: {report.summary()} -> {target}")
+    return written
+
+
+__all__ = ["ship_course", "ship_course_scans"]

@@ -28,11 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 import ci_toolkit as ci
-from ci_toolkit.data import load_image_folder
 from ci_toolkit.detect import SCAN_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
 from ci_toolkit.workers import process_pool
 
-from .bench.detect import WallLog
+from .bench.detect import WallLog, ood_images
 
 # Task seeds NULL_SEED + i (i < 200): no zoo profile uses seeds 700-899 (lab/zoo.py), so no null model shares a task.
 NULL_SEED = 700
@@ -76,14 +75,6 @@ def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
     lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
     hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
     return lo, hi
-
-
-def ood_images(source: str, cfg: ci.ScanConfig) -> torch.Tensor:
-    """The scan's OOD images: the world's pool ("world") or an unlabeled image folder (e.g. real photos)."""
-    if source == "world":
-        return ci.world.ood_pool(cfg.ood_images, seed=cfg.seed)
-    return load_image_folder(source, ci.world.IMAGE_SIZE, labelled=False, limit=cfg.ood_images,
-                             seed=cfg.seed, progress=False).images
 
 
 def build_model(out: Path, spec: dict) -> tuple[ci.CoCoOp, float]:

@@ -67,3 +67,10 @@ def make_responsive():
         return model
 
     return make
+
+
+@pytest.fixture(scope="session")
+def notebook_work(tmp_path_factory):
+    """One scan cache for every notebook run of the session: a master notebook and its student version
+    (tests/test_course.py) scan the same course models with the same settings, so the second run reloads."""
+    return tmp_path_factory.mktemp("notebook_work")

@@ -31,6 +31,16 @@ def test_shipped_backdoors_work_and_the_names_tell_nothing():
         assert asr >= 0.5, (name, asr)  # the backdoor implanted (what the lessons rely on)
 
 
+def test_shipped_baseline_scans_load_with_their_settings():
+    for method in ("neural-cleanse", "pixel-backdoor"):
+        for name in ("m001", "m002"):
+            report = ci.course.shipped_scan(name, method)
+            assert report is not None and report.method == method and report.config["pool_size"] == 128
+            assert [c.name for c in report.classes] == ci.course.load_model(name).classnames
+            assert all(c.size is not None for c in report.classes)
+    assert ci.course.shipped_scan("m003", "neural-cleanse") is None
+
+
 def test_unknown_course_model_is_a_clear_error():
     with pytest.raises(ci.DataError, match="no course model"):
         ci.course.load_model("m999")
@@ -39,7 +49,7 @@ def test_unknown_course_model_is_a_clear_error():
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp_path):
+def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp_path, notebook_work):
     """`ci-toolkit course`: the student version runs with its exercises unsolved, its checks report them as
     failing (not a crash); the solutions keep the hidden checks. The solutions passing every check, hidden
     ones included, is tested where the master notebooks run (tests/test_notebooks.py: their check cells are
@@ -70,7 +80,7 @@ def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp
     for name in graded:
         done = tmp_path / f"run_{name}"
         pm.execute_notebook(str(out / "student" / name), str(done), cwd=str(out / "student"), kernel_name="python3",
-                            progress_bar=False, parameters={"profile": "smoke", "work_dir": str(tmp_path / "w")})
+                            progress_bar=False, parameters={"profile": "smoke", "work_dir": str(notebook_work)})
         cells = json.loads(done.read_text())["cells"]
         checks = [c for c in cells if c["cell_type"] == "code" and "grader.check(" in "".join(c["source"])]
         assert checks

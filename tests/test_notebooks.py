@@ -54,8 +54,28 @@ def _check_05(m):
     assert m["found_target"] and m["asr_after"] < m["asr_before"] / 2 and m["acc_after"] >= m["acc_before"] - 0.1, m
 
 
+def _check_06(m):
+    assert m["n_candidates"] == 25 and set(m["target_rank"]) == {"neural-cleanse", "pixel-backdoor"}
+    assert all(v in ("clean", "backdoored") for v in m["verdicts"].values()) and len(m["verdicts"]) == 4
+    assert all(1 <= r <= m["n_candidates"] for r in m["target_rank"].values())
+    # the lesson (the shipped scans): Neural Cleanse ranks the backdoor's target smallest, and flags the clean
+    # twin too, through a natural sink; Pixel Backdoor's triggers never shrink at this budget (no outlier)
+    assert m["target_rank"]["neural-cleanse"] == 1, m
+    assert m["verdicts"]["neural-cleanse m001"] == "backdoored" and m["pb_distinct_sizes"] == [1, 1], m
+
+
+def _check_07(m):
+    import ci_toolkit as ci
+
+    # the lesson: the audit gets every delivered model right, and repairs exactly the backdoored ones
+    for name, v in m["audit"].items():
+        true = ci.course.truth(name)
+        assert v == {"verdict": "clean" if true["attack"] == "clean" else "backdoored", "target": true["target"]}, (name, v)
+    assert m["repaired"] == sorted(n for n, v in m["audit"].items() if v["verdict"] == "backdoored")
+
+
 CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,
-          "04_score_and_decide": _check_04, "05_repair": _check_05}
+          "04_score_and_decide": _check_04, "05_repair": _check_05, "06_baselines": _check_06, "07_capstone": _check_07}
 
 
 def test_there_are_notebooks_and_each_has_checks():
@@ -64,7 +84,7 @@ def test_there_are_notebooks_and_each_has_checks():
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_under_smoke_profile(nb, tmp_path):
+def test_notebook_runs_under_smoke_profile(nb, tmp_path, notebook_work):
     import papermill as pm
 
     metrics = tmp_path / "metrics.json"
@@ -72,7 +92,7 @@ def test_notebook_runs_under_smoke_profile(nb, tmp_path):
         str(nb),
         str(tmp_path / nb.name),
         parameters={"profile": "smoke", "metrics_path": str(metrics),
-                    **({"work_dir": str(tmp_path)} if "work_dir" in nb.read_text() else {})},
+                    **({"work_dir": str(notebook_work)} if "work_dir" in nb.read_text() else {})},
         cwd=str(nb.parent),
         kernel_name="python3",
         progress_bar=False,

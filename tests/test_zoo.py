@@ -142,7 +142,7 @@ def test_profiles_hold_the_seeds_and_targets_the_benchmarks_were_built_with():
     assert seeds == {"smoke": [0], "classroom": [100, 101], "full": list(range(6)), "holdout": list(range(200, 206)),
                      "holdout2": list(range(300, 306)), "holdout3": list(range(400, 406)),
                      "holdout4": list(range(500, 506)), "holdout5": list(range(600, 606)), "course": [900, 901],
-                     "prereg": list(range(1000, 1010))}
+                     "prereg": list(range(1000, 1010)), "prereg2": list(range(1010, 1020))}
     targets = {name: [s["target"] for s in model_specs(p) if s["attack"] != "clean"] for name, p in ZOO_PROFILES.items()}
     assert targets["smoke"] == [3, 0]
     assert targets["classroom"] == [4, 11, 18, 0, 7, 14]

@@ -162,10 +162,14 @@ class ScanReport:
     def summary(self) -> str:
         """One line for people: the verdict, the top class and its score against the threshold."""
         target = f" toward {self.predicted_target!r}" if self.predicted_target else f" (top class {self.top_class!r})"
-        fb = f", decided by the {self.fallback} rule" if self.fallback else ""
+        # a calibrated rule without a null for this scan is decided by its fallback's fixed threshold: say so
+        shown = self.fallback if self.fallback else self.rule
+        fb = ""
+        if self.fallback:
+            fb = ", not calibrated" if self.fallback == "meta-gain" else f", decided by the {self.fallback} rule"
         p = (f", p = {self.p_value:.3f} against {self.null['n_models']} clean models (flags at FPR {self.fpr:g})"
              if self.p_value is not None else "")
-        return (f"{self.verdict}{target}: {self.rule} score {self.max_score:.2f} against threshold {self.threshold:.2f}"
+        return (f"{self.verdict}{target}: {shown} score {self.max_score:.2f} against threshold {self.threshold:.2f}"
                 f"{p}{fb} ({len(self.classes)} candidates, {self.runtime_s:.0f} s)")
 
     @property

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 import ci_toolkit as ci
+from ci_toolkit.data import load_image_folder
 from ci_toolkit.detect import LOSSES, ScanReport, split_pool
 from ci_toolkit.workers import process_pool
 from lab.zoo import MIN_ASR, Zoo, implanted
@@ -61,14 +62,36 @@ def world_ood(cfg: ci.ScanConfig, image_size: int = ci.world.IMAGE_SIZE) -> torc
     return ci.world.ood_pool(cfg.ood_images, seed=cfg.seed, image_size=image_size)
 
 
+def ood_images(source: str, cfg: ci.ScanConfig, image_size: int = ci.world.IMAGE_SIZE) -> torch.Tensor:
+    """The scan's OOD images: the world's pool ("world") or an unlabeled image folder (e.g. real photos), a
+    seeded sample of cfg.ood_images of them."""
+    if source == "world":
+        return world_ood(cfg, image_size)
+    return load_image_folder(source, image_size, labelled=False, limit=cfg.ood_images, seed=cfg.seed,
+                             progress=False).images
+
+
+def check_ood_source(out_dir: Path, ood: str) -> None:
+    """Scans kept under out_dir all use one OOD source (a report does not record where its images came from):
+    OUT_DIR/ood.json names it, and another source is refused."""
+    path = out_dir / "ood.json"
+    if path.exists():
+        have = json.loads(path.read_text())["ood"]
+        if have != ood:
+            raise ci.CIError(f"{out_dir} holds scans on OOD images from {have!r}, not {ood!r}; use another --out")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"ood": ood}))
+
+
 def scan_model(zoo: Zoo, row: dict, folder: Path, cfg: ci.ScanConfig, threads: int | None = None,
-               progress: bool = False) -> str:
-    """Scan one zoo model into `folder` (resuming a partial scan there); returns the verdict. Runs in a worker
-    process when `bench_detect` has workers > 1."""
+               progress: bool = False, ood: str = "world") -> str:
+    """Scan one zoo model into `folder` (resuming a partial scan there) on the OOD images of `ood`; returns
+    the verdict. Runs in a worker process when `bench_detect` has workers > 1."""
     if threads:
         torch.set_num_threads(threads)
     model = zoo.load_model(row)
-    return ci.scan(model, world_ood(cfg, model.preprocess.image_size), cfg, folder, progress=progress).verdict
+    return ci.scan(model, ood_images(ood, cfg, model.preprocess.image_size), cfg, folder, progress=progress).verdict
 
 
 def expected_settings(cfg: ci.ScanConfig) -> dict:
@@ -164,8 +187,12 @@ def model_row(m: dict, method: str, report: ScanReport, min_asr: float) -> dict:
 
 def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector",), cfg: ci.ScanConfig | None = None,
                  min_asr: float = MIN_ASR, baseline_models: int | None = None, progress: bool = True, workers: int = 1,
-                 baseline_pool: int | None = None, scan_not_implanted: bool = False) -> dict:
+                 baseline_pool: int | None = None, scan_not_implanted: bool = False, ood: str = "world",
+                 models_per_label: int | None = None) -> dict:
     """Scan the zoo; returns the benchmark dict (and keeps the per-model scans under out_dir/scans).
+
+    ood: "world" (the world's OOD pool) or an unlabeled image folder (real photos); models_per_label: scan
+    only the first that many clean and that many backdoored models (a part of the zoo, e.g. for a slower pool).
 
     baseline_models / baseline_pool: scan only that many models (clean and backdoored interleaved) with the
     slow baselines, on that many pool images (their 5 epochs of full-graph steps cost ~10x an inversion).
@@ -176,10 +203,12 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
     manifest = zoo.manifest()
     cfg = cfg or ci.ScanConfig()
     out = Path(out_dir)
+    check_ood_source(out, ood)
     result = {"methods": {}, "per_model": [], "config": {"zoo": str(zoo.root), "min_asr": min_asr, "workers": workers,
                                                           "threads": os.cpu_count(), "scan": None,
                                                           "baseline_models": baseline_models,
-                                                          "baseline_pool": baseline_pool}}
+                                                          "baseline_pool": baseline_pool, "ood": ood,
+                                                          "models_per_label": models_per_label}}
     for method in methods:
         mcfg = replace(cfg, method=method)
         if method != "clip-inspector" and baseline_pool:
@@ -188,7 +217,11 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
             "rule": mcfg.rule, "eps": mcfg.inversion.eps, "loss": mcfg.inversion.loss, "pool_size": mcfg.pool_size,
             "heldout_size": mcfg.heldout_size}
         scannable = manifest if scan_not_implanted else [m for m in manifest if implanted(m, min_asr)]
-        skipped = [m for m in manifest if m not in scannable]
+        skipped = [m for m in manifest if m not in scannable]  # listed as not implanted
+        if models_per_label is not None:  # a part of the zoo: the others are neither scanned nor listed
+            scannable = ([m for m in scannable if m["attack"] == "clean"][:models_per_label]
+                         + [m for m in scannable if m["attack"] != "clean"][:models_per_label])
+            skipped = []
         if method == "clip-inspector" or baseline_models is None:
             models = scannable
         else:
@@ -203,7 +236,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
             # the scans themselves run without bars (several processes would garble them): one bar over models
             with process_pool(workers) as pool, tqdm(total=len(todo), desc=f"{method} ({workers} processes)",
                                                      unit="model", disable=not progress) as bar:
-                futures = {pool.submit(scan_model, zoo, m, folders[m["path"]], mcfg, threads): m for m in todo}
+                futures = {pool.submit(scan_model, zoo, m, folders[m["path"]], mcfg, threads, False, ood): m for m in todo}
                 for fut in as_completed(futures):
                     verdict = fut.result()
                     wall.update(scanned=1)
@@ -211,7 +244,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
                     bar.set_postfix(last=f"{Zoo.name(futures[fut])} {verdict}")
         else:
             for m in todo:
-                scan_model(zoo, m, folders[m["path"]], mcfg, progress=progress)
+                scan_model(zoo, m, folders[m["path"]], mcfg, progress=progress, ood=ood)
                 wall.update(scanned=1)
         reports.update({m["path"]: cached_scan(folders[m["path"]], mcfg) for m in todo})
         rows = [model_row(m, method, reports[m["path"]], min_asr) for m in models]
