@@ -7,6 +7,7 @@
     course.truth("m003")                  # the teacher's answer: {"attack": ..., "target": ...}
     attack = course.load_attack("m003")   # the attacker's trigger (None for a clean model), to measure ASR
     report = course.shipped_scan("m002", "neural-cleanse")  # a scan shipped with the zoo (None: not shipped)
+    report = course.scan("m002", cfg, work_dir="runs")  # CLIP-Inspector: shipped at these settings, or run
 
 The models were built by `python -m lab zoo --profile course` and shipped by `python -m lab course`
 (MiniCLIP, the world task of 50 classes) from a checkout of the repository; `truth` and `load_attack` read
@@ -23,15 +24,17 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from .attacks import Attack
-from .detect import ScanReport
+from .detect import ScanConfig, ScanReport, calibration_for, split_pool
+from .detect import scan as scan_model
 from .attacks import load_attack as load_attack_folder
 from .errors import CIError, DataError
 from .model import CoCoOp
 from .model import load_model as load_model_folder
-from .world import WorldTask, task as world_task
+from .world import WorldTask, ood_pool, task as world_task
 
 COURSE_DIR = Path(__file__).resolve().parent / "assets" / "course"
 
@@ -81,12 +84,39 @@ def load_attack(name: str) -> Attack | None:
 
 
 def shipped_scan(name: str, method: str = "neural-cleanse") -> ScanReport | None:
-    """The scan of a course model by `method` shipped with the zoo (its report; the trigger pictures are not
-    shipped), or None. Scans that take minutes per model are shipped so that a lesson can start from them;
-    each report records its settings (`report.config`)."""
+    """The scan of a course model by `method` shipped with the zoo, or None: a CLIP-Inspector scan with its
+    triggers (to repair with), a baseline's report without its trigger pictures. Scans that take minutes per
+    model are shipped so that a lesson can start from them; each report records its settings (`config`)."""
     _row(name)
     folder = COURSE_DIR / "scans" / method / name
     return ScanReport.load(folder) if (folder / "report.json").exists() else None
+
+
+def scan(name: str, cfg: ScanConfig | None = None, work_dir: str | Path | None = None,
+         progress: bool = False) -> ScanReport:
+    """The CLIP-Inspector scan of a course model under `cfg` (default `ScanConfig()`) on the world's OOD pool
+    (`world.ood_pool(cfg.ood_images, seed=cfg.seed)`): the scan shipped with the zoo when it was made with
+    exactly these settings, else the one kept in `work_dir`/<name> by an earlier call, else a fresh scan (kept
+    there when `work_dir` is given). Equal to `ci.scan` on the loaded model either way; a shipped or kept scan
+    is decided again under `cfg`'s rule and the null it calls for, as a fresh scan would be."""
+    cfg = cfg or ScanConfig()
+    if cfg.method != "clip-inspector":
+        raise CIError(f"course.scan runs CLIP-Inspector; for {cfg.method!r} use shipped_scan or ci.scan")
+    ood = ood_pool(cfg.ood_images, seed=cfg.seed)
+    pool, heldout = split_pool(ood, cfg, cfg.inversion.batch_size)
+    # the settings as a report records them: the pool and held-out sizes the split gave
+    want = json.loads(json.dumps({**asdict(cfg), "pool_size": len(pool), "heldout_size": len(heldout)}))
+    folder = Path(work_dir) / name if work_dir is not None else None
+    for kept in (shipped_scan(name, "clip-inspector"), _kept(folder)):
+        if kept is not None and {k: kept.config.get(k) for k in want} == want:
+            return kept.redecide(cfg.rule, cfg.threshold, calibration_for(kept.config))
+    if _kept(folder) is not None:
+        raise CIError(f"{folder} holds a scan of {name} made with other settings; pass another work_dir")
+    return scan_model(load_model(name), ood, cfg, folder, progress=progress)
+
+
+def _kept(folder: Path | None) -> ScanReport | None:
+    return ScanReport.load(folder) if folder is not None and (folder / "report.json").exists() else None
 
 
 ASSIGNMENT_MARK = "# ASSIGNMENT CONFIG"  # otter-grader's first raw cell of a master notebook with exercises
@@ -133,5 +163,5 @@ def make_course(notebooks: str | Path, out_dir: str | Path) -> dict[str, list[st
     return written
 
 
-__all__ = ["COURSE_DIR", "list_models", "load_model", "task", "truth", "load_attack", "shipped_scan", "make_course",
+__all__ = ["COURSE_DIR", "list_models", "load_model", "task", "truth", "load_attack", "shipped_scan", "scan", "make_course",
            "has_exercises"]

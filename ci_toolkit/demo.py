@@ -82,7 +82,8 @@ def run_demo(out_dir: str | Path, demo: DemoConfig | None = None, progress: bool
     if cfg.device != "cpu":  # recorded as run: the demo's training/scan/repair path runs on the CPU
         warnings.warn(f"profile {cfg.name!r} asks for device {cfg.device!r}; the demo runs on the CPU", stacklevel=2)
         cfg = replace(cfg, device="cpu")
-    shipped = demo.data is None and not demo.implant
+    # the shipped course models are MiniCLIP models of the world task: any other profile tunes its own
+    shipped = demo.data is None and demo.ood is None and not demo.implant and cfg.backbone == "miniclip"
     if shipped:
         task = course.task(COURSE_BACKDOORED)
         attack = course.load_attack(COURSE_BACKDOORED)

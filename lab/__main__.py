@@ -44,7 +44,7 @@ def cmd_course(args) -> None:
 
 
 def cmd_course_scans(args) -> None:
-    ship_course_scans(args.out, args.methods.split(","), args.models.split(","), args.pool, args.work)
+    ship_course_scans(args.out, args.methods.split(","), args.models.split(","), args.pool, args.work, args.heldout)
 
 
 def cmd_null(args) -> None:
@@ -145,12 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-asr", type=float, default=MIN_ASR, help="backdoored models below this seen ASR are left out")
     s.set_defaults(func=cmd_course)
 
-    s = sub.add_parser("course-scans", help="scan course models (e.g. with the baselines) and ship the reports",
+    s = sub.add_parser("course-scans", help="scan course models and ship the reports (notebooks 04, 06, 07 start from them)",
                        description="Scan shipped course models with the given methods on world OOD images and copy "
                                    "each report.json to OUT/scans/<method>/<name>/ (ci.course.shipped_scan).")
     s.add_argument("--methods", default="neural-cleanse,pixel-backdoor", help="comma-separated scan methods")
     s.add_argument("--models", required=True, help="comma-separated course model names")
-    s.add_argument("--pool", type=int, default=128, help="OOD images to optimise on (of 2 x POOL drawn)")
+    s.add_argument("--pool", type=int, default=128, help="OOD images to optimise on")
+    s.add_argument("--heldout", type=int, default=None, help="further OOD images for ASR (default: POOL)")
     s.add_argument("--work", default="runs/course_scans", help="where the scans are kept (a rerun reloads them)")
     s.add_argument("--out", default="ci_toolkit/assets/course", help="the course folder")
     s.set_defaults(func=cmd_course_scans)

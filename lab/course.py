@@ -57,22 +57,32 @@ def ship_course(zoo_dir: str | Path, out_dir: str | Path, min_asr: float = MIN_A
 
 
 def ship_course_scans(out_dir: str | Path, methods: list[str], names: list[str], pool: int, work: str | Path,
-                      progress: bool = True) -> list[Path]:
-    """Scan course models with `methods` on 2 x `pool` world OOD images (seed 0; `pool` to optimise on, a fifth
-    of them held out for ASR), keeping the scans in `work` (a rerun reloads them), and ship each report.json."""
+                      heldout: int | None = None, progress: bool = True) -> list[Path]:
+    """Scan course models with `methods` on `pool` + `heldout` (default `pool`) world OOD images (seed 0), keeping
+    the scans in `work` (a rerun reloads them), and ship each report.json (a CLIP-Inspector scan also its
+    triggers, about 1.2 MB, for the repairs). CLIP-Inspector scans go through `ci.course.scan`, the path a
+    notebook takes, so a notebook with these settings finds them shipped."""
     out, written = Path(out_dir) / "scans", []
-    ood = ci.world.ood_pool(2 * pool, seed=0)
     for method in methods:
+        cfg = ci.ScanConfig(method=method, pool_size=pool, heldout_size=heldout or pool)
         for name in names:
-            folder = Path(work) / f"{method}_{name}"
-            report = (ci.ScanReport.load(folder) if (folder / "report.json").exists() else
-                      ci.scan(ci.course.load_model(name), ood, ci.ScanConfig(method=method, pool_size=pool, heldout_size=pool),
-                              folder, progress=progress))
+            if method == "clip-inspector":
+                folder = Path(work) / method / name
+                report = ci.course.scan(name, cfg, work_dir=folder.parent, progress=progress)
+            else:
+                folder = Path(work) / f"{method}_{name}"
+                report = (ci.ScanReport.load(folder) if (folder / "report.json").exists() else
+                          ci.scan(ci.course.load_model(name), ci.world.ood_pool(cfg.ood_images, seed=0), cfg, folder,
+                                  progress=progress))
             if report.config["pool_size"] != pool or report.config["method"] != method:
                 raise ci.CIError(f"{folder} holds a scan with other settings; choose another --work")
             target = out / method / name / "report.json"
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(folder / "report.json", target)
+            # a CLIP-Inspector scan ships with its triggers: notebooks repair with them
+            for part in ("report.json", "triggers.safetensors", "gate_probe.safetensors") if method == "clip-inspector" \
+                    else ("report.json",):
+                if (folder / part).exists():  # else it was shipped already, with these settings
+                    shutil.copy(folder / part, target.parent / part)
             written.append(target)
             if progress:
                 print(f"{method} {name}: {report.summary()} -> {target}")

@@ -72,5 +72,5 @@ def make_responsive():
 @pytest.fixture(scope="session")
 def notebook_work(tmp_path_factory):
     """One scan cache for every notebook run of the session: a master notebook and its student version
-    (tests/test_course.py) scan the same course models with the same settings, so the second run reloads."""
+    (both in tests/test_notebooks.py) scan the same course models with the same settings, so the second run reloads."""
     return tmp_path_factory.mktemp("notebook_work")

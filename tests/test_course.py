@@ -46,44 +46,40 @@ def test_unknown_course_model_is_a_clear_error():
         ci.course.load_model("m999")
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+CLASSROOM_SCANNED = ("m000", "m001", "m002", "m003", "m004", "m005", "m006")  # notebooks 04, 05 and 07
+CAPSTONE = ("m000", "m003", "m004")
 
 
-def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp_path, notebook_work):
-    """`ci-toolkit course`: the student version runs with its exercises unsolved, its checks report them as
-    failing (not a crash); the solutions keep the hidden checks. The solutions passing every check, hidden
-    ones included, is tested where the master notebooks run (tests/test_notebooks.py: their check cells are
-    plain code there)."""
-    import json
+def test_shipped_scans_serve_the_classroom_notebooks_without_scanning(monkeypatch):
+    """Notebooks 04, 05 and 07 ask `ci.course.scan` for these models at the classroom profile's settings: the
+    shipped scans answer, and find every backdoor (the capstone's hidden check relies on its three)."""
+    import ci_toolkit.course as course
 
-    import papermill as pm
+    def no_scan(*args, **kwargs):
+        raise AssertionError("course.scan scanned instead of returning the shipped scan")
 
-    from ci_toolkit.cli import main
+    monkeypatch.setattr(course, "scan_model", no_scan)
+    cfg = ci.get_profile("classroom").scan_config
+    for name in CLASSROOM_SCANNED:
+        report = ci.course.scan(name, cfg)
+        true = ci.course.truth(name)
+        if true["attack"] != "clean":  # every backdoor is found on its target
+            assert report.verdict == "backdoored" and report.predicted_target == true["target"], (name, report.summary())
+            assert report.repair_trigger().target == true["target"]  # shipped with its triggers: notebooks repair
+        elif name in CAPSTONE:  # the capstone's clean model is judged clean (notebook 04's m001 is not: its lesson)
+            assert report.verdict == "clean", (name, report.summary())
 
-    out = tmp_path / "course"
-    assert main(["course", "--out", str(out), "--notebooks", str(REPO / "notebooks")]) == 0
-    masters = sorted(p.name for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
-    assert sorted(p.name for p in (out / "student").glob("*.ipynb")) == masters
-    graded = [m for m in masters if ci.course.has_exercises(REPO / "notebooks" / m)]
-    assert graded, "no notebook holds exercises"
-    for name in graded:
-        student = (out / "student" / name).read_text()
-        assert "BEGIN SOLUTION" not in student and "grader.check(" in student
-        assert "return z([za - zl" not in student  # notebook 04's solution code is gone
-        assert "BEGIN SOLUTION" in (out / "solutions" / name).read_text()  # the solution notebook keeps them
-    hidden = [t for t in (out / "solutions" / "tests").glob("*.py") if "hidden=True" in t.read_text()]
-    assert hidden and not any("hidden=True" in t.read_text() for t in (out / "student" / "tests").glob("*.py"))
-    # a second run never overwrites a course
-    with pytest.raises(ci.CIError, match="already holds a course"):
-        ci.course.make_course(REPO / "notebooks", out)
-    # the student version, unsolved, runs to the end and every check says "failed"
-    for name in graded:
-        done = tmp_path / f"run_{name}"
-        pm.execute_notebook(str(out / "student" / name), str(done), cwd=str(out / "student"), kernel_name="python3",
-                            progress_bar=False, parameters={"profile": "smoke", "work_dir": str(notebook_work)})
-        cells = json.loads(done.read_text())["cells"]
-        checks = [c for c in cells if c["cell_type"] == "code" and "grader.check(" in "".join(c["source"])]
-        assert checks
-        for c in checks:
-            text = json.dumps(c["outputs"])
-            assert "failed" in text.lower(), "".join(c["source"])
+
+def test_course_scan_keeps_its_scan_and_refuses_a_folder_of_other_settings(tmp_path):
+    from dataclasses import replace
+
+    cfg = ci.ScanConfig(pool_size=64, heldout_size=16, probe_eps=None, meta_candidates=2)
+    first = ci.course.scan("m001", cfg, tmp_path)
+    assert (tmp_path / "m001" / "report.json").exists() and first.config["pool_size"] == 64
+    again = ci.course.scan("m001", cfg, tmp_path)  # reloaded, decided the same way
+    assert [(c.name, c.score) for c in again.classes] == [(c.name, c.score) for c in first.classes]
+    assert again.verdict == first.verdict and again.runtime_s == first.runtime_s
+    with pytest.raises(ci.CIError, match="other settings"):
+        ci.course.scan("m001", replace(cfg, pool_size=48), tmp_path)
+    with pytest.raises(ci.CIError, match="CLIP-Inspector"):
+        ci.course.scan("m001", replace(cfg, method="neural-cleanse"))

@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# a cell still running after this long has hung (a widget message lost between kernel and client happens);
+# the longest smoke cell takes about two minutes on a 2-core CPU
+CELL_TIMEOUT_S = 600
 
 
 def _check_00(m):
@@ -96,6 +99,7 @@ def test_notebook_runs_under_smoke_profile(nb, tmp_path, notebook_work):
         cwd=str(nb.parent),
         kernel_name="python3",
         progress_bar=False,
+        execution_timeout=CELL_TIMEOUT_S,
     )
     CHECKS[nb.stem](json.loads(metrics.read_text()))
     # every cell meant to draw a figure shows one (a backend switch elsewhere would leave them empty)
@@ -117,3 +121,44 @@ def test_notebook_is_stripped_parametrised_and_thin(nb):
         assert not re.search(r"^\s*(from ci_toolkit|import ci_toolkit\.)", c.source, re.M), "import ci_toolkit as ci only"
         assert not re.search(r"\bci\.(\w+\.)*_\w", c.source), "no private names"
         assert not re.search(r"^\s*class \w+", c.source, re.M), "no class definitions in notebooks"
+
+
+# after the master notebooks: their scans are in the shared `notebook_work` cache, so the student
+# versions reload them
+def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp_path, notebook_work):
+    """`ci-toolkit course`: the student version runs with its exercises unsolved, its checks report them as
+    failing (not a crash); the solutions keep the hidden checks. The solutions passing every check, hidden
+    ones included, is tested above, where the master notebooks run (their check cells are plain code there)."""
+    import papermill as pm
+
+    import ci_toolkit as ci
+    from ci_toolkit.cli import main
+
+    out = tmp_path / "course"
+    assert main(["course", "--out", str(out), "--notebooks", str(REPO / "notebooks")]) == 0
+    masters = sorted(p.name for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
+    assert sorted(p.name for p in (out / "student").glob("*.ipynb")) == masters
+    graded = [m for m in masters if ci.course.has_exercises(REPO / "notebooks" / m)]
+    assert graded, "no notebook holds exercises"
+    for name in graded:
+        student = (out / "student" / name).read_text()
+        assert "BEGIN SOLUTION" not in student and "grader.check(" in student
+        assert "return z([za - zl" not in student  # notebook 04's solution code is gone
+        assert "BEGIN SOLUTION" in (out / "solutions" / name).read_text()  # the solution notebook keeps them
+    hidden = [t for t in (out / "solutions" / "tests").glob("*.py") if "hidden=True" in t.read_text()]
+    assert hidden and not any("hidden=True" in t.read_text() for t in (out / "student" / "tests").glob("*.py"))
+    # a second run never overwrites a course
+    with pytest.raises(ci.CIError, match="already holds a course"):
+        ci.course.make_course(REPO / "notebooks", out)
+    # the student version, unsolved, runs to the end and every check says "failed"
+    for name in graded:
+        done = tmp_path / f"run_{name}"
+        pm.execute_notebook(str(out / "student" / name), str(done), cwd=str(out / "student"), kernel_name="python3",
+                            progress_bar=False, execution_timeout=CELL_TIMEOUT_S,
+                            parameters={"profile": "smoke", "work_dir": str(notebook_work)})
+        cells = json.loads(done.read_text())["cells"]
+        checks = [c for c in cells if c["cell_type"] == "code" and "grader.check(" in "".join(c["source"])]
+        assert checks
+        for c in checks:
+            text = json.dumps(c["outputs"])
+            assert "failed" in text.lower(), "".join(c["source"])

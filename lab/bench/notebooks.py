@@ -17,6 +17,11 @@ import ci_toolkit as ci
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
 
+# a cell running this long has hung (a widget message lost between kernel and client); the longest
+# classroom cell takes a few minutes on a 2-core CPU
+CELL_TIMEOUT_S = 1800
+
+
 def bench_notebooks(out_dir: str | Path, profile: str = "classroom", only: tuple[str, ...] = (), html: bool = False,
                     figure: str | Path | None = None) -> dict:
     """Run the notebooks; with `figure`, also draw notebook 04's scans of the clean and BadCLIP course models."""
@@ -38,7 +43,7 @@ def bench_notebooks(out_dir: str | Path, profile: str = "classroom", only: tuple
             params["work_dir"] = str((out / "work").resolve())  # papermill runs in notebooks/
         t0 = time.time()
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(nb.parent), kernel_name="python3",
-                            progress_bar=False)
+                            progress_bar=False, execution_timeout=CELL_TIMEOUT_S)
         wall = time.time() - t0
         figures = sum("image/png" in o.get("data", {}) for c in nbformat.read(out / nb.name, as_version=4).cells
                       if c.cell_type == "code" for o in c.outputs)
