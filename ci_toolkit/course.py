@@ -107,16 +107,13 @@ def scan(name: str, cfg: ScanConfig | None = None, work_dir: str | Path | None =
     # the settings as a report records them: the pool and held-out sizes the split gave
     want = json.loads(json.dumps({**asdict(cfg), "pool_size": len(pool), "heldout_size": len(heldout)}))
     folder = Path(work_dir) / name if work_dir is not None else None
-    for kept in (shipped_scan(name, "clip-inspector"), _kept(folder)):
-        if kept is not None and {k: kept.config.get(k) for k in want} == want:
-            return kept.redecide(cfg.rule, cfg.threshold, calibration_for(kept.config))
-    if _kept(folder) is not None:
+    kept = ScanReport.load(folder) if folder is not None and (folder / "report.json").exists() else None
+    for found in (shipped_scan(name, "clip-inspector"), kept):
+        if found is not None and {k: found.config.get(k) for k in want} == want:
+            return found.redecide(cfg.rule, cfg.threshold, calibration_for(found.config))
+    if kept is not None:
         raise CIError(f"{folder} holds a scan of {name} made with other settings; pass another work_dir")
     return scan_model(load_model(name), ood, cfg, folder, progress=progress)
-
-
-def _kept(folder: Path | None) -> ScanReport | None:
-    return ScanReport.load(folder) if folder is not None and (folder / "report.json").exists() else None
 
 
 ASSIGNMENT_MARK = "# ASSIGNMENT CONFIG"  # otter-grader's first raw cell of a master notebook with exercises

@@ -79,9 +79,10 @@ def ship_course_scans(out_dir: str | Path, methods: list[str], names: list[str],
             target = out / method / name / "report.json"
             target.parent.mkdir(parents=True, exist_ok=True)
             # a CLIP-Inspector scan ships with its triggers: notebooks repair with them
-            for part in ("report.json", "triggers.safetensors", "gate_probe.safetensors") if method == "clip-inspector" \
-                    else ("report.json",):
-                if (folder / part).exists():  # else it was shipped already, with these settings
+            parts = ("report.json", "triggers.safetensors", "gate_probe.safetensors") if method == "clip-inspector" \
+                else ("report.json",)
+            for part in parts:
+                if (folder / part).exists():  # else course.scan returned the shipped scan: nothing to copy
                     shutil.copy(folder / part, target.parent / part)
             written.append(target)
             if progress:
