@@ -8,18 +8,20 @@ import json
 import sys
 from pathlib import Path
 
-from ci_toolkit import list_profiles
+from ci_toolkit import get_profile, list_profiles
 from ci_toolkit.cli import add_scan_options, run, scan_config
 from lab.bench.attacks import ALL as ALL_ATTACKS
 from lab.bench.attacks import attacks_from_zoo, bench_attacks
 from lab.bench.collapse import bench_collapse
 from lab.bench.detect import METHOD_KEYS, bench_detect, roc_figure
+from lab.bench.executors import bench_executors
 from lab.bench.gates import EPS_255, bench_gates
 from lab.bench.notebooks import bench_notebooks
 from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
 from lab.course import ship_course, ship_course_scans
+from lab.executors import add_executor_args, executor_from
 from lab.null import null_figure, null_study, ship_null
 from lab.zoo import MIN_ASR, build_zoo, list_zoo_profiles
 
@@ -34,7 +36,7 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def cmd_zoo(args) -> None:
-    manifest = build_zoo(args.out, args.profile, workers=args.workers)
+    manifest = build_zoo(args.out, args.profile, executor=executor_from(args))
     print(f"{len(manifest)} models -> {args.out}/manifest.json")
 
 
@@ -48,8 +50,8 @@ def cmd_course_scans(args) -> None:
 
 
 def cmd_null(args) -> None:
-    result = null_study(args.out, n_models=args.models, source=args.ood, workers=args.workers, cfg=scan_config(args),
-                        build=not args.finished_only)
+    result = null_study(args.out, n_models=args.models, source=args.ood, cfg=scan_config(args),
+                        build=not args.finished_only, executor=executor_from(args))
     out = Path(args.result) if args.result else Path(args.out) / "null.json"
     write_json(out, result)
     null_figure(result, out.with_suffix(".png"))
@@ -76,13 +78,24 @@ def cmd_bench_attacks(args) -> None:
 def cmd_bench_detect(args) -> None:
     out = Path(args.out)
     result = bench_detect(args.zoo, out.with_suffix(""), methods=args.methods.split(","), cfg=scan_config(args),
-                          min_asr=args.min_asr, baseline_models=args.baseline_models, workers=args.workers,
+                          min_asr=args.min_asr, baseline_models=args.baseline_models, executor=executor_from(args),
                           baseline_pool=args.baseline_pool, scan_not_implanted=args.scan_not_implanted, ood=args.ood,
                           models_per_label=args.models_per_label)
     write_json(out, result)
     roc_figure(result, out.with_suffix(".png"))
     for key, m in result["methods"].items():
         print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
+
+
+def cmd_bench_executors(args) -> None:
+    result = bench_executors(args.zoo, args.work, workers=args.workers,
+                             cfg=get_profile(args.profile).scan_config)
+    write_json(args.out, result)
+    for kind in ("local", "ray"):
+        r = result[kind]
+        print(f"{kind}: {r['wall_s']:.0f} s for {r['units']} models ({r['failures']} failed); "
+              f"{r['overhead']['per_unit_s'] * 1000:.1f} ms per empty unit")
+    print(f"same results: {result['same_results']}")
 
 
 def cmd_bench_repair(args) -> None:
@@ -135,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the zoo holds (lab/zoo.py, ZOO_PROFILES; default smoke)")
     s.add_argument("--out", required=True, help="zoo folder")
     s.add_argument("--workers", type=int, default=1, help="models trained in parallel (2 on a 2-core machine)")
+    add_executor_args(s)
     s.set_defaults(func=cmd_zoo)
 
     s = sub.add_parser("course", help="ship a built course zoo into the package (ci_toolkit/assets/course)",
@@ -168,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ship", default=None, metavar="FILE",
                    help="also write the study as the calibrated rule's null (e.g. ci_toolkit/assets/null/miniclip-world.json)")
     s.add_argument("--workers", type=int, default=1, help="models built and scanned in parallel")
+    add_executor_args(s)
     s.add_argument("--finished-only", action="store_true",
                    help="summarise the models finished so far; build and scan nothing")
     add_scan_options(s, method_choice=False)
@@ -212,8 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models-per-label", type=int, default=None,
                    help="scan only the first N clean and N backdoored models (a part of the zoo)")
     s.add_argument("--workers", type=int, default=1, help="models scanned in parallel (2 on a 2-core machine)")
+    add_executor_args(s)
     add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_bench_detect)
+
+    s = bsub.add_parser("executors", help="one zoo scanned with the local executor and with Ray: wall time, overhead",
+                        description="Scan every model of a zoo from scratch with --executor local and with a Ray "
+                                    "cluster of the same CPUs; wall seconds, failures, Ray's per-unit overhead and "
+                                    "whether the verdicts, targets and scores agree. Needs Ray.")
+    s.add_argument("--zoo", required=True, help="zoo folder (e.g. runs/zoo_course, the course's zoo)")
+    s.add_argument("--out", default="benchmarks/executors.json", help="result JSON")
+    s.add_argument("--work", default="runs/executors", help="where each executor's scans go (replaced)")
+    s.add_argument("--workers", type=int, default=2, help="processes / Ray CPUs (default 2)")
+    s.add_argument("--profile", default="classroom", choices=list_profiles(), help="whose scan settings (default classroom)")
+    s.set_defaults(func=cmd_bench_executors)
 
     s = bsub.add_parser("repair", help="repair every backdoored model of a zoo with its scan's trigger",
                         description="Repair each implanted backdoored zoo model; attacker's-trigger ASR and ACC "

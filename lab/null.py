@@ -20,18 +20,16 @@ from __future__ import annotations
 import json
 import random
 import time
-from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 import ci_toolkit as ci
 from ci_toolkit.detect import SCAN_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
-from ci_toolkit.workers import process_pool
 
 from .bench.detect import WallLog, ood_images
+from .executors import Executor, run_units
 
 # Task seeds NULL_SEED + i (i < 200): no zoo profile uses seeds 700-899 (lab/zoo.py), so no null model shares a task.
 NULL_SEED = 700
@@ -177,10 +175,12 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
 
 def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", workers: int = 1,
                cfg: ci.ScanConfig | None = None, progress: bool = True, space: NullSpace = NULL_SPACE,
-               build: bool = True) -> dict:
+               build: bool = True, executor: Executor | None = None) -> dict:
     """Build and scan (or resume) the first n_models null models of `space`; returns the study's result.
-    build=False: the result of the models finished so far, nothing built or scanned."""
+    build=False: the result of the models finished so far, nothing built or scanned. executor: where the
+    models run (default: `workers` local processes); a model that fails is listed in "failed"."""
     cfg = cfg or ci.ScanConfig()
+    ex = executor or Executor("local", workers=workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / f"rows_{ood_key(source)}.json"
@@ -189,35 +189,29 @@ def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", w
     specs = null_specs(n_models, space)
     todo = [s for s in specs if s["name"] not in done] if build else []
     wall = WallLog(out, f"null-{ood_key(source)}")
-    bar = tqdm(total=n_models, initial=n_models - len(todo), desc=f"null study ({ood_key(source)})", unit="model",
-               disable=not progress)
+    failed = []
 
-    def record(row: dict) -> None:
-        rows.append(row)
+    def record(res) -> None:
+        if not res.ok:
+            failed.append(res.record())
+            return
+        rows.append(res.value)
         rows.sort(key=lambda r: r["name"])
         rows_path.write_text(json.dumps(rows, indent=2))  # after every model: resumable
         wall.update(1)
-        bar.update(1)
-        bar.set_postfix(last=f"{row['name']} K={row['n_candidates']} statistic {row['statistic']:.2f}")
 
-    if workers <= 1:
-        for s in todo:
-            record(run_one(out, s, source, cfg))
-    else:
-        threads = max(1, torch.get_num_threads() // workers)
-        with process_pool(workers) as pool:
-            for f in as_completed([pool.submit(run_one, out, s, source, cfg, threads) for s in todo]):
-                record(f.result())
-    bar.close()
+    run_units(run_one, {s["name"]: (out, s, source, cfg) for s in todo}, ex,
+              desc=f"null study ({ood_key(source)})", progress=progress, on_done=record)
     wall.update()
     rows = [r for r in rows if r["name"] in {s["name"] for s in specs}]
     for r in rows:  # rows written before the statistic was recorded: read it from the kept scan
         if "statistic" not in r:
             r["statistic"] = meta_gain_statistic(ci.ScanReport.load(scan_dir(out, source, r["name"])).evidence())
     return {**summarise(rows, cfg), "ood": source, "wall_s": wall.total(), "per_model": rows,
-            "complete": len(rows) == n_models,
+            "complete": len(rows) == n_models, "failed": failed,
             "config": {"n_models": n_models, "space": asdict(space), "null_seed": NULL_SEED,
-                       "null_class_seed": NULL_CLASS_SEED, "workers": workers, "scan": asdict(cfg)}}
+                       "null_class_seed": NULL_CLASS_SEED, "workers": ex.workers, "executor": ex.kind,
+                       "scan": asdict(cfg)}}
 
 
 def null_figure(result: dict, path: str | Path) -> None:

@@ -16,16 +16,15 @@ import json
 import os
 import platform
 import time
-from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 import ci_toolkit as ci
-from ci_toolkit.workers import process_pool
+
+from .executors import Executor, UnitResult, run_units
 
 # A backdoored model whose attack reached a seen-class ASR below this is "not implanted": it behaves like a
 # clean model, so the benches list it but leave it out of their metrics (`implanted`).
@@ -260,14 +259,18 @@ def build_one(zoo: Zoo, p: ZooProfile, i: int, spec: dict, threads: int | None =
 
 
 def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress: bool = True,
-              workers: int = 1) -> list[dict]:
+              workers: int = 1, executor: Executor | None = None) -> list[dict]:
     """Build (or resume) a zoo; returns the manifest.
 
     Clean models come first (the attacked ones measure their trigger on the clean model of their seed).
     workers > 1 trains models in parallel processes with the CPU threads split between them: small
     batch-1 prompt tuning uses one core poorly, so 2 workers x 1 thread is ~2x faster than 1 x 2 on 2 cores.
+    executor: where the models are built (default: `workers` local processes; `Executor("ray", ...)` for a
+    Ray cluster). A model whose build fails (after its retries) is left out of the manifest and listed with
+    its error in DIR/build.json; rerunning the build retries it.
     """
     p = get_zoo_profile(profile)
+    ex = executor or Executor("local", workers=workers)
     t_start = time.time()
     zoo = Zoo(out_dir)
     zoo.root.mkdir(parents=True, exist_ok=True)
@@ -275,35 +278,30 @@ def build_zoo(out_dir: str | Path, profile: str | ZooProfile = "smoke", progress
     done = {m["path"] for m in manifest}
     specs = model_specs(p)
     todo = [(i, s) for i, s in enumerate(specs) if zoo.path(i) not in done]
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"zoo {p.name}", disable=not progress)
+    units = []
 
-    def record(row):
-        manifest.append(row)
-        manifest.sort(key=lambda m: m["path"])
-        zoo.write_manifest(manifest)  # after every model: resumable
-        bar.update(1)
-        bar.set_postfix(last=f"{row['attack']} acc {row['acc_seen']:.2f}" +
-                        (f" asr {row['asr_seen']:.2f}" if row["asr_seen"] is not None else ""))
+    def record(res: UnitResult) -> None:
+        units.append(res.record())
+        if res.ok:
+            manifest.append(res.value)
+            manifest.sort(key=lambda m: m["path"])
+            zoo.write_manifest(manifest)  # after every model: resumable
 
     for phase in ("clean", "attacks"):
-        jobs = [(i, s) for i, s in todo if (s["attack"] == "clean") == (phase == "clean")]
-        if workers <= 1 or len(jobs) <= 1:
-            for i, s in jobs:
-                record(build_one(zoo, p, i, s))
-            continue
-        threads = max(1, (os.cpu_count() or 2) // workers)
-        with process_pool(workers) as pool:
-            for f in as_completed([pool.submit(build_one, zoo, p, i, s, threads) for i, s in jobs]):
-                record(f.result())
-    bar.close()
-    log_build(zoo, p, workers, len(todo), time.time() - t_start)
+        jobs = {zoo.path(i): (zoo, p, i, s) for i, s in todo if (s["attack"] == "clean") == (phase == "clean")}
+        if jobs:
+            run_units(build_one, jobs, ex, desc=f"zoo {p.name} ({phase})", progress=progress, on_done=record)
+    log_build(zoo, p, ex, len(todo), time.time() - t_start, units)
     return manifest
 
 
-def log_build(zoo: Zoo, p: ZooProfile, workers: int, built: int, wall_s: float) -> None:
-    """Append this run to DIR/build.json: a resumed build's runs add up to its total wall time."""
+def log_build(zoo: Zoo, p: ZooProfile, ex: Executor, tried: int, wall_s: float, units: list[dict]) -> None:
+    """Append this run to DIR/build.json (a resumed build's runs add up to its total wall time), with each
+    unit's node, attempts and error."""
     log = zoo.build_log()
-    log.append({"profile": p.name, "models_built": built, "models_total": len(model_specs(p)), "workers": workers,
+    failed = [u for u in units if not u["ok"]]
+    log.append({"profile": p.name, "models_built": tried - len(failed), "models_failed": len(failed),
+                "models_total": len(model_specs(p)), "executor": ex.kind, "workers": ex.workers, "units": units,
                 "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "wall_s": wall_s,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     zoo.build_log_path.write_text(json.dumps(log, indent=2))

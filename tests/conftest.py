@@ -74,3 +74,15 @@ def notebook_work(tmp_path_factory):
     """One scan cache for every notebook run of the session: a master notebook and its student version
     (both in tests/test_notebooks.py) scan the same course models with the same settings, so the second run reloads."""
     return tmp_path_factory.mktemp("notebook_work")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster on this machine (2 CPUs), shared by the tests that use Ray; skipped without Ray."""
+    ray = pytest.importorskip("ray")
+    from lab.executors import init_ray
+
+    started = init_ray(None, num_cpus=2)
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()

@@ -2,8 +2,14 @@
 and the benches that read a zoo, run on that smoke zoo."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -14,16 +20,22 @@ from lab.bench.collapse import DIRECTION, bench_collapse
 from lab.bench.detect import bench_detect, detection_metrics, roc_figure, scan_folder
 from lab.bench.gates import bench_gates
 from lab.bench.repair import bench_repair
+from lab.executors import Executor
 from lab.zoo import MIN_ASR, ZOO_PROFILES, Zoo, build_zoo, implanted, model_specs
 
 # a small scan: groups of 5 candidates, 64 + 16 OOD images
 SCAN_CFG = ci.ScanConfig(inversion=ci.InversionConfig(group=5), pool_size=64, heldout_size=16)
 
 
+REPO = Path(__file__).resolve().parents[1]
+# the parallel path: 2 processes of 1 thread each, the units a Ray build runs (so both give the same models)
+PARALLEL = Executor("local", workers=2, cpus=1)
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo")
-    return out, build_zoo(out, "smoke", progress=False, workers=2)  # the parallel path
+    return out, build_zoo(out, "smoke", progress=False, executor=PARALLEL)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +44,13 @@ def detected(zoo, tmp_path_factory):
     work on a copy."""
     out = tmp_path_factory.mktemp("detect") / "detect"
     return out, bench_detect(zoo[0], out, cfg=SCAN_CFG, min_asr=0.0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def parallel_detected(zoo, tmp_path_factory):
+    """`bench detect` on the smoke zoo, 2 models at a time: (its output folder, its result)."""
+    out = tmp_path_factory.mktemp("par") / "par"
+    return out, bench_detect(zoo[0], out, cfg=SCAN_CFG, min_asr=0.0, progress=True, executor=PARALLEL)
 
 
 def copy_of(folder, tmp_path):
@@ -283,14 +302,47 @@ def test_a_resumed_bench_detect_adds_up_its_wall_time(zoo, detected, tmp_path):
     assert [r["verdict"] for r in resumed["per_model"]] == [r["verdict"] for r in first["per_model"]]
 
 
-def test_bench_detect_scans_in_parallel_to_the_same_answers(zoo, detected, tmp_path):
+def test_bench_detect_scans_in_parallel_to_the_same_answers(zoo, detected, parallel_detected):
     out, manifest = zoo
-    par = bench_detect(out, tmp_path / "par", cfg=SCAN_CFG, min_asr=0.0, progress=True, workers=2)
+    folder, par = parallel_detected
     assert [r["path"] for r in par["per_model"]] == [m["path"] for m in manifest]
-    assert all((scan_folder(tmp_path / "par", "clip-inspector", r) / "report.json").exists() for r in par["per_model"])
+    assert all((scan_folder(folder, "clip-inspector", r) / "report.json").exists() for r in par["per_model"])
     assert [(r["verdict"], r["predicted_target"]) for r in par["per_model"]] == \
         [(r["verdict"], r["predicted_target"]) for r in detected[1]["per_model"]]
-    assert json.loads((tmp_path / "par" / "wall.json").read_text())[0]["models_scanned"] == len(manifest)
+    assert json.loads((folder / "wall.json").read_text())[0]["models_scanned"] == len(manifest)
+    assert par["failed"] == [] and par["config"]["executor"] == "local"
+
+
+def without_times(rows):
+    return [{k: v for k, v in r.items() if k not in ("train_s", "runtime_s", "mean_scan_s")} for r in rows]
+
+
+def test_ray_builds_and_scans_the_smoke_zoo_like_local_and_resumes_after_its_driver_is_killed(
+        zoo, parallel_detected, ray_cluster, tmp_path):
+    out = tmp_path / "ray_zoo"
+    # a driver on the shared cluster, killed after its first model: its manifest holds what it finished
+    cmd = [sys.executable, "-m", "lab", "zoo", "--profile", "smoke", "--out", str(out), "--workers", "2",
+           "--executor", "ray", "--ray-address", ray_cluster]
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not (out / "manifest.json").exists() and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    first = Zoo(out).manifest()
+    assert 1 <= len(first) < len(zoo[1]), (tmp_path / "driver.log").read_text()[-2000:]
+    stamp = (out / first[0]["path"] / "prompt_learner.safetensors").stat().st_mtime_ns
+    # rerun: resumes (the finished model is not rebuilt) and ends with the local build's manifest
+    manifest = build_zoo(out, "smoke", progress=False, executor=Executor("ray", workers=2))
+    assert (out / first[0]["path"] / "prompt_learner.safetensors").stat().st_mtime_ns == stamp
+    assert without_times(manifest) == without_times(zoo[1])
+    assert json.loads((out / "build.json").read_text())[-1]["executor"] == "ray"
+    # the scans: same verdicts, targets and scores as the local executor's
+    res = bench_detect(out, tmp_path / "ray_detect", cfg=SCAN_CFG, min_asr=0.0, progress=False,
+                       executor=Executor("ray", workers=2))
+    assert res["failed"] == [] and res["config"]["executor"] == "ray"
+    assert without_times(res["per_model"]) == without_times(parallel_detected[1]["per_model"])
 
 
 def test_bench_detect_lists_models_that_did_not_implant_without_scanning_them(zoo, detected, tmp_path):

@@ -21,17 +21,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 import ci_toolkit as ci
 from ci_toolkit.data import load_image_folder
 from ci_toolkit.detect import LOSSES, ScanReport, split_pool
-from ci_toolkit.workers import process_pool
+from lab.executors import Executor, run_units
 from lab.zoo import MIN_ASR, Zoo, implanted
 
 METHOD_KEYS = {"clip-inspector": "clip_inspector", "neural-cleanse": "neural_cleanse",
@@ -188,7 +186,7 @@ def model_row(m: dict, method: str, report: ScanReport, min_asr: float) -> dict:
 def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector",), cfg: ci.ScanConfig | None = None,
                  min_asr: float = MIN_ASR, baseline_models: int | None = None, progress: bool = True, workers: int = 1,
                  baseline_pool: int | None = None, scan_not_implanted: bool = False, ood: str = "world",
-                 models_per_label: int | None = None) -> dict:
+                 models_per_label: int | None = None, executor: Executor | None = None) -> dict:
     """Scan the zoo; returns the benchmark dict (and keeps the per-model scans under out_dir/scans).
 
     ood: "world" (the world's OOD pool) or an unlabeled image folder (real photos); models_per_label: scan
@@ -197,14 +195,18 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
     baseline_models / baseline_pool: scan only that many models (clean and backdoored interleaved) with the
     slow baselines, on that many pool images (their 5 epochs of full-graph steps cost ~10x an inversion).
     workers > 1 scans several models at once in processes that split the CPU threads (small models use
-    one core poorly: 2 x 1 thread beats 1 x 2 threads on 2 cores).
+    one core poorly: 2 x 1 thread beats 1 x 2 threads on 2 cores). executor: where the scans run (default:
+    `workers` local processes; `Executor("ray", ...)`: a Ray cluster). A scan that fails after its retries is
+    listed in result["failed"] with its error and left out of the metrics; rerunning resumes it.
     """
+    ex = executor or Executor("local", workers=workers)
     zoo = Zoo(zoo)
     manifest = zoo.manifest()
     cfg = cfg or ci.ScanConfig()
     out = Path(out_dir)
     check_ood_source(out, ood)
-    result = {"methods": {}, "per_model": [], "config": {"zoo": str(zoo.root), "min_asr": min_asr, "workers": workers,
+    result = {"methods": {}, "per_model": [], "config": {"zoo": str(zoo.root), "min_asr": min_asr, "workers": ex.workers,
+                                                          "executor": ex.kind,
                                                           "threads": os.cpu_count(), "scan": None,
                                                           "baseline_models": baseline_models,
                                                           "baseline_pool": baseline_pool, "ood": ood,
@@ -231,21 +233,14 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         # cached scans first: one made with other settings stops the run before anything is scanned
         reports = {p: cached_scan(f, mcfg) for p, f in folders.items() if (f / "report.json").exists()}
         todo = [m for m in models if m["path"] not in reports]
-        if workers > 1 and len(todo) > 1:
-            threads = max(1, (os.cpu_count() or 2) // workers)
-            # the scans themselves run without bars (several processes would garble them): one bar over models
-            with process_pool(workers) as pool, tqdm(total=len(todo), desc=f"{method} ({workers} processes)",
-                                                     unit="model", disable=not progress) as bar:
-                futures = {pool.submit(scan_model, zoo, m, folders[m["path"]], mcfg, threads, False, ood): m for m in todo}
-                for fut in as_completed(futures):
-                    verdict = fut.result()
-                    wall.update(scanned=1)
-                    bar.update(1)
-                    bar.set_postfix(last=f"{Zoo.name(futures[fut])} {verdict}")
-        else:
-            for m in todo:
-                scan_model(zoo, m, folders[m["path"]], mcfg, progress=progress, ood=ood)
-                wall.update(scanned=1)
+        inline = ex.kind == "local" and ex.workers == 1  # one scan at a time here: its own bars are readable
+        units = {m["path"]: (zoo, m, folders[m["path"]], mcfg, None, progress and inline, ood) for m in todo}
+        runs = run_units(scan_model, units, ex, desc=method, progress=progress and not inline,
+                         on_done=lambda res: wall.update(scanned=int(res.ok)))
+        failed = {r.key: r for r in runs if not r.ok}
+        result.setdefault("failed", []).extend({"method": method, **r.record()} for r in failed.values())
+        models = [m for m in models if m["path"] not in failed]
+        todo = [m for m in todo if m["path"] not in failed]
         reports.update({m["path"]: cached_scan(folders[m["path"]], mcfg) for m in todo})
         rows = [model_row(m, method, reports[m["path"]], min_asr) for m in models]
         result["per_model"] += rows
