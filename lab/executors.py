@@ -33,9 +33,10 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from tqdm.auto import tqdm
 
-from ci_toolkit.errors import CIError
+from ci_toolkit import CIError
 from ci_toolkit.workers import process_pool
 
 EXECUTORS = ("local", "ray")
@@ -105,8 +106,6 @@ def call_unit(fn: Callable, args: tuple, threads: int | None) -> tuple[Any, str,
     """Runs in the worker: fn(*args) with `threads` torch threads; returns (value, host, seconds)."""
     t0 = time.time()
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     return fn(*args), socket.gethostname(), time.time() - t0
 

@@ -24,10 +24,11 @@ PUBLIC_FACES = {
     "ci_toolkit.cli": {"add_scan_options", "scan_config", "run", "attacker_folder"},
     "ci_toolkit.workers": {"process_pool"},
 }
-# slow imports the lab may make inside a function, and the notebook runner's, which only `bench notebooks` needs
-DEFERRABLE = ("matplotlib", "sklearn", "scipy", "nbformat", "papermill", "nbconvert")
+# slow imports the lab may make inside a function, the notebook runner's, which only `bench notebooks` needs,
+# and Ray, the optional extra only `--executor ray` needs
+DEFERRABLE = ("matplotlib", "sklearn", "scipy", "nbformat", "papermill", "nbconvert", "ray")
 COMMANDS = ["zoo", "bench", "bench world", "bench attacks", "bench detect", "bench repair", "bench collapse",
-            "bench gates", "bench speed", "bench notebooks", "null", "course"]
+            "bench gates", "bench speed", "bench notebooks", "bench executors", "null", "course"]
 
 
 # ---- the command line -------------------------------------------------------------------------------
