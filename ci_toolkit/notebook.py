@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 
 
-def record_metrics(metrics: dict, path: str | Path | None) -> dict:
-    """Write a notebook's key metrics as JSON (the test suite executes notebooks and reads these)."""
+def record_metrics(metrics: dict, path: str | Path | None) -> None:
+    """Write a notebook's key metrics as JSON when `path` is set (the test suite executes notebooks and reads
+    these); returns nothing, so a notebook cell that ends with it shows nothing."""
     if path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(metrics, indent=2, default=float))
-    return metrics
 
 
 def show_images(images, titles=None, ncols: int = 8, size: float = 1.4, suptitle: str | None = None):
