@@ -1,0 +1,278 @@
+"""AMDET ("Assimilation Matters"): scan a CLIP text encoder for an implanted trigger (docs: AMDET.md).
+
+A backdoored text encoder, given its trigger, makes every token's output alike ("assimilation"). AMDET
+inverts one continuous pseudo-token v that maximises assimilation on clean prompts while moving them away
+from their clean outputs and from a benign anchor encoder's, checks the result on held-out prompts, and
+keeps it only when the loss around v is a bowl (an implanted optimum), not the tilted saddle of a natural one.
+
+Shapes: prompts are token ids [N, L]; per-token states H [N, L, D] are the text transformer's `ln_final`
+outputs (before pooling and projection); the pseudo-token v is [m, D], inserted right after BOS.
+
+    A(H)          mean over positions i, j in P of cos(H_i, H_j), diagonal included   (`assimilation`)
+    L(v)          -A(E(x+v)) + beta * cos(E(x+v), E(x)) + gamma * cos(E(x+v), E_anchor(x+v))
+    rho           share of positive Hessian eigenvalues of L on a 2-D grid around v*  (`landscape_ratio`)
+
+P ("valid", the default for MiniCLIP): BOS through EOS, the pseudo-token included; "full": every position.
+Insertion "shifted" (default): v goes in token space and positions 0..L-1 are added after it, so a real
+one-token trigger is a feasible v; "reference": positions are added first and v gets none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..model.backbones import Backbone, text_tower
+from ..model.text import eot_index
+
+POSITIONS = ("valid", "full")
+INSERTS = ("shifted", "reference")
+# decision thresholds of the reference code (AMDET.md section 4)
+A_HIGH = 0.8  # a held-out prompt assimilates when its A(x + v) passes this
+R_A, R_SAME, R_DIFF, RHO = 0.8, 0.995, 0.95, 0.8  # the four ratios a backdoored encoder must pass
+SAME_COS = 0.92  # a prompt's output is "the same" as the others' above this cosine
+EIGEN_EPS = 1e-6  # a Hessian eigenvalue above this counts as positive
+LANDSCAPE_RADIUS_768 = 10.0  # the grid's half-width for a 768-wide text tower; scaled by sqrt(D / 768)
+
+
+@dataclass(frozen=True)
+class AMDETConfig:
+    """Inversion and decision settings (defaults: the reference code, with AMDET.md section 7's MiniCLIP
+    changes: valid positions, a check every `check_every` steps from `first_check`)."""
+
+    m: int = 1  # pseudo-tokens
+    beta: float = 0.1  # weight of the deviation from the clean output
+    gamma: float = 0.1  # weight of the deviation from the anchor's output
+    lr: float = 8e-2
+    weight_decay: float = 1e-5
+    batch_size: int = 10
+    epochs: int = 2
+    heldout_fraction: float = 0.2
+    check_every: int = 10
+    first_check: int = 20
+    grid: int = 50  # landscape grid points per axis
+    positions: str = "valid"
+    insert: str = "shifted"
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.positions not in POSITIONS or self.insert not in INSERTS:
+            raise ValueError(f"positions must be one of {POSITIONS} and insert one of {INSERTS}")
+
+
+def token_states(clip, tokens: torch.Tensor, v: torch.Tensor | None = None, insert: str = "shifted",
+                 crop: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token `ln_final` states [N, L', D] of prompts `tokens` [N, L] with pseudo-tokens v ([m, D] or
+    [N, m, D]) inserted right after BOS, and each row's EOS position [N] (moved by m). crop: drop the
+    positions after the last EOS (exact under the causal mask; L' = last EOS + 1)."""
+    tower = text_tower(clip)
+    n, length = tokens.shape
+    eot = eot_index(tokens)
+    emb = tower.token_embedding(tokens)
+    pos = tower.positional_embedding.to(emb.dtype)
+    m = 0 if v is None else v.shape[-2]
+    if insert == "reference":
+        emb = emb + pos[:length]
+    if m:
+        v = v.to(emb.dtype).expand(n, m, emb.shape[-1]) if v.dim() == 2 else v.to(emb.dtype)
+        emb = torch.cat([emb[:, :1], v, emb[:, 1:length - m]], dim=1)
+        eot = (eot + m).clamp(max=length - 1)
+    if insert == "shifted":
+        emb = emb + pos[:length]
+    if crop:
+        emb = emb[:, : int(eot.max()) + 1]
+    size = emb.shape[1]
+    mask = tower.attn_mask[:size, :size] if tower.attn_mask is not None else None
+    return tower.ln_final(tower.transformer(emb, attn_mask=mask)), eot
+
+
+def pooled(clip, states: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """The projected EOS feature [N, E] of per-token states (what `encode_text` returns, unnormalised)."""
+    tower = text_tower(clip)
+    x = states[torch.arange(states.shape[0], device=states.device), eot]
+    proj = tower.text_projection
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def valid_mask(eot: torch.Tensor, length: int) -> torch.Tensor:
+    """[N, length] True at BOS..EOS of each row."""
+    return torch.arange(length, device=eot.device)[None, :] <= eot[:, None]
+
+
+def assimilation(states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A per prompt [N]: the mean cosine between every pair of positions in the mask (all when None),
+    diagonal included. Identical tokens give 1, L orthonormal ones 1 / L."""
+    h = F.normalize(states, dim=-1)
+    if mask is None:
+        mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+    h = h * mask[..., None]
+    total = h.sum(dim=1)  # sum_i sum_j cos(H_i, H_j) = |sum_i H_i / |H_i||^2
+    return (total * total).sum(-1) / mask.sum(1).clamp(min=1) ** 2
+
+
+def landscape_ratio(f: torch.Tensor) -> float:
+    """rho: the share of positive eigenvalues (> EIGEN_EPS) of the 2 x 2 finite-difference Hessians at the
+    interior points of a grid of loss values f [n, n] (no step division: the signs do not depend on it)."""
+    faa = f[2:, 1:-1] - 2 * f[1:-1, 1:-1] + f[:-2, 1:-1]
+    fbb = f[1:-1, 2:] - 2 * f[1:-1, 1:-1] + f[1:-1, :-2]
+    fab = (f[2:, 2:] - f[2:, :-2] - f[:-2, 2:] + f[:-2, :-2]) / 4
+    mean, diff = (faa + fbb) / 2, (faa - fbb) / 2
+    root = torch.sqrt(diff * diff + fab * fab)
+    eig = torch.stack([mean + root, mean - root])
+    return float((eig > EIGEN_EPS).float().mean())
+
+
+@dataclass
+class AMDETReport:
+    """What AMDET found: the verdict, the inverted pseudo-token and the evidence behind it."""
+
+    verdict: str
+    v: torch.Tensor = field(repr=False)
+    s1: float  # held-out mean assimilation at v*
+    s2: float  # best margin of the four checks over all checks
+    checks: list[dict]  # step, r_a, r_same, r_diff, rho (None when checks 1-3 failed)
+    steps: int
+    config: dict
+
+    @property
+    def backdoored(self) -> bool:
+        return self.verdict == "backdoored"
+
+    def summary(self) -> str:
+        best = max(self.checks, key=lambda c: c["margin"]) if self.checks else None
+        where = (f"best check at step {best['step']}: r_A {best['r_a']:.3f}, r_same {best['r_same']:.3f}, "
+                 f"r_diff {best['r_diff']:.3f}, rho {best['rho'] if best['rho'] is None else round(best['rho'], 3)}"
+                 if best else "no check")
+        return f"AMDET: {self.verdict} (held-out assimilation {self.s1:.3f}; {where})"
+
+
+class Objective:
+    """The inversion's loss L(v) = -L_a + beta L_s + gamma L_d on a batch of prompts, per prompt, for a
+    suspect and an anchor text tower (open_clip CLIP models)."""
+
+    def __init__(self, suspect, anchor, cfg: AMDETConfig):
+        self.suspect, self.anchor, self.cfg = suspect, anchor, cfg
+
+    def states(self, clip, tokens, v):
+        crop = self.cfg.positions == "valid"
+        return token_states(clip, tokens, v, self.cfg.insert, crop=crop)
+
+    def terms(self, tokens: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-prompt L_a, L_s, L_d and the pooled features [N] / [N, E] at v (v [m, D] or [N, m, D])."""
+        m = v.shape[-2]
+        valid = self.cfg.positions == "valid"
+        h, eot = self.states(self.suspect, tokens, v)
+        ha, _ = self.states(self.anchor, tokens, v)  # the anchor's output moves with v too
+        with torch.no_grad():
+            h0, eot0 = self.states(self.suspect, tokens, None)
+        mask = valid_mask(eot, h.shape[1]) if valid else torch.ones(h.shape[:2], dtype=torch.bool)
+        l_a = assimilation(h, mask)
+        # deviation from the clean output: new position p + m against old position p (aligned)
+        n = min(h0.shape[1], h.shape[1] - m)
+        keep = valid_mask(eot0, n) if valid else torch.ones(h0.shape[0], n, dtype=torch.bool)
+        l_s = (F.cosine_similarity(h[:, m:m + n], h0[:, :n], dim=-1) * keep).sum(1) / keep.sum(1).clamp(min=1)
+        l_d = (F.cosine_similarity(h, ha, dim=-1) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return {"l_a": l_a, "l_s": l_s, "l_d": l_d, "loss": -l_a + self.cfg.beta * l_s + self.cfg.gamma * l_d,
+                "pooled": pooled(self.suspect, h, eot), "pooled_anchor": pooled(self.anchor, ha, eot)}
+
+
+def _clip(model):
+    return model.clip if isinstance(model, Backbone) else model
+
+
+def landscape(suspect, anchor, tokens: torch.Tensor, v: torch.Tensor, cfg: AMDETConfig | None = None,
+              chunk: int = 250) -> tuple[torch.Tensor, float]:
+    """L on a grid around v for one prompt (tokens [1, L]): f [grid, grid] over v + a d1 + b d2, with d1 the
+    normalised descent direction at v and d2 a normalised random direction orthogonal to it (seeded), a and
+    b in [-R, R], R = 10 sqrt(D / 768). Returns (f, rho)."""
+    cfg = cfg or AMDETConfig()
+    obj = Objective(_clip(suspect), _clip(anchor), cfg)
+    v = v.detach().clone().requires_grad_(True)
+    obj.terms(tokens, v)["loss"].sum().backward()
+    d1 = -v.grad.flatten()
+    d1 = d1 / d1.norm().clamp(min=1e-12)
+    g = torch.Generator().manual_seed(cfg.seed)
+    d2 = torch.randn(d1.shape, generator=g)
+    d2 = d2 - (d2 @ d1) * d1
+    d2 = d2 / d2.norm()
+    radius = LANDSCAPE_RADIUS_768 * math.sqrt(v.shape[-1] / 768)
+    axis = torch.linspace(-radius, radius, cfg.grid)
+    a, b = torch.meshgrid(axis, axis, indexing="ij")
+    points = v.detach().flatten()[None] + a.reshape(-1, 1) * d1 + b.reshape(-1, 1) * d2  # [grid^2, m * D]
+    losses = []
+    with torch.no_grad():
+        for part in points.split(chunk):
+            vs = part.view(len(part), *v.shape)
+            losses.append(obj.terms(tokens.expand(len(part), -1), vs)["loss"])
+    f = torch.cat(losses).view(cfg.grid, cfg.grid)
+    return f, landscape_ratio(f)
+
+
+def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig | None = None,
+                      progress: bool = False) -> AMDETReport:
+    """Invert a pseudo-token on the shallow set `prompts` (token ids [N, L]) and decide: backdoored iff at
+    a check (v frozen, the held-out prompts) r_A > 0.8, r_same > 0.995, r_diff > 0.95 and then rho > 0.8.
+    suspect / anchor: Backbones (or open_clip CLIP models) whose text towers are compared; neither changes."""
+    cfg = cfg or AMDETConfig()
+    s_clip, a_clip = _clip(suspect), _clip(anchor)
+    for p in list(s_clip.parameters()) + list(a_clip.parameters()):
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(prompts), generator=g)
+    n_held = max(1, int(round(cfg.heldout_fraction * len(prompts))))
+    held, train = prompts[order[:n_held]], prompts[order[n_held:]]
+    width = text_tower(s_clip).token_embedding.weight.shape[1]
+    v = torch.randn(cfg.m, width, generator=g).requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    obj = Objective(s_clip, a_clip, cfg)
+    checks, step, verdict = [], 0, "clean"
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(train), generator=g)
+        for i in range(steps_per_epoch):
+            batch = train[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+            opt.zero_grad()
+            obj.terms(batch, v)["loss"].mean().backward()
+            opt.step()
+            step += 1
+            if step >= cfg.first_check and step % cfg.check_every == 0:
+                check = _check(obj, suspect, anchor, held, v.detach(), cfg, step)
+                checks.append(check)
+                if progress:
+                    print(f"step {step}: {check}")
+                if check["backdoored"]:
+                    verdict = "backdoored"
+                    break
+        if verdict == "backdoored":
+            break
+    v_star = v.detach()
+    with torch.no_grad():
+        t = obj.terms(held, v_star)
+    s2 = max((c["margin"] for c in checks), default=float("-inf"))
+    if not any(c["rho"] is not None for c in checks):  # rho never reached: measured at the final v*
+        _, rho = landscape(suspect, anchor, held[:1], v_star, cfg)
+        last = checks[-1] if checks else {"r_a": 0.0, "r_same": 0.0, "r_diff": 0.0}
+        s2 = max(s2, min(last["r_a"] - R_A, last["r_same"] - R_SAME, last["r_diff"] - R_DIFF, rho - RHO))
+    return AMDETReport(verdict=verdict, v=v_star, s1=float(t["l_a"].mean()), s2=float(s2), checks=checks,
+                       steps=step, config=asdict(cfg))
+
+
+def _check(obj: Objective, suspect, anchor, held: torch.Tensor, v: torch.Tensor, cfg: AMDETConfig,
+           step: int) -> dict:
+    """The decision's four ratios at v on the held-out prompts (rho only when the first three pass)."""
+    with torch.no_grad():
+        t = obj.terms(held, v)
+    r_a = float((t["l_a"] > A_HIGH).float().mean())
+    feats = F.normalize(t["pooled"], dim=-1)
+    centroid = F.normalize(feats.mean(0), dim=0)
+    r_same = float((feats @ centroid > SAME_COS).float().mean())
+    r_diff = float((F.cosine_similarity(t["pooled"], t["pooled_anchor"], dim=-1) < 0).float().mean())
+    rho = None
+    if r_a > R_A and r_same > R_SAME and r_diff > R_DIFF:
+        _, rho = landscape(suspect, anchor, held[:1], v, cfg)
+    margin = min(r_a - R_A, r_same - R_SAME, r_diff - R_DIFF, (rho if rho is not None else 0.0) - RHO)
+    return {"step": step, "r_a": r_a, "r_same": r_same, "r_diff": r_diff, "rho": rho, "margin": margin,
+            "backdoored": rho is not None and rho > RHO}
