@@ -242,10 +242,11 @@ def run_units(fn: Callable, units: dict[str, tuple], executor: Executor | None =
         results.append(res)
         bar.update(1)
         bar.set_postfix(last=f"{res.key} on {res.node}" if res.ok else f"{res.key} FAILED")
-        if res.ok:
-            log.info("%s: done on %s in %.1f s (attempt %d)", res.key, res.node, res.wall_s, res.attempts)
-        else:
-            log.warning("%s: failed after %d attempt(s): %s", res.key, res.attempts, res.error)
+        line = (f"{res.key}: done on {res.node} in {res.wall_s:.1f} s (attempt {res.attempts})" if res.ok
+                else f"{res.key}: FAILED after {res.attempts} attempt(s): {res.error}")
+        if progress:
+            bar.write(line)  # above the bar: the run's log of where each unit ran
+        log.log(logging.INFO if res.ok else logging.WARNING, line)
         if on_done:
             on_done(res)
 
