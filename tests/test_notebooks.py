@@ -12,6 +12,9 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # a cell still running after this long has hung (a widget message lost between kernel and client happens);
 # the longest smoke cell takes about two minutes on a 2-core CPU
 CELL_TIMEOUT_S = 600
+# one torch thread per notebook: the tests check lessons, not speed, and two threads on a CPU shared with
+# other work can slow small-batch tuning many times over
+TEST_THREADS = 1
 
 
 def _check_00(m):
@@ -94,7 +97,7 @@ def test_notebook_runs_under_smoke_profile(nb, tmp_path, notebook_work):
     pm.execute_notebook(
         str(nb),
         str(tmp_path / nb.name),
-        parameters={"profile": "smoke", "metrics_path": str(metrics),
+        parameters={"profile": "smoke", "metrics_path": str(metrics), "threads": TEST_THREADS,
                     **({"work_dir": str(notebook_work)} if "work_dir" in nb.read_text() else {})},
         cwd=str(nb.parent),
         kernel_name="python3",
@@ -155,7 +158,7 @@ def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp
         done = tmp_path / f"run_{name}"
         pm.execute_notebook(str(out / "student" / name), str(done), cwd=str(out / "student"), kernel_name="python3",
                             progress_bar=False, execution_timeout=CELL_TIMEOUT_S,
-                            parameters={"profile": "smoke", "work_dir": str(notebook_work)})
+                            parameters={"profile": "smoke", "work_dir": str(notebook_work), "threads": TEST_THREADS})
         cells = json.loads(done.read_text())["cells"]
         checks = [c for c in cells if c["cell_type"] == "code" and "grader.check(" in "".join(c["source"])]
         assert checks
