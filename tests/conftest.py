@@ -76,9 +76,10 @@ def notebook_work(tmp_path_factory):
     return tmp_path_factory.mktemp("notebook_work")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A real Ray cluster on this machine (2 CPUs), shared by the tests that use Ray; skipped without Ray."""
+    """A real Ray cluster on this machine (2 CPUs) for one test module (so its processes do not idle beside
+    the other modules' tests); skipped without Ray."""
     ray = pytest.importorskip("ray")
     from lab.executors import init_ray
 
