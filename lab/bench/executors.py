@@ -2,7 +2,7 @@
 
 Each executor scans every model of the zoo (`bench_detect`, the classroom profile's scan unless given) into
 its own folder, from scratch, with the same CPUs (`--workers` processes, or a Ray cluster of that many
-CPUs started for the run) and one torch thread per unit. The result holds each run's wall seconds, units
+CPUs started after the local run) and one torch thread per unit. The result holds each run's wall seconds, units
 and failures, whether the two runs' verdicts, targets and scores agree (`same_results`), and Ray's
 overhead per unit: the wall time of `N_EMPTY` empty units on each executor, per unit, and the time to
 start the Ray cluster.
@@ -40,24 +40,29 @@ def bench_executors(zoo: str | Path, work: str | Path, workers: int = 2, cfg: ci
     cfg = cfg or ci.get_profile("classroom").scan_config
     work = Path(work)
     runs = {}
-    t0 = time.time()
-    init_ray(None, num_cpus=workers)
-    ray_start_s = time.time() - t0
     try:
-        for kind in ("local", "ray"):
+        for kind in ("local", "ray"):  # local first: Ray's own processes run only beside the Ray run
             ex = Executor(kind, workers=workers, cpus=1)
+            start_s = None
+            if kind == "ray":
+                t0 = time.time()
+                init_ray(None, num_cpus=workers)
+                start_s = time.time() - t0
             out = work / kind
             if out.exists():
                 shutil.rmtree(out)  # from scratch: a kept scan would be reloaded, not timed
             t0 = time.time()
             res = bench_detect(zoo, out, cfg=cfg, min_asr=0.0, progress=progress, executor=ex)
             wall = time.time() - t0
+            scans = res["methods"]["clip_inspector"]
             runs[kind] = {"executor": repr(ex), "wall_s": wall, "units": len(res["per_model"]) + len(res["failed"]),
-                          "failures": len(res["failed"]), "mean_scan_s": res["methods"]["clip_inspector"]["mean_scan_s"],
+                          "failures": len(res["failed"]), "mean_scan_s": scans["mean_scan_s"],
                           "overhead": _overhead(ex), "per_model": res["per_model"]}
-        runs["ray"]["cluster_start_s"] = ray_start_s
+            if start_s is not None:
+                runs[kind]["cluster_start_s"] = start_s
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     local, remote = ([{k: r[k] for k in COMPARED} for r in runs[kind]["per_model"]] for kind in ("local", "ray"))
     for run in runs.values():
         del run["per_model"]
