@@ -18,7 +18,9 @@ error, while the others finish. With ray, a unit past `timeout_s` is stopped and
 process pool cannot stop one running unit, so local refuses a time limit).
 
 The in-scan unit (one group of candidate classes, `ci.scan(..., workers=N)`) stays on the toolkit's own
-pool: a group is seconds of work, the same order as Ray's per-task overhead (benchmarks/executors.json).
+pool: a scan's groups share one model and one OOD pool, which that pool hands each local worker once; on a
+cluster, whole models are the unit that pays (minutes each, against Ray's 1.7 ms dispatch per task measured
+in benchmarks/executors.json).
 """
 
 from __future__ import annotations
