@@ -4,7 +4,8 @@
     python -m lab bench detect --zoo runs/zoo_holdout5 --out runs/detect_holdout5.json --workers 2
 
 `lab.zoo` builds zoos of clean and backdoored CoCoOp models on the embedded world (the ground truth stays
-in the zoo's manifest and attacker folders); `lab.bench` measures the toolkit on them. The lab lives
+in the zoo's manifest and attacker folders); `lab.bench` measures the toolkit on them; `lab.executors` runs
+their units on local processes or a Ray cluster (`--executor ray`, docs/scale_out.md). The lab lives
 outside the installed package and is built on ci_toolkit's public API only, like any fork would be
 (tests/test_lab.py checks its imports). Run it from the repository root.
 """

@@ -8,4 +8,5 @@ there and in benchmarks/, not in unit tests).
     collapse  meta-token collapse per attack, backdoored vs the clean model of the same seed
     gates     the meta-net gate a backdoor uses, and what an eps-bounded perturbation opens
     speed     one inversion step, a naive reference against the toolkit's path
+    executors one zoo scanned by the local executor and by Ray: wall time, overhead, same results
 """
