@@ -243,8 +243,9 @@ def test_bench_detect_on_the_smoke_zoo(zoo, detected, tmp_path):
                       "not_implanted", "wall_s", "n_backdoored", "n_clean", "fpr", "tpr"}
     assert m["n_models"] == len(manifest) and 0 <= m["accuracy"] <= 1 and m["not_implanted"] == 0
     assert m["n_clean"] + m["n_backdoored"] == m["n_models"] and 0 <= m["fpr"] <= 1 and 0 <= m["tpr"] <= 1
-    assert set(res) == {"methods", "per_model", "config", "rule", "n_backdoored", "n_clean", "fpr", "tpr", "auroc",
-                        "f1"} and res["config"]["scan"]["pool_size"] == 64
+    assert res["failed"] == []  # no scan failed (a failed one is listed there with its error)
+    assert set(res) == {"methods", "per_model", "failed", "config", "rule", "n_backdoored", "n_clean", "fpr", "tpr",
+                        "auroc", "f1"} and res["config"]["scan"]["pool_size"] == 64
     assert list(res["methods"]) == ["clip_inspector", "clip_inspector_paper_k2", "clip_inspector_grubbs",
                                     "clip_inspector_meta_gain_fixed"]
     assert {k: res[k] for k in ("n_backdoored", "n_clean", "fpr", "tpr", "auroc", "f1")} == {
