@@ -23,7 +23,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 
 import ci_toolkit as ci
 from ci_toolkit.detect import SCAN_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
@@ -91,10 +90,9 @@ def build_model(out: Path, spec: dict) -> tuple[ci.CoCoOp, float]:
     return model, ci.evaluate(model, *task.split("test", "seen"))
 
 
-def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig, threads: int | None = None) -> dict:
-    """Build null model `spec`, scan it (resuming a partial scan), decide it under every rule; its row."""
-    if threads:
-        torch.set_num_threads(threads)
+def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig) -> dict:
+    """Build null model `spec`, scan it (resuming a partial scan), decide it under every rule; its row (a unit
+    of the study's executor, which sets torch's threads)."""
     t0 = time.time()
     model, acc = build_model(out, spec)
     report = ci.scan(model, ood_images(source, cfg), cfg, scan_dir(out, source, spec["name"]), progress=False)

@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 import ci_toolkit as ci
@@ -220,12 +219,10 @@ class Zoo:
         return ci.load_attack(self.attacker_dir(row))
 
 
-def build_one(zoo: Zoo, p: ZooProfile, i: int, spec: dict, threads: int | None = None) -> dict:
+def build_one(zoo: Zoo, p: ZooProfile, i: int, spec: dict) -> dict:
     """Train model i of the zoo, save it (and the attacker's artefacts), return its manifest row. An attacked
     model also records its trigger's ASR on the clean model of its seed (`asr_clean_model`: a backdoor, not
-    an adversarial perturbation, keeps it low) when that model is built."""
-    if threads:
-        torch.set_num_threads(threads)
+    an adversarial perturbation, keeps it low) when that model is built. Its executor sets torch's threads."""
     t0 = time.time()
     seed = spec["seed"]
     bb = ci.create_backbone("miniclip")

@@ -82,12 +82,10 @@ def check_ood_source(out_dir: Path, ood: str) -> None:
         path.write_text(json.dumps({"ood": ood}))
 
 
-def scan_model(zoo: Zoo, row: dict, folder: Path, cfg: ci.ScanConfig, threads: int | None = None,
-               progress: bool = False, ood: str = "world") -> str:
+def scan_model(zoo: Zoo, row: dict, folder: Path, cfg: ci.ScanConfig, progress: bool = False,
+               ood: str = "world") -> str:
     """Scan one zoo model into `folder` (resuming a partial scan there) on the OOD images of `ood`; returns
-    the verdict. Runs in a worker process when `bench_detect` has workers > 1."""
-    if threads:
-        torch.set_num_threads(threads)
+    the verdict. A unit of `bench_detect`'s executor, which sets torch's threads."""
     model = zoo.load_model(row)
     return ci.scan(model, ood_images(ood, cfg, model.preprocess.image_size), cfg, folder, progress=progress).verdict
 
@@ -234,7 +232,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         reports = {p: cached_scan(f, mcfg) for p, f in folders.items() if (f / "report.json").exists()}
         todo = [m for m in models if m["path"] not in reports]
         inline = ex.kind == "local" and ex.workers == 1  # one scan at a time here: its own bars are readable
-        units = {m["path"]: (zoo, m, folders[m["path"]], mcfg, None, progress and inline, ood) for m in todo}
+        units = {m["path"]: (zoo, m, folders[m["path"]], mcfg, progress and inline, ood) for m in todo}
         runs = run_units(scan_model, units, ex, desc=method, progress=progress and not inline,
                          on_done=lambda res: wall.update(scanned=int(res.ok)))
         failed = {r.key: r for r in runs if not r.ok}
