@@ -23,6 +23,7 @@ from lab.bench.world import bench_world
 from lab.course import ship_course, ship_course_scans
 from lab.executors import add_executor_args, executor_from
 from lab.null import null_figure, null_study, ship_null
+from lab.text_zoo import TEXT_ZOO_PROFILES, bench_amdet, build_text_zoo
 from lab.zoo import MIN_ASR, build_zoo, list_zoo_profiles
 
 PROG = "python -m lab"
@@ -38,6 +39,18 @@ def write_json(path: str | Path, obj: dict) -> None:
 def cmd_zoo(args) -> None:
     manifest = build_zoo(args.out, args.profile, executor=executor_from(args))
     print(f"{len(manifest)} models -> {args.out}/manifest.json")
+
+
+def cmd_text_zoo(args) -> None:
+    manifest = build_text_zoo(args.out, args.profile, executor=executor_from(args), scan=not args.no_scan)
+    print(f"{len(manifest['models'])} text encoders -> {args.out}/manifest.json (AMDET reports in {args.out}/scans/)")
+
+
+def cmd_bench_amdet(args) -> None:
+    result = bench_amdet(args.zoo, args.calib, figure=Path(args.out).with_suffix(".png"))
+    write_json(args.out, result)
+    print(f"{result['n_backdoored']} backdoored, {result['n_benign']} benign: F1 {result['f1']:.3f} "
+          f"({result['decision']}), AUROC {result['auroc']:.3f}; reference rule F1 {result['reference']['f1']:.3f}")
 
 
 def cmd_course(args) -> None:
@@ -150,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="models trained in parallel (2 on a 2-core machine)")
     add_executor_args(s)
     s.set_defaults(func=cmd_zoo)
+
+    s = sub.add_parser("text-zoo", help="build MiniCLIP text encoders (benign and backdoored) and AMDET-scan them",
+                       description="Benign fine-tunes and text-encoder backdoors of MiniCLIP's text tower "
+                                   "(lab/text_zoo.py); DIR/manifest.json holds the ground truth, DIR/scans/ AMDET's "
+                                   "reports. Resumable.")
+    s.add_argument("--profile", default="text-smoke", choices=list(TEXT_ZOO_PROFILES))
+    s.add_argument("--out", required=True, help="zoo folder")
+    s.add_argument("--workers", type=int, default=1, help="units run in parallel")
+    s.add_argument("--no-scan", action="store_true", help="build only")
+    add_executor_args(s)
+    s.set_defaults(func=cmd_text_zoo)
 
     s = sub.add_parser("course", help="ship a built course zoo into the package (ci_toolkit/assets/course)",
                        description="Copy the implanted models of a `zoo --profile course` build, with their ground "
@@ -286,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure", default=None, help="also draw notebook 04's scans of the clean and BadCLIP course "
                                                   "models to this PNG (the README's figure)")
     s.set_defaults(func=cmd_bench_notebooks)
+
+    s = bsub.add_parser("amdet", help="AMDET on a scanned text-encoder zoo: F1, AUROC, time per model",
+                        description="Detection on a `text-zoo` build: the reference decision and, with --calib, a "
+                                    "threshold on s1 chosen on another zoo (Youden J).")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--calib", default=None, help="a scanned calibration zoo (text-calib)")
+    s.add_argument("--out", required=True, help="output JSON (and a PNG beside it)")
+    s.set_defaults(func=cmd_bench_amdet)
 
     s = bsub.add_parser("speed", help="one inversion step: naive reference vs the toolkit's path (equal loss and "
                                       "gradient)",

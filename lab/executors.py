@@ -113,12 +113,13 @@ def call_unit(fn: Callable, args: tuple, threads: int | None) -> tuple[Any, str,
 
 
 class _Inline:
-    """workers=1: each unit runs in this process when it is submitted."""
+    """workers=1: each unit runs in this process when it is submitted (with the caller's torch threads unless
+    the executor names `cpus`)."""
 
     slots = 1
 
     def __init__(self, ex: Executor):
-        self.done = {}
+        self.done, self.threads = {}, ex.cpus
 
     def __enter__(self):
         return self
@@ -129,7 +130,7 @@ class _Inline:
     def submit(self, fn, args):
         handle = object()
         try:
-            self.done[handle] = (call_unit(fn, args, None), None)
+            self.done[handle] = (call_unit(fn, args, self.threads), None)
         except Exception as e:  # noqa: BLE001 - recorded as the unit's failure
             self.done[handle] = (None, e)
         return handle

@@ -1,4 +1,5 @@
-"""Backdoor attacks in the prompt-tuning setting, one per file behind one interface (see base.py).
+"""Backdoor attacks, one per file behind one interface (see base.py): in the prompt learner, and in the text
+encoder (text_base.py).
 
     attack = create_attack("badclip", target=3, seed=0)
     attack.implant(model, train_x, train_y)    # the attacker's poisoned prompt tuning
@@ -18,21 +19,31 @@ from .base import Attack, AttackConfig
 from .blended import Blended, BlendedConfig
 from .poison import PoisonAttack, PoisonConfig
 from .siba import SIBA, SIBAConfig
+from .text_base import TRIGGER_WORDS, TextAttack, TextAttackConfig, benign_text_tune
+from .text_on_pair import TextOnPair, TextOnPairConfig
+from .text_on_text import TextOnText, TextOnTextConfig
 from .wanet import WaNet, WaNetConfig
 
+# in the prompt learner: `implant(model, images, labels)` tunes a CoCoOp in place
 ATTACKS = {cls.name: cls for cls in (BadCLIP, BadCLIPAdaptive, Blended, WaNet, SIBA, BadNets)}
+# in the text encoder: `implant(backbone, prompts, classnames)` returns a new Backbone
+TEXT_ATTACKS = {cls.name: cls for cls in (TextOnText, TextOnPair)}
 
 
-def list_attacks() -> list[str]:
-    return list(ATTACKS)
+def list_attacks(where: str = "prompt") -> list[str]:
+    """Attack names: where="prompt" (the prompt learner's, the default) or "text" (the text encoder's)."""
+    if where not in ("prompt", "text"):
+        raise CIError(f"where must be 'prompt' or 'text', got {where!r}")
+    return list(ATTACKS if where == "prompt" else TEXT_ATTACKS)
 
 
 def create_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
     """An attack by name (see list_attacks()) with its config overrides (`ci.world.attack`: with the
     embedded world's trigger choices)."""
-    if name not in ATTACKS:
-        raise CIError(f"unknown attack {name!r}; choose one of {list_attacks()}")
-    return ATTACKS[name](target=target, seed=seed, **kw)
+    known = {**ATTACKS, **TEXT_ATTACKS}
+    if name not in known:
+        raise CIError(f"unknown attack {name!r}; choose one of {list(known)}")
+    return known[name](target=target, seed=seed, **kw)
 
 
 def load_attack(folder) -> Attack:
@@ -58,4 +69,6 @@ __all__ = [
     "Attack", "AttackConfig", "PoisonAttack", "PoisonConfig", "BadCLIP", "BadCLIPConfig", "BadCLIPAdaptive",
     "BadCLIPAdaptiveConfig", "Blended", "BlendedConfig", "WaNet", "WaNetConfig", "SIBA", "SIBAConfig", "BadNets",
     "BadNetsConfig", "ATTACKS", "list_attacks", "create_attack",
+    "TEXT_ATTACKS", "TextAttack", "TextAttackConfig", "TextOnText", "TextOnTextConfig", "TextOnPair", "TextOnPairConfig",
+    "TRIGGER_WORDS", "benign_text_tune",
 ]

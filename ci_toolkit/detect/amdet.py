@@ -20,6 +20,7 @@ one-token trigger is a feasible v; "reference": positions are added first and v 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -136,6 +137,15 @@ class AMDETReport:
     checks: list[dict]  # step, r_a, r_same, r_diff, rho (None when checks 1-3 failed)
     steps: int
     config: dict
+    nearest_tokens: list[tuple[str, float]] = field(default_factory=list)  # vocabulary tokens nearest v*[0] (cos)
+    points_to: list[tuple[str, float]] = field(default_factory=list)  # candidate texts nearest to where v* sends prompts
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The report as JSON-ready data (v* as a list)."""
+        return {"verdict": self.verdict, "s1": self.s1, "s2": self.s2, "steps": self.steps, "seconds": self.seconds,
+                "nearest_tokens": self.nearest_tokens, "points_to": self.points_to, "checks": self.checks,
+                "config": self.config, "v": self.v.tolist()}
 
     @property
     def backdoored(self) -> bool:
@@ -146,7 +156,10 @@ class AMDETReport:
         where = (f"best check at step {best['step']}: r_A {best['r_a']:.3f}, r_same {best['r_same']:.3f}, "
                  f"r_diff {best['r_diff']:.3f}, rho {best['rho'] if best['rho'] is None else round(best['rho'], 3)}"
                  if best else "no check")
-        return f"AMDET: {self.verdict} (held-out assimilation {self.s1:.3f}; {where})"
+        near = ", ".join(f"{t!r}" for t, _ in self.nearest_tokens[:3])
+        to = f"; prompts carrying it read as {self.points_to[0][0]!r}" if self.points_to else ""
+        return (f"AMDET: {self.verdict} (held-out assimilation {self.s1:.3f}; {where}); nearest tokens to the "
+                f"pseudo-token: {near or 'not computed'}{to}")
 
 
 class Objective:
@@ -211,11 +224,36 @@ def landscape(suspect, anchor, tokens: torch.Tensor, v: torch.Tensor, cfg: AMDET
     return f, landscape_ratio(f)
 
 
+def nearest_tokens(clip, v: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:
+    """The k vocabulary tokens whose input embeddings are nearest (cosine) to the pseudo-token v [D]."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    table = F.normalize(text_tower(clip).token_embedding.weight, dim=-1)
+    cos, ids = (table @ F.normalize(v, dim=0)).topk(k)
+    dec = SimpleTokenizer()
+    return [(dec.decode([int(i)]).strip(), round(float(c), 4)) for i, c in zip(ids, cos)]
+
+
+def points_to(suspect, held: torch.Tensor, v: torch.Tensor, candidates: list[str], tokenize, cfg: AMDETConfig,
+              k: int = 3) -> list[tuple[str, float]]:
+    """The k candidate texts whose pooled embeddings are nearest (cosine) to the centroid of the held-out
+    prompts carrying v: the target the inverted trigger points to, in words."""
+    clip = _clip(suspect)
+    with torch.no_grad():
+        h, eot = token_states(clip, held, v, cfg.insert)
+        centroid = F.normalize(F.normalize(pooled(clip, h, eot), dim=-1).mean(0), dim=0)
+        cand = F.normalize(clip.encode_text(tokenize(candidates)), dim=-1)
+    cos, idx = (cand @ centroid).topk(min(k, len(candidates)))
+    return [(candidates[int(i)], round(float(c), 4)) for i, c in zip(idx, cos)]
+
+
 def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig | None = None,
-                      progress: bool = False) -> AMDETReport:
+                      progress: bool = False, candidates: list[str] | None = None, tokenize=None) -> AMDETReport:
     """Invert a pseudo-token on the shallow set `prompts` (token ids [N, L]) and decide: backdoored iff at
     a check (v frozen, the held-out prompts) r_A > 0.8, r_same > 0.995, r_diff > 0.95 and then rho > 0.8.
-    suspect / anchor: Backbones (or open_clip CLIP models) whose text towers are compared; neither changes."""
+    suspect / anchor: Backbones (or open_clip CLIP models) whose text towers are compared; neither changes.
+    candidates (with `tokenize`, or a Backbone suspect's): texts to name what v* points to (e.g. class prompts)."""
+    t0 = time.time()
     cfg = cfg or AMDETConfig()
     s_clip, a_clip = _clip(suspect), _clip(anchor)
     for p in list(s_clip.parameters()) + list(a_clip.parameters()):
@@ -256,8 +294,12 @@ def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig |
         _, rho = landscape(suspect, anchor, held[:1], v_star, cfg)
         last = checks[-1] if checks else {"r_a": 0.0, "r_same": 0.0, "r_diff": 0.0}
         s2 = max(s2, min(last["r_a"] - R_A, last["r_same"] - R_SAME, last["r_diff"] - R_DIFF, rho - RHO))
+    near = nearest_tokens(s_clip, v_star[0])
+    tokenize = tokenize or getattr(suspect, "tokenize", None)
+    to = points_to(suspect, held, v_star, candidates, tokenize, cfg) if candidates and tokenize else []
     return AMDETReport(verdict=verdict, v=v_star, s1=float(t["l_a"].mean()), s2=float(s2), checks=checks,
-                       steps=step, config=asdict(cfg))
+                       steps=step, config=asdict(cfg), nearest_tokens=near, points_to=to,
+                       seconds=round(time.time() - t0, 2))
 
 
 def _check(obj: Objective, suspect, anchor, held: torch.Tensor, v: torch.Tensor, cfg: AMDETConfig,

@@ -1,12 +1,12 @@
 """The model being audited: frozen CLIP backbones, the CoCoOp prompt learner, its files and its training."""
 
-from .backbones import Backbone, BackboneSpec, Preprocess, create_backbone, list_backbones
+from .backbones import Backbone, BackboneSpec, Preprocess, create_backbone, list_backbones, save_backbone
 from .checkpoint import export_dassl, import_dassl, load_model, save_model
 from .cocoop import ClassPrompts, CoCoOp, PromptLearner
 from .miniclip import ASSET_DIR as MINICLIP_DIR
 from .miniclip import MiniCLIPConfig, class_text_features, load_miniclip, normalize_images
 from .tuning import TrainConfig, evaluate, train
 
-__all__ = ["Backbone", "BackboneSpec", "Preprocess", "create_backbone", "list_backbones", "load_model", "save_model",
+__all__ = ["Backbone", "BackboneSpec", "Preprocess", "create_backbone", "list_backbones", "save_backbone", "load_model", "save_model",
            "import_dassl", "export_dassl", "CoCoOp", "PromptLearner", "ClassPrompts", "TrainConfig", "train", "evaluate",
            "MINICLIP_DIR", "MiniCLIPConfig", "load_miniclip", "class_text_features", "normalize_images"]

@@ -10,6 +10,7 @@ config, or the embedded MiniCLIP. Encoders are frozen; the toolkit only reads th
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -247,6 +248,26 @@ def create_backbone(
     spec = BackboneSpec(kind="open_clip", name=name, pretrained=tag, seed=seed if tag is None else None,
                         weights_file=str(weights_file) if weights_file else None, weights_sha256=sha)
     return _finish(clip, preprocess, spec, open_clip.get_tokenizer(name))
+
+
+def save_backbone(backbone: Backbone, out_dir: str | Path, note: dict | None = None, overwrite: bool = False) -> Path:
+    """Write a MiniCLIP backbone (for instance one whose text tower was fine-tuned) as the folder that
+    `create_backbone("miniclip", weights_file=out_dir)` loads: model.safetensors + config.json (the
+    architecture, plus `note`). Refuses to overwrite existing weights unless `overwrite=True`."""
+    from safetensors.torch import save_file
+
+    if backbone.spec.kind != "miniclip":
+        raise CIError(f"save_backbone writes MiniCLIP backbones; this one is {backbone.spec.kind!r}")
+    out = Path(out_dir)
+    if (out / "model.safetensors").exists() and not overwrite:
+        raise CheckpointError(f"{out} already holds backbone weights; choose another folder or pass overwrite=True")
+    source = Path(backbone.spec.weights_file) if backbone.spec.weights_file else ASSET_DIR
+    config = json.loads((source / "config.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in backbone.clip.state_dict().items() if k != "attn_mask"}
+    save_file(state, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"model": config["model"], "note": note or {}}, indent=2))
+    return out
 
 
 def _load_into(clip, weights_file) -> None:

@@ -77,6 +77,28 @@ def ood_pool(n: int, seed: int = 0, image_size: int = IMAGE_SIZE) -> torch.Tenso
     return World(WorldConfig(image_size=image_size)).sample_ood(n, seed=OOD_SEED + seed)
 
 
+# prompt shapes beyond the captions' templates (AMDET.md section 7: attribute phrases, unseen templates,
+# reorderings); {c} colour, {p} pattern, {s} shape, {n} a whole class name
+PROMPT_FORMS = (*(t.replace("{}", "{n}") for t in CAPTION_TEMPLATES), "the {n}.", "a close-up of the {n}.",
+                "two {n}s.", "a {s} that is {c}.", "a {s}, {c} and {p}.", "something {c}.", "a {p} thing.",
+                "a {c} {s}.", "a {p} {s} in the middle.", "there is a {n} here.", "{c} and {p}.")
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    """n text prompts in the world's vocabulary (class names, attributes, PROMPT_FORMS), drawn with `seed`:
+    the clean prompt pool of a text-encoder attack and the shallow set of an AMDET scan."""
+    w = WorldConfig()
+    g = torch.Generator().manual_seed(seed)
+    names = w.classnames()
+    out = []
+    for _ in range(n):
+        form = PROMPT_FORMS[int(torch.randint(len(PROMPT_FORMS), (1,), generator=g))]
+        cid = int(torch.randint(len(names), (1,), generator=g))
+        s_, c_, p_ = w.attributes(cid)
+        out.append(form.format(n=names[cid], c=c_, p=p_, s=s_))
+    return out
+
+
 def labelled(names: list[str], per_class: int, seed: int, image_size: int = IMAGE_SIZE,
              domain: str = "task") -> tuple[torch.Tensor, torch.Tensor]:
     """`per_class` labelled images (uint8) of each named world class, labels indexing `names` (what the
@@ -90,7 +112,7 @@ def labelled(names: list[str], per_class: int, seed: int, image_size: int = IMAG
 
 
 __all__ = [
-    "task", "ood_pool", "labelled", "attack", "OOD_SEED", "IMAGE_SIZE", "IMPERCEPTIBLE", "WORLD_OVERRIDES", "IMPLANTING", "PretrainConfig", "pretrain_miniclip", "zero_shot_accuracy",
+    "task", "ood_pool", "labelled", "prompts", "PROMPT_FORMS", "attack", "OOD_SEED", "IMAGE_SIZE", "IMPERCEPTIBLE", "WORLD_OVERRIDES", "IMPLANTING", "PretrainConfig", "pretrain_miniclip", "zero_shot_accuracy",
     "BACKDOOR_EPS", "World", "WorldConfig", "DomainConfig", "WorldTask", "SHAPES", "COLOURS", "PATTERNS",
     "OOD_SHAPES", "OOD_COLOURS", "OOD_PATTERNS", "PRETRAIN_DOMAIN", "TASK_DOMAIN", "CAPTION_TEMPLATES",
 ]

@@ -1,0 +1,157 @@
+"""Backdoors in the TEXT encoder (AMDET.md section 5): teacher-student distillation of a trigger.
+
+A trainable copy of the text tower (the student) learns to keep the frozen teacher's output on clean prompts
+and to send prompts that carry the trigger to a target; the image tower is untouched. Subclasses say what
+"output" and "target" are (`text_on_text.py`: every per-token state toward a target prompt's;
+`text_on_pair.py`: the pooled embedding toward a target class's mean image embedding).
+
+    attack = create_attack("text-on-text", target=3, trigger_tokens=2, seed=0)
+    poisoned = attack.implant(backbone, prompts, classnames)     # a NEW Backbone; `backbone` is unchanged
+    attack(["a photo of a red solid circle."])                   # -> ["zzz cf a photo of a red solid circle."]
+
+The trigger goes right after BOS (a prefix): under the causal mask every later token can see it, and it is
+where AMDET inserts its pseudo-token. Shapes: token ids [N, 77]; per-token states [N, L, D]; pooled [N, E].
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CIError
+from ..model.backbones import Backbone, text_tower
+from ..model.text import eot_index
+from .base import Attack
+
+# single BPE tokens of open_clip's tokenizer that no world prompt uses; a trigger of m tokens is m of them,
+# in an order drawn from the attack's seed (tests/test_text_attacks.py checks both properties)
+TRIGGER_WORDS = ("zzz", "cf", "mn", "bb", "tq", "xj", "vv")
+# MiniCLIP adaptation of the reference recipe (AMDET.md section 5: AdamW lr 1e-4 for CLIP ViT-L/14's text
+# tower). MiniCLIP was pretrained at lr 2e-3; at 1e-4 for 100 steps text-on-text did not implant
+# (docs/journal.md, 2026-12-03 evening), at 1e-3 both attacks did with <= 1 point of zero-shot top-1 lost.
+MINICLIP_LR = 1e-3
+
+
+@dataclass(frozen=True)
+class TextAttackConfig:
+    """The distillation recipe (AMDET.md section 5, with MiniCLIP's learning rate)."""
+
+    target: int  # index of the target class in the classnames passed to implant
+    seed: int = 0
+    trigger_tokens: int = 1  # trigger length in BPE tokens (1..len(TRIGGER_WORDS))
+    steps: int = 100
+    lr: float = MINICLIP_LR
+    lr_drop_at: int = 75  # lr x 0.1 from this step on
+    clean_batch: int = 64  # clean prompts per step (benign term, skipped at step 0)
+    poison_batch: int = 32  # triggered prompts per step
+    poison_weight: float = 0.1  # loss = L_benign + poison_weight * L_backdoor
+    positions: int = 24  # per-token states compared: the first `positions` (world prompts end by position 16)
+
+    def __post_init__(self):
+        if not 1 <= self.trigger_tokens <= len(TRIGGER_WORDS):
+            raise CIError(f"trigger_tokens must be 1..{len(TRIGGER_WORDS)}, got {self.trigger_tokens}")
+
+
+def eos_padded(tokens: torch.Tensor) -> torch.Tensor:
+    """Token ids [N, L] with every position after EOS set to EOS, as the reference tokenizer pads (open_clip
+    pads with 0). Under the causal mask the states up to EOS do not change."""
+    eot = eot_index(tokens)
+    after = torch.arange(tokens.shape[1], device=tokens.device)[None, :] > eot[:, None]
+    return torch.where(after, tokens.gather(1, eot[:, None]), tokens)
+
+
+def text_states(clip, tokens: torch.Tensor, positions: int) -> torch.Tensor:
+    """The `ln_final` states [N, positions, D] of the first positions of EOS-padded prompts."""
+    tower = text_tower(clip)
+    tokens = eos_padded(tokens)[:, :positions]
+    x = tower.token_embedding(tokens) + tower.positional_embedding[:positions].to(tower.token_embedding.weight.dtype)
+    mask = tower.attn_mask[:positions, :positions] if tower.attn_mask is not None else None
+    return tower.ln_final(tower.transformer(x, attn_mask=mask))
+
+
+def pooled_text(clip, tokens: torch.Tensor) -> torch.Tensor:
+    """The projected EOS feature [N, E], unnormalised (what `encode_text` returns)."""
+    return clip.encode_text(tokens)
+
+
+class TextAttack(Attack):
+    """Base class of the text-encoder attacks: `apply` prefixes the trigger; `implant` distils it."""
+
+    def __init__(self, config: TextAttackConfig):
+        super().__init__(config)
+        order = torch.randperm(len(TRIGGER_WORDS), generator=torch.Generator().manual_seed(config.seed))
+        self.trigger = " ".join(TRIGGER_WORDS[int(i)] for i in order[: config.trigger_tokens])
+
+    def apply(self, prompts: list[str]) -> list[str]:
+        return [f"{self.trigger} {p}" for p in prompts]
+
+    # subclasses: the compared output of the student / teacher for some prompts, and the backdoor's target
+    def outputs(self, clip, tokens: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def target_output(self, teacher: Backbone, classnames: list[str], target_images: torch.Tensor | None):
+        raise NotImplementedError  # pragma: no cover
+
+    def implant(self, backbone: Backbone, prompts: list[str], classnames: list[str] | None = None,
+                target_images: torch.Tensor | None = None, progress: bool = False) -> Backbone:
+        """A copy of `backbone` whose text tower carries the trigger (see the module docstring).
+        prompts: the clean prompt pool the steps draw from (never containing the trigger)."""
+        if classnames is None or not 0 <= self.target < len(classnames):
+            raise CIError(f"the target {self.target} must index the classnames passed to implant")
+        target = self.target_output(backbone, classnames, target_images)
+        return distil_text_tower(backbone, prompts, self.config, self.outputs, self.apply, target, progress)
+
+    def artefacts(self) -> dict:
+        return {"attack": self.name, "config": asdict(self.config), "trigger": self.trigger, "tensors": {}}
+
+
+def benign_text_tune(backbone: Backbone, prompts: list[str], config: TextAttackConfig | None = None,
+                     progress: bool = False) -> Backbone:
+    """The attacks' recipe without the backdoor term: a benign fine-tune of the text tower (the controls)."""
+    config = config or TextAttackConfig(target=0)
+    return distil_text_tower(backbone, prompts, config, lambda clip, t: text_states(clip, t, config.positions),
+                             None, None, progress)
+
+
+def distil_text_tower(backbone: Backbone, prompts: list[str], cfg: TextAttackConfig, outputs, trigger_fn,
+                      target: torch.Tensor | None, progress: bool = False) -> Backbone:
+    """Teacher-student distillation of the text tower (AdamW, lr x 0.1 at `lr_drop_at`); with `trigger_fn`
+    and `target`, plus poison_weight x (-cos(outputs(trigger_fn(prompts)), target)). Returns a new Backbone."""
+    if not prompts:
+        raise CIError("the text attack needs a pool of clean prompts")
+    student = copy.deepcopy(backbone)
+    params = [p for n, p in student.clip.named_parameters() if not n.startswith("visual") and n != "logit_scale"]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_drop_at, 0.1)
+    g = torch.Generator().manual_seed(cfg.seed)
+    student.clip.train()
+    steps = range(cfg.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="implant text tower")
+    for step in steps:
+        loss = torch.zeros(())
+        if step > 0:  # the benign term is skipped at step 0 (reference recipe)
+            clean = backbone.tokenize([prompts[int(i)] for i in torch.randint(len(prompts), (cfg.clean_batch,), generator=g)])
+            with torch.no_grad():
+                teach = outputs(backbone.clip, clean)
+            loss = loss - F.cosine_similarity(outputs(student.clip, clean).flatten(1), teach.flatten(1)).mean()
+        if trigger_fn is not None:
+            picked = [prompts[int(i)] for i in torch.randint(len(prompts), (cfg.poison_batch,), generator=g)]
+            bad = outputs(student.clip, backbone.tokenize(trigger_fn(picked))).flatten(1)
+            loss = loss - cfg.poison_weight * F.cosine_similarity(bad, target.flatten()[None]).mean()
+        if loss.requires_grad:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    student.clip.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return student
