@@ -27,6 +27,7 @@ from .detect import (
     decide,
     invert,
     scan,
+    scan_text_encoder,
 )
 from .errors import BackboneUnavailableError, CheckpointError, CIError, DataError
 from .metrics import attack_success_rate, backdoor_effect, evaluate_backdoor
@@ -54,7 +55,7 @@ __all__ = [
     # attacks
     "create_attack", "list_attacks", "load_attack", "Attack",
     # the audit
-    "scan", "ScanConfig", "ScanReport", "decide", "Decision", "Evidence", "RULES", "invert", "InversionConfig",
+    "scan", "ScanConfig", "ScanReport", "scan_text_encoder", "decide", "Decision", "Evidence", "RULES", "invert", "InversionConfig",
     "calibrate", "CalibrateConfig", "NullStudy",
     "repair", "RepairConfig", "RepairResult",
     # measuring

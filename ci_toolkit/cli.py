@@ -17,7 +17,20 @@ from . import course, world
 from .attacks import list_attacks, load_attack
 from .data import load_image_folder
 from .demo import DemoConfig, run_demo
-from .detect import LOSSES, METHODS, CalibrateConfig, InversionConfig, ScanConfig, ScanReport, calibrate, scan, scan_rules
+from .detect import (
+    LOSSES,
+    METHODS,
+    AMDETConfig,
+    CalibrateConfig,
+    InversionConfig,
+    ScanConfig,
+    ScanReport,
+    calibrate,
+    landscape,
+    scan,
+    scan_rules,
+    scan_text_encoder,
+)
 from .errors import CIError
 from .metrics import attack_success_rate, backdoor_effect
 from .model import (
@@ -31,6 +44,7 @@ from .model import (
     save_model,
     train,
 )
+from .notebook import landscape_figure
 from .profiles import get_profile, list_profiles
 from .repairing import RepairConfig, repair
 from .version import __version__
@@ -172,6 +186,40 @@ def cmd_scan(args) -> None:
     print(f"{report.summary()} -> {args.out}/report.json, report.html")
     for w in report.warnings:
         print(f"warning: {w}")
+
+
+TEXT_SCAN_PROMPTS = 2000  # `scan-text`'s default shallow set: world prompts (lab/text_zoo.py, SHALLOW_PROMPTS)
+
+
+def cmd_scan_text(args) -> None:
+    if args.backbone == "miniclip":
+        suspect = create_backbone("miniclip", weights_file=args.weights)
+        anchor = create_backbone("miniclip", weights_file=args.anchor_weights)
+    else:
+        suspect = create_backbone(args.backbone, weights_file=args.weights)
+        anchor = create_backbone(args.backbone, args.pretrained if args.anchor_weights is None else None,
+                                 weights_file=args.anchor_weights)
+    texts = world.prompts(TEXT_SCAN_PROMPTS, seed=args.seed) if args.prompts == "world" else _lines(args.prompts)
+    candidates = _lines(args.candidates) if args.candidates else None
+    cfg = AMDETConfig(positions=args.positions, seed=args.seed)
+    tokens = suspect.tokenize(texts)
+    report = scan_text_encoder(suspect, anchor, tokens, cfg, progress=False, candidates=candidates)
+    out = Path(args.out)
+    _write_json(out / "amdet.json", report.to_dict())
+    f, rho = landscape(suspect, anchor, tokens[:1], report.v, cfg)
+    landscape_figure(f, rho, out / "landscape.png")
+    print(report.summary())
+    print(f"wrote {out / 'landscape.png'} (loss around the pseudo-token; positive-curvature share {rho:.2f})")
+
+
+def _lines(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise CIError(f"text file not found: {p} (one entry per line)")
+    lines = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise CIError(f"{p} holds no lines")
+    return lines
 
 
 def cmd_course(args) -> None:
@@ -327,6 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes inverting candidate groups side by side (2 on a 2-core CPU: faster than 2 threads)")
     add_scan_options(s)
     s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("scan-text", help="AMDET: audit a delivered TEXT encoder for an implanted trigger",
+                       description="Invert a pseudo-token that makes a triggered prompt's token states alike "
+                                   "(assimilation), check it on held-out prompts against a benign anchor, and test the "
+                                   "loss landscape; writes OUT/amdet.json and OUT/landscape.png (docs/text_encoders.md).")
+    s.add_argument("weights", help="the delivered encoder: a MiniCLIP folder (model.safetensors + config.json) or, "
+                                   "with --backbone NAME, an open_clip weights file")
+    s.add_argument("--out", required=True)
+    s.add_argument("--backbone", default="miniclip", help="architecture (default miniclip)")
+    s.add_argument("--anchor-weights", default=None, help="the benign anchor's weights (default: the shipped MiniCLIP, "
+                                                          "or --pretrained's for an open_clip model)")
+    s.add_argument("--pretrained", default=None, help="open_clip weights tag of the anchor")
+    s.add_argument("--prompts", default="world", help="shallow set: a text file, one prompt per line, or 'world'")
+    s.add_argument("--candidates", default=None, help="text file of candidate target texts (e.g. class prompts) to "
+                                                      "name what the pseudo-token points to")
+    s.add_argument("--positions", default="valid", choices=("valid", "full"))
+    s.add_argument("--seed", type=int, default=42)
+    s.set_defaults(func=cmd_scan_text)
 
     s = sub.add_parser("course", help="the tutorial's student version and its solutions, for a class",
                        description="From the tutorial notebooks (otter-grader master format), write OUT/student "

@@ -36,3 +36,27 @@ def show_images(images, titles=None, ncols: int = 8, size: float = 1.4, suptitle
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def landscape_figure(f: torch.Tensor, rho: float, path: str | Path | None = None, title: str = "", ax=None):
+    """AMDET's loss landscape around the pseudo-token: f [n, n] over v* + a d1 + b d2 as a contour map
+    (a bowl: an implanted optimum; tilted or saddle-shaped: a natural one). Saved to `path` when given."""
+    import matplotlib.pyplot as plt
+
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    n = f.shape[0]
+    cs = ax.contourf(torch.arange(n), torch.arange(n), f.T.detach().cpu().numpy(), levels=20, cmap="viridis")
+    ax.plot([n // 2], [n // 2], "w+", ms=10)
+    ax.set_xlabel("a (descent direction)")
+    ax.set_ylabel("b (random direction)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"loss around v* (positive curvature {rho:.2f})", fontsize=9)
+    (fig or ax.figure).colorbar(cs, ax=ax)
+    if path and fig is not None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig or ax.figure

@@ -124,12 +124,12 @@ def build_one(out: str, profile: str, spec: dict) -> dict:
     return row
 
 
-def scan_one(out: str, profile: str, name: str, cfg: AMDETConfig) -> dict:
+def scan_one(out: str, profile: str, name: str, cfg: AMDETConfig, n_shallow: int = SHALLOW_PROMPTS) -> dict:
     """AMDET on one delivered text encoder against the shipped MiniCLIP as anchor; writes scans/NAME.json."""
     names = task_classes(TEXT_ZOO_PROFILES[profile])
     suspect = ci.create_backbone("miniclip", weights_file=Path(out) / "models" / name)
     anchor = ci.create_backbone("miniclip")
-    shallow = suspect.tokenize(ci.world.prompts(SHALLOW_PROMPTS, SHALLOW_SEED))
+    shallow = suspect.tokenize(ci.world.prompts(n_shallow, SHALLOW_SEED))
     report = scan_text_encoder(suspect, anchor, shallow, cfg, candidates=[f"a {c}." for c in names])
     data = {k: v for k, v in report.to_dict().items() if k != "v"}
     path = Path(out) / "scans" / f"{name}.json"
@@ -139,7 +139,8 @@ def scan_one(out: str, profile: str, name: str, cfg: AMDETConfig) -> dict:
 
 
 def build_text_zoo(out_dir: str | Path, profile: str = "text-smoke", executor: Executor | None = None,
-                   progress: bool = True, scan: bool = True, cfg: AMDETConfig | None = None) -> dict:
+                   progress: bool = True, scan: bool = True, cfg: AMDETConfig | None = None,
+                   n_shallow: int = SHALLOW_PROMPTS) -> dict:
     """Build (or resume) a text-encoder zoo, then AMDET-scan every model not yet scanned. Returns the
     manifest {"profile", "models": [...]}."""
     p = TEXT_ZOO_PROFILES[profile]
@@ -159,7 +160,7 @@ def build_text_zoo(out_dir: str | Path, profile: str = "text-smoke", executor: E
     run_units(build_one, todo, executor, desc=f"text zoo {profile}", progress=progress, on_done=save)
     if scan:
         cfg = cfg or AMDETConfig()
-        todo = {r["name"]: (str(out), profile, r["name"], cfg) for r in manifest["models"]
+        todo = {r["name"]: (str(out), profile, r["name"], cfg, n_shallow) for r in manifest["models"]
                 if not (out / "scans" / f"{r['name']}.json").exists()}
         run_units(scan_one, todo, executor, desc=f"AMDET {profile}", progress=progress)
     return manifest

@@ -28,7 +28,8 @@ PUBLIC_FACES = {
 # and Ray, the optional extra only `--executor ray` needs
 DEFERRABLE = ("matplotlib", "sklearn", "scipy", "nbformat", "papermill", "nbconvert", "ray")
 COMMANDS = ["zoo", "bench", "bench world", "bench attacks", "bench detect", "bench repair", "bench collapse",
-            "bench gates", "bench speed", "bench notebooks", "bench executors", "null", "course"]
+            "bench gates", "bench speed", "bench notebooks", "bench executors", "bench amdet", "null", "course",
+            "text-zoo"]
 
 
 # ---- the command line -------------------------------------------------------------------------------

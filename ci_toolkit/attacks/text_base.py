@@ -127,7 +127,6 @@ def distil_text_tower(backbone: Backbone, prompts: list[str], cfg: TextAttackCon
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.lr_drop_at, 0.1)
     g = torch.Generator().manual_seed(cfg.seed)
     student.clip.train()
     steps = range(cfg.steps)
@@ -136,6 +135,8 @@ def distil_text_tower(backbone: Backbone, prompts: list[str], cfg: TextAttackCon
 
         steps = tqdm(steps, desc="implant text tower")
     for step in steps:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * (0.1 if step >= cfg.lr_drop_at else 1.0)
         loss = torch.zeros(())
         if step > 0:  # the benign term is skipped at step 0 (reference recipe)
             clean = backbone.tokenize([prompts[int(i)] for i in torch.randint(len(prompts), (cfg.clean_batch,), generator=g)])
@@ -150,7 +151,6 @@ def distil_text_tower(backbone: Backbone, prompts: list[str], cfg: TextAttackCon
             opt.zero_grad()
             loss.backward()
             opt.step()
-        sched.step()
     student.clip.eval()
     for p in params:
         p.requires_grad_(False)

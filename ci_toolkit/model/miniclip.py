@@ -90,10 +90,10 @@ def load_miniclip(path: str | Path | None = None):
     folder = Path(path) if path is not None else ASSET_DIR
     weights, config = folder / "model.safetensors", folder / "config.json"
     if not weights.is_file() or not config.is_file():
+        fix = ("Reinstall ci_toolkit, or recreate them with `ci-toolkit pretrain-miniclip --out DIR`." if path is None
+               else "Pass the folder a MiniCLIP was saved to (`ci.model.save_backbone`, `pretrain-miniclip --out`).")
         raise BackboneUnavailableError(
-            f"MiniCLIP weights not found in {folder} (expected model.safetensors and config.json). "
-            "Reinstall ci_toolkit, or recreate them with `ci-toolkit pretrain-miniclip --out DIR`."
-        )
+            f"MiniCLIP weights not found in {folder} (expected model.safetensors and config.json). {fix}")
     cfg = json.loads(config.read_text())
     model_cfg = MiniCLIPConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items()})
     clip = build_miniclip(model_cfg)
