@@ -80,8 +80,22 @@ def _check_07(m):
     assert m["repaired"] == sorted(n for n, v in m["audit"].items() if v["verdict"] == "backdoored")
 
 
+def _check_08(m):
+    # the backdoor implanted without costing clean accuracy
+    assert m["asr"] >= 0.9 and m["asr_anchor"] <= 0.2
+    assert abs(m["top1_anchor"] - m["top1_backdoored"]) <= 0.03
+    # given its trigger, the backdoored tower attends to it; the anchor and the benign tune do not
+    assert m["trigger_share"]["backdoored"] > 1.5 * max(m["trigger_share"]["anchor"], m["trigger_share"]["benign"])
+    # ...while the mean assimilation with the real trigger stays far below AMDET's 0.8 (the notebook says so)
+    assert max(m["assimilation"].values()) < 0.8
+    # AMDET's pseudo-token finds the trigger and its target on the backdoored tower only
+    assert m["nearest_token"]["backdoored"] == m["trigger"] != m["nearest_token"]["benign"]
+    assert m["points_to_target"]["backdoored"]
+    assert m["s1"]["backdoored"] > m["s1"]["benign"]
+
+
 CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,
-          "04_score_and_decide": _check_04, "05_repair": _check_05, "06_baselines": _check_06, "07_capstone": _check_07}
+          "04_score_and_decide": _check_04, "05_repair": _check_05, "06_baselines": _check_06, "07_capstone": _check_07, "08_text_encoder_backdoors": _check_08}
 
 
 def test_there_are_notebooks_and_each_has_checks():

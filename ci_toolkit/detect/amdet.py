@@ -90,6 +90,30 @@ def token_states(clip, tokens: torch.Tensor, v: torch.Tensor | None = None, inse
     return tower.ln_final(tower.transformer(emb, attn_mask=mask)), eot
 
 
+def attention_shares(clip, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the text tower's attention goes (AMDET.md section 2): Abar [N, L', L'], the attention maps
+    averaged over layers and heads (L' = last EOS + 1), and each token's share of it over BOS..EOS,
+    P_t = sum_i Abar[i, t] / sum_ij Abar[i, j] [N, L']. Clean prompts put the mass on BOS; a backdoored
+    tower given its trigger puts it on the trigger."""
+    tower = text_tower(clip)
+    eot = eot_index(tokens)
+    size = int(eot.max()) + 1
+    x = tower.token_embedding(tokens[:, :size]) + tower.positional_embedding[:size].to(tower.token_embedding.weight.dtype)
+    mask = tower.attn_mask[:size, :size] if tower.attn_mask is not None else None
+    blocks = tower.transformer
+    x = x if blocks.batch_first else x.transpose(0, 1)
+    maps = []
+    with torch.no_grad():
+        for block in blocks.resblocks:
+            h = block.ln_1(x)
+            maps.append(block.attn(h, h, h, need_weights=True, attn_mask=mask, average_attn_weights=True)[1])
+            x = block(x, attn_mask=mask)
+    abar = torch.stack(maps).mean(0)
+    valid = valid_mask(eot, size)
+    a = abar * valid[:, :, None] * valid[:, None, :]
+    return abar, a.sum(1) / a.sum((1, 2))[:, None]
+
+
 def pooled(clip, states: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     """The projected EOS feature [N, E] of per-token states (what `encode_text` returns, unnormalised)."""
     tower = text_tower(clip)
