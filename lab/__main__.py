@@ -8,12 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-from ci_toolkit import get_profile, list_profiles
+from ci_toolkit import CIError, get_profile, list_profiles
 from ci_toolkit.cli import add_scan_options, run, scan_config
 from lab.bench.attacks import ALL as ALL_ATTACKS
 from lab.bench.attacks import attacks_from_zoo, bench_attacks
 from lab.bench.collapse import bench_collapse
-from lab.bench.detect import METHOD_KEYS, bench_detect, roc_figure
+from lab.bench.detect import METHOD_KEYS, bench_detect, combine_detect, roc_figure
 from lab.bench.executors import bench_executors
 from lab.bench.gates import EPS_255, bench_gates
 from lab.bench.notebooks import bench_notebooks
@@ -96,6 +96,19 @@ def cmd_bench_detect(args) -> None:
                           models_per_label=args.models_per_label)
     write_json(out, result)
     roc_figure(result, out.with_suffix(".png"))
+    for key, m in result["methods"].items():
+        print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
+
+
+def cmd_bench_combine(args) -> None:
+    parts = []
+    for path in args.results.split(","):
+        if not Path(path).is_file():
+            raise CIError(f"no bench detect result at {path}")
+        parts.append(json.loads(Path(path).read_text()))
+    result = combine_detect(parts)
+    write_json(args.out, result)
+    roc_figure(result, Path(args.out).with_suffix(".png"))
     for key, m in result["methods"].items():
         print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
 
@@ -310,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure", default=None, help="also draw notebook 04's scans of the clean and BadCLIP course "
                                                   "models to this PNG (the README's figure)")
     s.set_defaults(func=cmd_bench_notebooks)
+
+    s = bsub.add_parser("combine", help="pool the scans of several `bench detect` results into one benchmark",
+                        description="Pool the per-model rows of several bench detect results (e.g. the pre-registered "
+                                    "zoos prereg and prereg2) and compute every method's metrics again over them.")
+    s.add_argument("--results", required=True, help="comma-separated bench detect JSON files")
+    s.add_argument("--out", required=True, help="output JSON (and a ROC figure beside it)")
+    s.set_defaults(func=cmd_bench_combine)
 
     s = bsub.add_parser("amdet", help="AMDET on a scanned text-encoder zoo: F1, AUROC, time per model",
                         description="Detection on a `text-zoo` build: the reference decision and, with --calib, a "

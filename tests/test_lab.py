@@ -28,7 +28,7 @@ PUBLIC_FACES = {
 # and Ray, the optional extra only `--executor ray` needs
 DEFERRABLE = ("matplotlib", "sklearn", "scipy", "nbformat", "papermill", "nbconvert", "ray")
 COMMANDS = ["zoo", "bench", "bench world", "bench attacks", "bench detect", "bench repair", "bench collapse",
-            "bench gates", "bench speed", "bench notebooks", "bench executors", "bench amdet", "null", "course",
+            "bench gates", "bench speed", "bench notebooks", "bench executors", "bench amdet", "bench combine", "null", "course",
             "text-zoo"]
 
 

@@ -17,7 +17,7 @@ import ci_toolkit as ci
 from ci_toolkit.detect import ScanReport
 from lab.bench.attacks import attacks_from_zoo
 from lab.bench.collapse import DIRECTION, bench_collapse
-from lab.bench.detect import bench_detect, detection_metrics, roc_figure, scan_folder
+from lab.bench.detect import bench_detect, combine_detect, detection_metrics, roc_figure, scan_folder
 from lab.bench.gates import bench_gates
 from lab.bench.repair import bench_repair
 from lab.executors import Executor
@@ -233,6 +233,17 @@ def test_detection_metrics_follow_their_definitions():
     assert (m["n_clean"], m["n_backdoored"], m["fpr"], m["tpr"]) == (2, 3, 1 / 2, 2 / 3)
     # AUROC: the fraction of (backdoored, clean) pairs ranked right: each of 0.8, 0.7, 0.2 beats 0.1, none 0.9
     assert m["auroc"] == pytest.approx(3 / 6)
+
+
+def test_combining_a_bench_detect_result_with_itself_doubles_the_counts_and_keeps_the_rates(detected):
+    _, res = detected
+    both = combine_detect([res, res])
+    assert len(both["per_model"]) == 2 * len(res["per_model"]) and both["config"]["zoos"] == [res["config"]["zoo"]] * 2
+    for key, m in res["methods"].items():
+        pooled = both["methods"][key]
+        assert (pooled["n_models"], pooled["tp"], pooled["fp"]) == (2 * m["n_models"], 2 * m["tp"], 2 * m["fp"])
+        for rate in ("fpr", "tpr", "accuracy", "f1", "auroc"):
+            assert pooled[rate] == pytest.approx(m[rate], nan_ok=True)
 
 
 def test_bench_detect_on_the_smoke_zoo(zoo, detected, tmp_path):

@@ -264,6 +264,34 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
     return result
 
 
+def combine_detect(results: list[dict]) -> dict:
+    """One benchmark over several scanned zoos (e.g. two pre-registered zoos): their per-model rows pooled,
+    each tagged with its zoo, and every method's and side rule's metrics computed again over the pool."""
+    out = {"methods": {}, "per_model": [], "config": {"zoos": [r["config"]["zoo"] for r in results],
+                                                        "parts": [r["config"] for r in results]},
+           "failed": [f for r in results for f in r.get("failed", [])]}
+    for r in results:
+        out["per_model"] += [{**row, "zoo": r["config"]["zoo"]} for row in r["per_model"]]
+    for method, key in METHOD_KEYS.items():
+        rows = [row for row in out["per_model"] if row["method"] == method and row.get("scanned", True)]
+        used = [row for row in rows if row["implanted"]]
+        if not used:
+            continue
+        metrics = detection_metrics(used)
+        metrics["runtime_s"] = sum(row["runtime_s"] for row in rows)
+        metrics["mean_scan_s"] = metrics["runtime_s"] / max(1, len(rows))
+        metrics["not_implanted"] = sum(1 for row in out["per_model"] if row["method"] == method and not row["implanted"])
+        out["methods"][key] = metrics
+        for side, side_key in SIDE_METHOD_KEYS.items():
+            row_key = ci.detect.SIDE_RULES[side]
+            if method == "clip-inspector" and all(row_key in row for row in used):
+                out["methods"][side_key] = detection_metrics([{**row, **row[row_key]} for row in used])
+    if "clip_inspector" in out["methods"]:
+        head = out["methods"]["clip_inspector"]
+        out.update({"rule": results[0].get("rule"), **{k: head[k] for k in HEADLINE_KEYS}})
+    return out
+
+
 def _subset(rows: list[dict], n: int) -> list[dict]:
     """n models, clean and backdoored interleaved (one clean, two backdoored; for the slow baselines)."""
     clean = [m for m in rows if m["attack"] == "clean"]
