@@ -30,6 +30,7 @@ from .detect import (
     scan,
     scan_rules,
     scan_text_encoder,
+    split_shallow,
 )
 from .errors import CIError
 from .metrics import attack_success_rate, backdoor_effect
@@ -196,6 +197,9 @@ def cmd_scan_text(args) -> None:
         suspect = create_backbone("miniclip", weights_file=args.weights)
         anchor = create_backbone("miniclip", weights_file=args.anchor_weights)
     else:
+        if args.pretrained is None and args.anchor_weights is None:
+            raise CIError(f"scan-text --backbone {args.backbone} needs a benign anchor: --pretrained TAG or "
+                          "--anchor-weights FILE (a random-init anchor would make every encoder look foreign)")
         suspect = create_backbone(args.backbone, weights_file=args.weights)
         anchor = create_backbone(args.backbone, args.pretrained if args.anchor_weights is None else None,
                                  weights_file=args.anchor_weights)
@@ -206,7 +210,7 @@ def cmd_scan_text(args) -> None:
     report = scan_text_encoder(suspect, anchor, tokens, cfg, progress=False, candidates=candidates)
     out = Path(args.out)
     _write_json(out / "amdet.json", report.to_dict())
-    f, rho = landscape(suspect, anchor, tokens[:1], report.v, cfg)
+    f, rho = landscape(suspect, anchor, split_shallow(tokens, cfg)[0][:1], report.v, cfg)
     landscape_figure(f, rho, out / "landscape.png")
     print(report.summary())
     print(f"wrote {out / 'landscape.png'} (loss around the pseudo-token; positive-curvature share {rho:.2f})")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import ci_toolkit as ci
-from ci_toolkit.attacks import TextAttackConfig, benign_text_tune
+from ci_toolkit.attacks import BENIGN_LR, TextAttackConfig, benign_text_tune
 from ci_toolkit.detect import AMDETConfig, scan_text_encoder
 
 from .executors import Executor, run_units
@@ -36,6 +36,10 @@ EVAL_PROMPT_SEED = 70_000
 TEST_PER_CLASS = 8  # labelled images per class for zero-shot top-1 and the class image centroids
 TARGET_IMAGES = 10  # images of the target class for text-on-pair (the reference: 10 generated images)
 MIN_ASR = 0.5  # a backdoored model counts as implanted at this ASR
+BENIGN_PAIRS = 2048  # world image-caption pairs (pretraining domain) a benign control is tuned on
+# benign controls alternate between the reference's ratio to the attack (BENIGN_LR, a tenth) and the attack's
+# own learning rate, so the benign pool holds light and heavy fine-tunes
+BENIGN_LRS = (BENIGN_LR, 10 * BENIGN_LR)
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class TextZooProfile:
 
 
 TEXT_ZOO_PROFILES = {
-    # smoke: tests (2 benign, 2 backdoored, 10 steps)
+    # smoke: tests (1 benign, 2 backdoored, 10 steps)
     "text-smoke": TextZooProfile("text-smoke", seed=1900, n_benign=1, attacks=("text-on-text", "text-on-pair"),
                                  n_backdoored=2, steps=10),
     # text-calib: where AMDET's MiniCLIP threshold on s1 is chosen (Youden J); never evaluated on
@@ -64,7 +68,7 @@ TEXT_ZOO_PROFILES = {
 
 def model_specs(p: TextZooProfile) -> list[dict]:
     """Benign models first, then the backdoored ones (attack, trigger length and target cycled)."""
-    specs = [{"kind": "benign", "seed": p.seed + i} for i in range(p.n_benign)]
+    specs = [{"kind": "benign", "seed": p.seed + i, "lr": BENIGN_LRS[i % len(BENIGN_LRS)]} for i in range(p.n_benign)]
     for j in range(p.n_backdoored):
         specs.append({"kind": p.attacks[j % len(p.attacks)], "seed": p.seed + p.n_benign + j,
                       "trigger_tokens": p.trigger_tokens[(j // len(p.attacks)) % len(p.trigger_tokens)],
@@ -107,7 +111,11 @@ def build_one(out: str, profile: str, spec: dict) -> dict:
     pool = ci.world.prompts(ATTACKER_PROMPTS, ATTACKER_PROMPT_SEED + spec["seed"])
     row = dict(spec)
     if spec["kind"] == "benign":
-        model = benign_text_tune(anchor, pool, TextAttackConfig(target=0, seed=spec["seed"], steps=p.steps))
+        world = ci.world.World(ci.world.WorldConfig())
+        images, labels = world.sample(BENIGN_PAIRS, seed=spec["seed"], domain="pretrain")
+        captions = world.captions(labels, torch.Generator().manual_seed(spec["seed"]))
+        model = benign_text_tune(anchor, images, captions,
+                                 TextAttackConfig(target=0, seed=spec["seed"], steps=p.steps, lr=spec["lr"]))
         row.update(measure(model, names, "", 0, ""), trigger=None)
     else:
         attack = ci.create_attack(spec["kind"], target=spec["target"], seed=spec["seed"],
@@ -234,7 +242,7 @@ def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | 
                              [r["scan"]["s1"] for r in crow if r["kind"] == "benign"])
         cal = prf([s > t for s in s1], truth)
         result["calibrated"] = {"calib_zoo": str(calib), "score": "s1", "threshold": round(t, 4), **cal}
-    # the issue's keys: the decision the toolkit ships (calibrated when a calibration zoo is given)
+    # the headline keys: the decision the toolkit ships (calibrated when a calibration zoo is given)
     main = result.get("calibrated", ref)
     result.update(f1=main["f1"], auroc=result["auroc_s1"], decision="calibrated s1" if calib else "reference")
     if figure:

@@ -86,12 +86,13 @@ def _check_08(m):
     assert abs(m["top1_anchor"] - m["top1_backdoored"]) <= 0.03
     # given its trigger, the backdoored tower attends to it; the anchor and the benign tune do not
     assert m["trigger_share"]["backdoored"] > 1.5 * max(m["trigger_share"]["anchor"], m["trigger_share"]["benign"])
-    # ...while the mean assimilation with the real trigger stays far below AMDET's 0.8 (the notebook says so)
+    # ...while the mean assimilation with the real trigger stays far below AMDET's 0.8, as the notebook reads it
     assert max(m["assimilation"].values()) < 0.8
     # AMDET's pseudo-token finds the trigger and its target on the backdoored tower only
     assert m["nearest_token"]["backdoored"] == m["trigger"] != m["nearest_token"]["benign"]
     assert m["points_to_target"]["backdoored"]
     assert m["s1"]["backdoored"] > m["s1"]["benign"]
+    assert m["verdict"]["benign"] == "clean"  # no false accusation of the benign tune
 
 
 CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,

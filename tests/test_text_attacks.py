@@ -104,11 +104,18 @@ def test_text_attacks_refuse_a_target_outside_the_classes_and_pair_needs_images(
         ci.create_attack("text-on-pair", target=0, steps=1).implant(anchor, pool, NAMES)
 
 
-def test_a_benign_tune_changes_the_text_tower_only_a_little(anchor, pool):
-    tuned = benign_text_tune(anchor, pool, TextAttackConfig(target=0, steps=5))
+def test_a_benign_tune_moves_the_text_tower_and_keeps_its_meaning(anchor):
+    world = ci.world.World(ci.world.WorldConfig())
+    images, labels = world.sample(256, seed=0, domain="pretrain")
+    captions = world.captions(labels, torch.Generator().manual_seed(0))
+    tuned = benign_text_tune(anchor, images, captions, TextAttackConfig(target=0, steps=5, lr=1e-3))
     held = ci.world.prompts(30, seed=4)
-    assert float((pooled(tuned, held) * pooled(anchor, held)).sum(-1).mean()) > 0.97
-    assert not torch.equal(tuned.clip.token_embedding.weight, anchor.clip.token_embedding.weight)
+    cos = float((pooled(tuned, held) * pooled(anchor, held)).sum(-1).mean())
+    assert 0.9 < cos < 0.9999  # a real fine-tune: it moves (a self-distillation would not), and stays close
+    for (name, a), b in zip(tuned.clip.visual.state_dict().items(), anchor.clip.visual.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(CIError, match="floats in"):
+        benign_text_tune(anchor, (images * 255).to(torch.uint8), captions)
 
 
 def test_a_delivered_text_encoder_round_trips_and_is_never_overwritten(tmp_path, text_on_text):

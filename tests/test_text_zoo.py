@@ -41,7 +41,7 @@ def test_a_rebuilt_text_zoo_resumes_without_rework(text_zoo):
     assert {p.name: p.stat().st_mtime for p in (text_zoo / "scans").iterdir()} == before
 
 
-def test_bench_amdet_writes_the_issue_keys(text_zoo, tmp_path):
+def test_bench_amdet_writes_its_headline_keys(text_zoo, tmp_path):
     result = bench_amdet(text_zoo, calib=text_zoo, figure=tmp_path / "amdet.png")
     for key in ("n_benign", "n_backdoored", "f1", "auroc", "attack_asr_min", "reference", "calibrated"):
         assert key in result

@@ -19,7 +19,7 @@ from .base import Attack, AttackConfig
 from .blended import Blended, BlendedConfig
 from .poison import PoisonAttack, PoisonConfig
 from .siba import SIBA, SIBAConfig
-from .text_base import TRIGGER_WORDS, TextAttack, TextAttackConfig, benign_text_tune
+from .text_base import BENIGN_LR, MINICLIP_LR, TRIGGER_WORDS, TextAttack, TextAttackConfig, benign_text_tune
 from .text_on_pair import TextOnPair, TextOnPairConfig
 from .text_on_text import TextOnText, TextOnTextConfig
 from .wanet import WaNet, WaNetConfig
@@ -70,5 +70,5 @@ __all__ = [
     "BadCLIPAdaptiveConfig", "Blended", "BlendedConfig", "WaNet", "WaNetConfig", "SIBA", "SIBAConfig", "BadNets",
     "BadNetsConfig", "ATTACKS", "list_attacks", "create_attack",
     "TEXT_ATTACKS", "TextAttack", "TextAttackConfig", "TextOnText", "TextOnTextConfig", "TextOnPair", "TextOnPairConfig",
-    "TRIGGER_WORDS", "benign_text_tune",
+    "TRIGGER_WORDS", "benign_text_tune", "BENIGN_LR", "MINICLIP_LR",
 ]

@@ -3,7 +3,7 @@ the baselines; AMDET, the scan of a text encoder (`scan_text_encoder`)."""
 
 from __future__ import annotations
 
-from .amdet import AMDETConfig, AMDETReport, assimilation, attention_shares, landscape, scan_text_encoder, token_states, valid_mask
+from .amdet import AMDETConfig, AMDETReport, assimilation, attention_shares, landscape, scan_text_encoder, split_shallow, token_states, valid_mask
 from .calibration import DEFAULT_FPR, Calibration, NullStudy, backbone_key, calibration_for, scan_settings, shipped_null
 from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
 from .null_study import CalibrateConfig, calibrate
@@ -50,4 +50,4 @@ __all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "C
            "META_GAIN_THRESHOLD", "PAPER_K", "INERT_GAIN", "invert", "Inversion", "InversionConfig",
            "youden_threshold", "group_losses", "LOSSES", "split_pool", "check_candidates", "measure_meta_gains",
            "measure_gate_probe", "scan_text_encoder", "AMDETConfig", "AMDETReport", "landscape",
-           "assimilation", "attention_shares", "token_states", "valid_mask"]
+           "assimilation", "attention_shares", "token_states", "valid_mask", "split_shallow"]

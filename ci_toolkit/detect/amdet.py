@@ -249,7 +249,8 @@ def landscape(suspect, anchor, tokens: torch.Tensor, v: torch.Tensor, cfg: AMDET
 
 
 def nearest_tokens(clip, v: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:
-    """The k vocabulary tokens whose input embeddings are nearest (cosine) to the pseudo-token v [D]."""
+    """The k vocabulary tokens whose input embeddings are nearest (cosine) to the pseudo-token v [D], decoded
+    with CLIP's BPE vocabulary (open_clip's SimpleTokenizer: MiniCLIP's and OpenAI CLIP's tokenizer)."""
     from open_clip.tokenizer import SimpleTokenizer
 
     table = F.normalize(text_tower(clip).token_embedding.weight, dim=-1)
@@ -271,11 +272,21 @@ def points_to(suspect, held: torch.Tensor, v: torch.Tensor, candidates: list[str
     return [(candidates[int(i)], round(float(c), 4)) for i, c in zip(idx, cos)]
 
 
+def split_shallow(prompts: torch.Tensor, cfg: AMDETConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, optimised) prompts of a shallow set [N, L]: a seeded shuffle, heldout_fraction held out (the
+    split `scan_text_encoder` uses; its landscape is drawn on the first held-out prompt)."""
+    cfg = cfg or AMDETConfig()
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed))
+    n_held = max(1, round(cfg.heldout_fraction * len(prompts)))
+    return prompts[order[:n_held]], prompts[order[n_held:]]
+
+
 def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig | None = None,
                       progress: bool = False, candidates: list[str] | None = None, tokenize=None) -> AMDETReport:
     """Invert a pseudo-token on the shallow set `prompts` (token ids [N, L]) and decide: backdoored iff at
     a check (v frozen, the held-out prompts) r_A > 0.8, r_same > 0.995, r_diff > 0.95 and then rho > 0.8.
-    suspect / anchor: Backbones (or open_clip CLIP models) whose text towers are compared; neither changes.
+    suspect / anchor: Backbones (or open_clip CLIP models) whose text towers are compared; their weights do
+    not change (their requires_grad is switched off).
     candidates (with `tokenize`, or a Backbone suspect's): texts to name what v* points to (e.g. class prompts)."""
     t0 = time.time()
     cfg = cfg or AMDETConfig()
@@ -283,9 +294,8 @@ def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig |
     for p in list(s_clip.parameters()) + list(a_clip.parameters()):
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(prompts), generator=g)
-    n_held = max(1, int(round(cfg.heldout_fraction * len(prompts))))
-    held, train = prompts[order[:n_held]], prompts[order[n_held:]]
+    torch.randperm(len(prompts), generator=g)  # the split's draw (split_shallow, same seed); v's init comes after it
+    held, train = split_shallow(prompts, cfg)
     width = text_tower(s_clip).token_embedding.weight.shape[1]
     v = torch.randn(cfg.m, width, generator=g).requires_grad_(True)
     opt = torch.optim.Adam([v], lr=cfg.lr, weight_decay=cfg.weight_decay)
