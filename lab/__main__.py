@@ -50,7 +50,7 @@ def cmd_bench_amdet(args) -> None:
     result = bench_amdet(args.zoo, args.calib, figure=Path(args.out).with_suffix(".png"))
     write_json(args.out, result)
     print(f"{result['n_backdoored']} backdoored, {result['n_benign']} benign: F1 {result['f1']:.3f} "
-          f"({result['decision']}), AUROC {result['auroc']:.3f}; reference rule F1 {result['reference']['f1']:.3f}")
+          f"({result['decision']}), AUROC {result['auroc']:.3f}; the reference thresholds: F1 {result['reference']['f1']:.3f}")
 
 
 def cmd_course(args) -> None:

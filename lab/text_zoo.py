@@ -206,45 +206,59 @@ def prf(flags: list[bool], truth: list[bool]) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn, "precision": round(prec, 4), "recall": round(rec, 4), "f1": round(f1, 4)}
 
 
+# continuous scores of a scan: s1 (held-out assimilation at v*, AMDET.md section 4) and the best r_same over
+# the checks (the share of held-out prompts that v* sends to one pooled output)
+SCORES = {"s1": lambda scan: scan["s1"],
+          "r_same_max": lambda scan: max((c["r_same"] for c in scan["checks"]), default=0.0)}
+
+
 def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | Path | None = None) -> dict:
-    """Detection on a scanned text zoo: the reference decision (AMDET.md section 4's thresholds), the
-    continuous scores' AUROC, and a threshold on s1 chosen on the `calib` zoo (Youden J) applied here."""
-    rows = [r for r in rows_with_scans(zoo) if r["kind"] == "benign" or r["asr"] >= MIN_ASR]
+    """Detection on a scanned text zoo: the reference decision (AMDET.md section 4's thresholds), each
+    continuous score's AUROC, and with a `calib` zoo, per score a threshold chosen there (Youden J) and
+    applied here. The headline (f1, auroc) is the score whose threshold had the larger J on the calib zoo."""
+    all_rows = rows_with_scans(zoo)
+    rows = [r for r in all_rows if r["kind"] == "benign" or r["asr"] >= MIN_ASR]
     truth = [r["kind"] != "benign" for r in rows]
-    s1 = [r["scan"]["s1"] for r in rows]
-    s2 = [r["scan"]["s2"] for r in rows]
     bad = [r for r in rows if r["kind"] != "benign"]
-    pos1 = [s for s, t in zip(s1, truth) if t]
-    neg1 = [s for s, t in zip(s1, truth) if not t]
     ref = prf([r["scan"]["verdict"] == "backdoored" for r in rows], truth)
     result = {
-        "zoo": str(zoo), "n_benign": len(neg1), "n_backdoored": len(pos1),
-        "n_not_implanted": sum(1 for r in rows_with_scans(zoo) if r["kind"] != "benign" and r["asr"] < MIN_ASR),
-        "reference": ref, "auroc_s1": round(auroc(pos1, neg1), 4),
-        "auroc_s2": round(auroc([s for s, t in zip(s2, truth) if t], [s for s, t in zip(s2, truth) if not t]), 4),
+        "zoo": str(zoo), "n_benign": truth.count(False), "n_backdoored": truth.count(True),
+        "n_not_implanted": sum(1 for r in all_rows if r["kind"] != "benign" and r["asr"] < MIN_ASR),
+        "reference": ref, "scores": {},
         "attack_asr_min": min((r["asr"] for r in bad), default=None),
         "attack_top1_drop_max": max((r["top1_drop"] for r in bad), default=None),
+        "benign_top1_drop_max": max((r["top1_drop"] for r in rows if r["kind"] == "benign"), default=None),
         "seconds_per_model": round(sum(r["scan"]["seconds"] for r in rows) / max(1, len(rows)), 1),
-        "by_attack": {}, "models": [{k: r[k] for k in ("name", "kind", "asr", "top1_drop") if k in r}
-                                    | {"s1": r["scan"]["s1"], "s2": r["scan"]["s2"], "verdict": r["scan"]["verdict"],
-                                       "nearest_tokens": r["scan"]["nearest_tokens"][:3], "trigger": r.get("trigger"),
-                                       "points_to": (r["scan"]["points_to"] or [[None]])[0][0],
-                                       "target": (f"a {r['target_name']}." if r.get("target_name") else None)}
-                                    for r in rows],
+        "models": [{k: r[k] for k in ("name", "kind", "asr", "top1_drop", "lr") if k in r}
+                   | {name: fn(r["scan"]) for name, fn in SCORES.items()}
+                   | {"verdict": r["scan"]["verdict"], "nearest_tokens": r["scan"]["nearest_tokens"][:3],
+                      "trigger": r.get("trigger"), "points_to": (r["scan"]["points_to"] or [[None]])[0][0],
+                      "target": (f"a {r['target_name']}." if r.get("target_name") else None)} for r in rows],
     }
-    for kind in sorted({r["kind"] for r in bad}):
-        pos = [r["scan"]["s1"] for r in bad if r["kind"] == kind and r["asr"] >= MIN_ASR]
-        result["by_attack"][kind] = {"n": len(pos), "auroc_s1": round(auroc(pos, neg1), 4),
-                                     "asr_min": min(r["asr"] for r in bad if r["kind"] == kind)}
+    crow = None
     if calib:
         crow = [r for r in rows_with_scans(calib) if r["kind"] == "benign" or r["asr"] >= MIN_ASR]
-        t = youden_threshold([r["scan"]["s1"] for r in crow if r["kind"] != "benign"],
-                             [r["scan"]["s1"] for r in crow if r["kind"] == "benign"])
-        cal = prf([s > t for s in s1], truth)
-        result["calibrated"] = {"calib_zoo": str(calib), "score": "s1", "threshold": round(t, 4), **cal}
-    # the headline keys: the decision the toolkit ships (calibrated when a calibration zoo is given)
-    main = result.get("calibrated", ref)
-    result.update(f1=main["f1"], auroc=result["auroc_s1"], decision="calibrated s1" if calib else "reference")
+        result["calib_zoo"] = str(calib)
+    best, best_j = None, float("-inf")
+    for name, fn in SCORES.items():
+        score = [fn(r["scan"]) for r in rows]
+        pos = [v for v, t in zip(score, truth) if t]
+        neg = [v for v, t in zip(score, truth) if not t]
+        entry = {"auroc": round(auroc(pos, neg), 4), "by_attack": {
+            kind: round(auroc([fn(r["scan"]) for r in bad if r["kind"] == kind], neg), 4)
+            for kind in sorted({r["kind"] for r in bad})}}
+        if crow:
+            cpos = [fn(r["scan"]) for r in crow if r["kind"] != "benign"]
+            cneg = [fn(r["scan"]) for r in crow if r["kind"] == "benign"]
+            t = youden_threshold(cpos, cneg)
+            j = sum(v > t for v in cpos) / len(cpos) - sum(v > t for v in cneg) / len(cneg)
+            entry.update(threshold=round(t, 4), calib_j=round(j, 4), **prf([v > t for v in score], truth))
+            if j > best_j:
+                best, best_j = name, j
+        result["scores"][name] = entry
+    head = result["scores"][best] if best else {**ref, "auroc": result["scores"]["s1"]["auroc"]}
+    result.update(f1=head["f1"], auroc=head["auroc"], precision=head["precision"], recall=head["recall"],
+                  decision=f"calibrated {best}" if best else "reference")
     if figure:
         amdet_figure(rows, result, figure)
     return result
@@ -253,20 +267,22 @@ def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | 
 def amdet_figure(rows: list[dict], result: dict, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
     kinds = ["benign", "text-on-text", "text-on-pair"]
-    for i, kind in enumerate(kinds):
-        ys = [r["scan"]["s1"] for r in rows if r["kind"] == kind]
-        ax.scatter([i + (j % 5 - 2) * 0.05 for j in range(len(ys))], ys, s=18, label=f"{kind} ({len(ys)})")
-    if "calibrated" in result:
-        ax.axhline(result["calibrated"]["threshold"], color="k", ls="--", lw=1, label="threshold (calib zoo)")
-    ax.set_xticks(range(len(kinds)), kinds)
-    ax.set_ylabel("s1: held-out assimilation at v*")
-    ax.set_title(f"AMDET on MiniCLIP text encoders (AUROC {result['auroc_s1']:.2f})")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(SCORES), figsize=(5 * len(SCORES), 3.4))
+    for ax, (name, fn) in zip(axes, SCORES.items()):
+        for i, kind in enumerate(kinds):
+            ys = [fn(r["scan"]) for r in rows if r["kind"] == kind]
+            ax.scatter([i + (j % 5 - 2) * 0.06 for j in range(len(ys))], ys, s=18, label=f"{kind} ({len(ys)})")
+        entry = result["scores"][name]
+        if "threshold" in entry:
+            ax.axhline(entry["threshold"], color="k", ls="--", lw=1, label="threshold (calibration zoo)")
+        ax.set_xticks(range(len(kinds)), kinds, fontsize=8)
+        ax.set_title(f"{name} (AUROC {entry['auroc']:.2f})", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("AMDET on MiniCLIP text encoders", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-__all__ = ["TEXT_ZOO_PROFILES", "TextZooProfile", "model_specs", "build_text_zoo", "bench_amdet", "auroc"]
+__all__ = ["TEXT_ZOO_PROFILES", "SCORES", "TextZooProfile", "model_specs", "build_text_zoo", "bench_amdet", "auroc"]

@@ -43,8 +43,9 @@ def test_a_rebuilt_text_zoo_resumes_without_rework(text_zoo):
 
 def test_bench_amdet_writes_its_headline_keys(text_zoo, tmp_path):
     result = bench_amdet(text_zoo, calib=text_zoo, figure=tmp_path / "amdet.png")
-    for key in ("n_benign", "n_backdoored", "f1", "auroc", "attack_asr_min", "reference", "calibrated"):
+    for key in ("n_benign", "n_backdoored", "f1", "auroc", "attack_asr_min", "reference", "scores", "decision"):
         assert key in result
+    assert set(result["scores"]) == {"s1", "r_same_max"} and "threshold" in result["scores"]["s1"]
     assert result["n_benign"] == 1 and (tmp_path / "amdet.png").stat().st_size > 0
 
 
