@@ -88,6 +88,12 @@ def cmd_bench_attacks(args) -> None:
     write_json(args.out, bench_attacks(attacks, seeds=tuple(range(args.seeds)), quick=args.quick))
 
 
+def print_methods(result: dict) -> None:
+    """One line per method of a detection benchmark."""
+    for key, m in result["methods"].items():
+        print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
+
+
 def cmd_bench_detect(args) -> None:
     out = Path(args.out)
     result = bench_detect(args.zoo, out.with_suffix(""), methods=args.methods.split(","), cfg=scan_config(args),
@@ -96,8 +102,7 @@ def cmd_bench_detect(args) -> None:
                           models_per_label=args.models_per_label)
     write_json(out, result)
     roc_figure(result, out.with_suffix(".png"))
-    for key, m in result["methods"].items():
-        print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
+    print_methods(result)
 
 
 def cmd_bench_combine(args) -> None:
@@ -109,8 +114,7 @@ def cmd_bench_combine(args) -> None:
     result = combine_detect(parts)
     write_json(args.out, result)
     roc_figure(result, Path(args.out).with_suffix(".png"))
-    for key, m in result["methods"].items():
-        print(f"{key}: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f}, F1 {m['f1']:.3f} ({m['n_models']} models)")
+    print_methods(result)
 
 
 def cmd_bench_executors(args) -> None:
@@ -333,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = bsub.add_parser("amdet", help="AMDET on a scanned text-encoder zoo: F1, AUROC, time per model",
                         description="Detection on a `text-zoo` build: the reference decision and, with --calib, a "
-                                    "threshold on s1 chosen on another zoo (Youden J).")
+                                    "threshold per score (s1, best r_same) chosen on another zoo (Youden J).")
     s.add_argument("--zoo", required=True)
     s.add_argument("--calib", default=None, help="a scanned calibration zoo (text-calib)")
     s.add_argument("--out", required=True, help="output JSON (and a PNG beside it)")
