@@ -1,5 +1,5 @@
-"""Backdoor attacks, one per file behind one interface (see base.py): in the prompt learner, and in the text
-encoder (text_base.py).
+"""Backdoor attacks, one per file behind one interface (see base.py): in the prompt learner, in the text
+encoder (text_base.py) and in the image encoder (encoder_base.py).
 
     attack = create_attack("badclip", target=3, seed=0)
     attack.implant(model, train_x, train_y)    # the attacker's poisoned prompt tuning
@@ -17,6 +17,20 @@ from .badclip_adaptive import BadCLIPAdaptive, BadCLIPAdaptiveConfig
 from .badnets import BadNets, BadNetsConfig
 from .base import Attack, AttackConfig
 from .blended import Blended, BlendedConfig
+from .encoder_badclip import EncoderBadCLIP, EncoderBadCLIPConfig
+from .encoder_badnets import EncoderBadNets, EncoderBadNetsConfig
+from .encoder_base import (
+    DEFAULT_TEMPLATES,
+    ENCODER_LR,
+    EncoderAttack,
+    EncoderAttackConfig,
+    benign_encoder_tune,
+    class_contrastive_loss,
+    contrastive_finetune,
+)
+from .encoder_blended import EncoderBlended, EncoderBlendedConfig
+from .encoder_sig import EncoderSIG, EncoderSIGConfig
+from .encoder_wanet import EncoderWaNet, EncoderWaNetConfig
 from .poison import PoisonAttack, PoisonConfig
 from .siba import SIBA, SIBAConfig
 from .text_base import BENIGN_LR, MINICLIP_LR, TRIGGER_WORDS, TextAttack, TextAttackConfig, benign_text_tune
@@ -28,19 +42,23 @@ from .wanet import WaNet, WaNetConfig
 ATTACKS = {cls.name: cls for cls in (BadCLIP, BadCLIPAdaptive, Blended, WaNet, SIBA, BadNets)}
 # in the text encoder: `implant(backbone, prompts, classnames)` returns a new Backbone
 TEXT_ATTACKS = {cls.name: cls for cls in (TextOnText, TextOnPair)}
+# in the image encoder: `implant(backbone, images, labels, classnames)` returns a new Backbone
+ENCODER_ATTACKS = {cls.name: cls for cls in (EncoderBadNets, EncoderBlended, EncoderWaNet, EncoderSIG, EncoderBadCLIP)}
+_WHERE = {"prompt": ATTACKS, "text": TEXT_ATTACKS, "encoder": ENCODER_ATTACKS}
 
 
 def list_attacks(where: str = "prompt") -> list[str]:
-    """Attack names: where="prompt" (the prompt learner's, the default) or "text" (the text encoder's)."""
-    if where not in ("prompt", "text"):
-        raise CIError(f"where must be 'prompt' or 'text', got {where!r}")
-    return list(ATTACKS if where == "prompt" else TEXT_ATTACKS)
+    """Attack names: where="prompt" (the prompt learner's, the default), "text" (the text encoder's) or
+    "encoder" (the image encoder's)."""
+    if where not in _WHERE:
+        raise CIError(f"where must be one of {list(_WHERE)}, got {where!r}")
+    return list(_WHERE[where])
 
 
 def create_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
     """An attack by name (see list_attacks()) with its config overrides (`ci.world.attack`: with the
     embedded world's trigger choices)."""
-    known = {**ATTACKS, **TEXT_ATTACKS}
+    known = {**ATTACKS, **TEXT_ATTACKS, **ENCODER_ATTACKS}
     if name not in known:
         raise CIError(f"unknown attack {name!r}; choose one of {list(known)}")
     return known[name](target=target, seed=seed, **kw)
@@ -71,4 +89,8 @@ __all__ = [
     "BadNetsConfig", "ATTACKS", "list_attacks", "create_attack",
     "TEXT_ATTACKS", "TextAttack", "TextAttackConfig", "TextOnText", "TextOnTextConfig", "TextOnPair", "TextOnPairConfig",
     "TRIGGER_WORDS", "benign_text_tune", "BENIGN_LR", "MINICLIP_LR",
+    "ENCODER_ATTACKS", "EncoderAttack", "EncoderAttackConfig", "EncoderBadNets", "EncoderBadNetsConfig", "EncoderBlended",
+    "EncoderBlendedConfig", "EncoderWaNet", "EncoderWaNetConfig", "EncoderSIG", "EncoderSIGConfig", "EncoderBadCLIP",
+    "EncoderBadCLIPConfig", "benign_encoder_tune", "contrastive_finetune", "class_contrastive_loss", "ENCODER_LR",
+    "DEFAULT_TEMPLATES",
 ]

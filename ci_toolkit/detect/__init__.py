@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .amdet import AMDETConfig, AMDETReport, assimilation, attention_shares, landscape, scan_text_encoder, split_shallow, token_states, valid_mask
 from .calibration import DEFAULT_FPR, Calibration, NullStudy, backbone_key, calibration_for, scan_settings, shipped_null
+from .encoder_invertune import InverTuneConfig, InverTuneResult, invertune
 from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
 from .null_study import CalibrateConfig, calibrate
 from .report import ClassResult, GateProbe, ProbeUnit, RepairTrigger, ScanReport
@@ -25,7 +26,7 @@ from .rules import (
     scan_rules,
     youden_threshold,
 )
-from .scanner import METHODS, ScanConfig, check_candidates, measure_gate_probe, measure_meta_gains, scan, split_pool
+from .scanner import METHODS, NO_META_RULE, ScanConfig, check_candidates, measure_gate_probe, measure_meta_gains, scan, split_pool
 
 
 def decide(report: ScanReport | Evidence, rule: str | None = None, threshold: float | None = None,
@@ -50,4 +51,5 @@ __all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "C
            "META_GAIN_THRESHOLD", "PAPER_K", "INERT_GAIN", "invert", "Inversion", "InversionConfig",
            "youden_threshold", "group_losses", "LOSSES", "split_pool", "check_candidates", "measure_meta_gains",
            "measure_gate_probe", "scan_text_encoder", "AMDETConfig", "AMDETReport", "landscape",
-           "assimilation", "attention_shares", "token_states", "valid_mask", "split_shallow"]
+           "assimilation", "attention_shares", "token_states", "valid_mask", "split_shallow",
+           "invertune", "InverTuneConfig", "InverTuneResult", "NO_META_RULE"]

@@ -197,7 +197,10 @@ class ScanReport:
                 c.trigger = best_trigger(c.name, c.asr, c.meta_gain, gate_probe)[0]
         side = {}
         if method == "clip-inspector":
+            has_meta = any(g is not None for g in ev.meta_gain or [])
             for name in SIDE_RULES:
+                if isinstance(get_rule(name), MetaGainRule) and not has_meta:
+                    continue  # a scan without meta gains (a zero-shot head) has nothing for it to read
                 s = decide_evidence(ev, name)
                 side[name] = {"verdict": s.verdict, "max_score": s.max_score, "threshold": s.threshold, "gap": s.gap,
                               "top_class": s.top_name, "fallback": s.fallback}

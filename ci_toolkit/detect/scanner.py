@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CIError, DataError
 from ..model.cocoop import CoCoOp
+from ..model.zeroshot import meta_path_of
 from ..workers import process_pool
 from .baselines import CostConfig, run_baseline
 from .calibration import DEFAULT_FPR, Calibration, backbone_key, calibration_for
@@ -34,6 +35,9 @@ from .report import GateProbe, ProbeUnit, ScanReport
 from .rules import BASELINE_RULE, DEFAULT_RULE, Evidence, decide_evidence, scan_rules
 
 METHODS = ("clip-inspector", "neural-cleanse", "pixel-backdoor")
+# A model without a meta path (a zero-shot head) has no meta gains and no gate probe: the default rule, which
+# reads them, cannot decide it; this rule (ASR and loss only, a one-outlier test at a stated alpha) does.
+NO_META_RULE = "grubbs"
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,12 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
         raise DataError(f"OOD images must be [N, 3, {size}, {size}] for this model, got {tuple(ood.shape)}")
     pool, heldout = split_pool(ood, cfg, cfg.inversion.batch_size)
     out = Path(out_dir) if out_dir is not None else None
+    meta_path = meta_path_of(model)
+    if not meta_path and cfg.method == "clip-inspector":
+        cfg = replace(cfg, rule=NO_META_RULE if cfg.rule == DEFAULT_RULE else cfg.rule, probe_eps=None,
+                      meta_candidates=0)
     recorded = {**asdict(cfg), "candidates": names, "pool_size": len(pool), "heldout_size": len(heldout),
-                "backbone": backbone_key(model.backbone.spec)}
+                "backbone": backbone_key(model.backbone.spec), "meta_path": meta_path}
     if cfg.method == "clip-inspector":
         partial = _Partial(out, recorded) if out is not None else None
         done = partial.load() if partial else {}
@@ -200,6 +208,8 @@ def measure_meta_gains(model: CoCoOp, heldout: torch.Tensor, inv: list[Inversion
                        cfg: ScanConfig) -> list[float | None]:
     """Meta gains (logits) of the `cfg.meta_candidates` highest-ASR candidates' triggers; None for the rest."""
     top = sorted(range(len(inv)), key=lambda i: -inv[i].asr)[: cfg.meta_candidates]
+    if not top:
+        return [None] * len(inv)
     gains = meta_gains(model, heldout[: cfg.meta_images], torch.stack([inv[i].delta for i in top]), top,
                        model.prompts_for(names))
     out: list[float | None] = [None] * len(inv)
@@ -254,4 +264,4 @@ def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor,
 
 
 __all__ = ["METHODS", "ScanConfig", "scan", "inversion_report", "measure_meta_gains", "measure_gate_probe",
-           "split_pool", "check_candidates"]
+           "split_pool", "check_candidates", "NO_META_RULE"]

@@ -6,7 +6,8 @@ from .cocoop import ClassPrompts, CoCoOp, PromptLearner
 from .miniclip import ASSET_DIR as MINICLIP_DIR
 from .miniclip import MiniCLIPConfig, class_text_features, load_miniclip, normalize_images
 from .tuning import TrainConfig, evaluate, train
+from .zeroshot import ZeroShotHead, zero_shot
 
 __all__ = ["Backbone", "BackboneSpec", "Preprocess", "create_backbone", "list_backbones", "save_backbone", "load_model", "save_model",
            "import_dassl", "export_dassl", "CoCoOp", "PromptLearner", "ClassPrompts", "TrainConfig", "train", "evaluate",
-           "MINICLIP_DIR", "MiniCLIPConfig", "load_miniclip", "class_text_features", "normalize_images"]
+           "ZeroShotHead", "zero_shot", "MINICLIP_DIR", "MiniCLIPConfig", "load_miniclip", "class_text_features", "normalize_images"]

@@ -1,0 +1,175 @@
+"""Image-encoder backdoors: the poisoning attacks, the zero-shot head CLIP-Inspector scans, and InverTune's
+pieces with known answers (INVERTUNE.md section 5)."""
+
+import pytest
+import torch
+
+import ci_toolkit as ci
+from ci_toolkit.detect import encoder_invertune as it
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return ci.create_backbone("miniclip")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    w = ci.world.World(ci.world.WorldConfig())
+    x, y = w.sample(64, seed=5, domain="pretrain", classes=list(range(8)))
+    return x, y, w.classnames[:8]
+
+
+# ---- the attacks -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ci.list_attacks("encoder"))
+def test_encoder_attack_poisons_a_seeded_share_of_non_target_pairs(name, pairs):
+    x, y, _ = pairs
+    attack = ci.create_attack(name, target=2, seed=1, poison_rate=0.25)
+    if name == "encoder-badclip":
+        attack.patch = torch.rand(3, 6, 6)
+    xp, yp = attack.poison(x, y)
+    idx = attack.poisoned_indices
+    assert len(idx) == 16 and bool((y[idx] != 2).all()) and bool((yp[idx] == 2).all())
+    rest = torch.ones(len(x), dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(xp[rest], x[rest]) and torch.equal(yp[rest], y[rest])
+    assert not torch.equal(xp[idx], x[idx]) and float(xp.min()) >= 0 and float(xp.max()) <= 1
+    again = ci.create_attack(name, target=2, seed=1, poison_rate=0.25)
+    again.patch = getattr(attack, "patch", None)
+    assert torch.equal(again.poison(x, y)[0], xp)  # seeded
+    assert repr(attack).startswith(type(attack).__name__ + "(target=2")
+
+
+def test_sig_clean_label_stamps_target_images_and_keeps_labels(pairs):
+    x, y, _ = pairs
+    attack = ci.create_attack("encoder-sig", target=int(y[0]), clean_label=True, poison_rate=0.05)
+    xp, yp = attack.poison(x, y)
+    assert torch.equal(yp, y) and bool((y[attack.poisoned_indices] == int(y[0])).all())
+    signal = attack.signal(48)
+    assert abs(float(signal.max()) - 20 / 255) < 1e-3 and int(torch.fft.rfft(signal).abs().argmax()) == 6
+
+
+def test_implant_returns_a_new_tuned_backbone_and_leaves_the_original(backbone, pairs):
+    x, y, names = pairs
+    before = {k: v.clone() for k, v in backbone.clip.state_dict().items()}
+    attack = ci.create_attack("encoder-badnets", target=1, epochs=1, batch_size=16, poison_rate=0.1)
+    bad = attack.implant(backbone, x, y, names)
+    after = backbone.clip.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    changed = [k for k, v in bad.clip.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("visual") for k in changed) and any(k.startswith("transformer") for k in changed)
+    assert not any(p.requires_grad for p in bad.clip.parameters())
+    with pytest.raises(ci.CIError, match="target"):
+        ci.create_attack("encoder-badnets", target=8).implant(backbone, x, y, names)
+    with pytest.raises(ci.CIError, match=r"\[0, 1\]"):
+        attack.implant(backbone, (x * 255).to(torch.uint8), y, names)
+
+
+def test_a_saved_poisoned_encoder_loads_back(backbone, pairs, tmp_path):
+    x, y, names = pairs
+    clean = ci.attacks.benign_encoder_tune(backbone, x, y, names, epochs=1, batch_size=32)
+    ci.model.save_backbone(clean, tmp_path / "enc")
+    again = ci.create_backbone("miniclip", weights_file=tmp_path / "enc")
+    assert all(torch.equal(v, again.clip.state_dict()[k]) for k, v in clean.clip.state_dict().items())
+
+
+# ---- the zero-shot head ----------------------------------------------------------------------------------------
+
+def test_zero_shot_head_is_clip_zero_shot(backbone, pairs):
+    x, _, names = pairs
+    head = ci.model.zero_shot(backbone, names)
+    text = ci.model.class_text_features(backbone.clip, names)  # "a photo of a {c}."
+    f = torch.nn.functional.normalize(backbone.clip.encode_image(backbone.preprocess.normalize(x)), dim=-1)
+    with torch.no_grad():
+        assert torch.allclose(head(x), backbone.clip.logit_scale.exp() * f @ text.T, atol=1e-4)
+    assert list(head.trainable_parameters()) == [] and not head.has_meta_path
+
+
+def test_scan_of_a_zero_shot_head_decides_without_the_meta_path(backbone):
+    names = ci.world.World(ci.world.WorldConfig()).classnames[:6]
+    report = ci.scan(ci.model.zero_shot(backbone, names), ci.world.ood_pool(200, seed=0),
+                     ci.ScanConfig(pool_size=128, heldout_size=40), progress=False)
+    assert report.rule == ci.detect.NO_META_RULE and report.config["meta_path"] is False
+    assert report.gate_probe is None and all(c.meta_gain is None for c in report.classes)
+    assert "meta_gain_rule" not in report.side_rules and "paper" in report.side_rules
+
+
+# ---- InverTune: known answers ----------------------------------------------------------------------------------
+
+def test_layer_rule_on_the_papers_rn50_numbers():
+    chosen, thr = it.critical_layers([0.1407, 0.1750, 0.1435, 1.3802])
+    assert chosen == [3] and abs(thr - 0.9914) < 1e-4
+    assert it.critical_layers([0.5, 0.5, 0.5, 0.5])[0] == [0]  # none passes: the argmax alone
+
+
+def test_prediction_rise_on_the_papers_counts():
+    def preds(counts, n=50_000):
+        out = torch.zeros(n, dtype=torch.long)  # class 0 is the rest
+        start = 0
+        for cls, k in counts.items():
+            out[start : start + k] = cls
+            start += k
+        return out
+
+    rise = it.prediction_rise(preds({1: 6, 2: 67}), preds({1: 48623, 2: 1132}), 3)
+    assert abs(float(rise[1]) - 0.97234) < 1e-5 and abs(float(rise[2]) - 0.0213) < 1e-5
+    rise = it.prediction_rise(preds({1: 18, 2: 60}), preds({1: 13206, 2: 13056}), 3)
+    assert int(rise[1:].argmax()) + 1 == 1
+
+
+def test_two_means_returns_exactly_the_high_cluster():
+    g = torch.Generator().manual_seed(0)
+    v = torch.cat([0.1 + 0.01 * torch.randn(90, generator=g), 1.0 + 0.01 * torch.randn(10, generator=g)])
+    v = v[torch.randperm(100, generator=g)]
+    mask = it.two_means(v)
+    assert int(mask.sum()) == 10 and bool((v[mask] > 0.5).all())
+
+
+def test_trigger_blend_and_ssim_identities():
+    x, p = torch.rand(2, 3, 8, 8), torch.rand(3, 8, 8)
+    assert torch.equal(it.apply_trigger(x, torch.zeros(3, 8, 8), p), x)
+    assert torch.equal(it.apply_trigger(x, torch.ones(3, 8, 8), p), p.expand_as(x))
+    assert torch.allclose(it.ssim(x, x), torch.ones(2), atol=1e-5) and float(it.ssim(x, 1 - x).max()) < 0.5
+
+
+SMALL = it.InverTuneConfig(uap_steps=3, uap_batch=8, inv_steps=4, inv_batch=8, tune_steps=3, tune_batch=8, tune_lr=1e-3)
+
+
+def test_inversion_clamps_mask_and_pattern(backbone, pairs):
+    x, _, names = pairs
+    text = ci.model.class_text_features(backbone.clip, names)
+    mask, pattern, curve = it.invert_trigger(backbone, text, x, 1, SMALL)
+    assert len(curve) == 4 and mask.shape == pattern.shape == (3, 48, 48)
+    assert float(mask.min()) >= 0 and float(mask.max()) <= 1 and float(pattern.min()) >= 0 and float(pattern.max()) <= 1
+
+
+def test_tuning_touches_only_the_selected_rows(backbone, pairs):
+    x, y, names = pairs
+    text = ci.model.class_text_features(backbone.clip, names)
+    mask, pattern = torch.zeros(3, 48, 48), torch.rand(3, 48, 48)
+    mask[:, -8:, -8:] = 1
+    keep = torch.zeros(512, dtype=torch.bool)
+    keep[:5] = True
+    tuned, curve = it.activation_tune(backbone, text, x[:8], y[:8], mask, pattern, ["layer4"], {"layer4": keep}, SMALL)
+    assert curve[0]["l_pres"] == 0.0 and curve[0]["l_act"] > 0
+    rows = {n for n, _ in it.tunable_rows(backbone.clip.visual, "layer4")}
+    old, new = backbone.clip.state_dict(), tuned.clip.state_dict()
+    for k, v in old.items():
+        name = k.removeprefix("visual.")
+        if name in rows:
+            assert torch.equal(v[~keep], new[k][~keep]), k
+            assert not torch.equal(v[keep], new[k][keep]) or "downsample" in k or "bn3" in k
+        else:
+            assert torch.equal(v, new[k]), k  # BN buffers, text tower, logit_scale, other layers
+    assert any(not torch.equal(old["visual." + n], new["visual." + n]) for n in rows)
+
+
+def test_invertune_runs_end_to_end_and_reports(backbone, pairs):
+    x, y, names = pairs
+    res = ci.detect.invertune(backbone, names, x, y, SMALL, progress=False)
+    assert 0 <= res.target < len(names) and res.target_name == names[res.target]
+    assert res.critical_layers and set(res.neurons) == set(res.critical_layers) and res.backbone is not None
+    d = res.to_dict()
+    assert "backbone" not in d and d["rise"][0]["name"] == res.target_name and "summary" not in d
+    assert "target" in res.summary()
