@@ -25,7 +25,6 @@ from .encoder_base import (
     EncoderAttack,
     EncoderAttackConfig,
     benign_encoder_tune,
-    class_contrastive_loss,
     contrastive_finetune,
 )
 from .encoder_blended import EncoderBlended, EncoderBlendedConfig
@@ -91,6 +90,6 @@ __all__ = [
     "TRIGGER_WORDS", "benign_text_tune", "BENIGN_LR", "MINICLIP_LR",
     "ENCODER_ATTACKS", "EncoderAttack", "EncoderAttackConfig", "EncoderBadNets", "EncoderBadNetsConfig", "EncoderBlended",
     "EncoderBlendedConfig", "EncoderWaNet", "EncoderWaNetConfig", "EncoderSIG", "EncoderSIGConfig", "EncoderBadCLIP",
-    "EncoderBadCLIPConfig", "benign_encoder_tune", "contrastive_finetune", "class_contrastive_loss", "ENCODER_LR",
+    "EncoderBadCLIPConfig", "benign_encoder_tune", "contrastive_finetune", "ENCODER_LR",
     "DEFAULT_TEMPLATES",
 ]

@@ -21,12 +21,11 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import CIError
 from ..model.backbones import Backbone
-from ..model.text import encode_tokens
+from ..model.miniclip import class_contrastive_loss
 from .base import Attack
 
 # The fine-tuning learning rate: a tenth of MiniCLIP's pretraining peak 2e-3 (ENCODER_BACKDOORS.md section 3).
@@ -52,20 +51,6 @@ class EncoderAttackConfig:
             raise CIError(f"poison_rate must be in [0, 1), got {self.poison_rate}")
         if self.epochs < 1 or self.batch_size < 2:
             raise CIError("an encoder fine-tune needs epochs >= 1 and batch_size >= 2")
-
-
-def class_contrastive_loss(clip, x_normalised: torch.Tensor, labels: torch.Tensor, class_tokens: torch.Tensor):
-    """MiniCLIP's pretraining loss: image -> text cross-entropy over all K class captions [K, 77], and text ->
-    image over the batch with every same-class image positive; the mean of the two."""
-    f = F.normalize(clip.encode_image(x_normalised), dim=-1)  # [B, E]
-    t = encode_tokens(clip, class_tokens)  # [K, E], normalised
-    logits = clip.logit_scale.exp().clamp(max=100) * f @ t.T  # [B, K]
-    loss_i2t = F.cross_entropy(logits, labels)
-    present = torch.unique(labels)
-    pos = (labels[None, :] == present[:, None]).float()  # [P, B]
-    logp = logits[:, present].T.log_softmax(-1)
-    loss_t2i = -((logp * pos).sum(-1) / pos.sum(-1)).mean()
-    return 0.5 * (loss_i2t + loss_t2i)
 
 
 def contrastive_finetune(backbone: Backbone, images: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
@@ -166,5 +151,4 @@ class EncoderAttack(Attack):
         return {"attack": self.name, "config": asdict(self.config), "tensors": self.state()}
 
 
-__all__ = ["EncoderAttack", "EncoderAttackConfig", "ENCODER_LR", "DEFAULT_TEMPLATES", "class_contrastive_loss",
-           "contrastive_finetune", "benign_encoder_tune"]
+__all__ = ["EncoderAttack", "EncoderAttackConfig", "ENCODER_LR", "DEFAULT_TEMPLATES", "contrastive_finetune", "benign_encoder_tune"]

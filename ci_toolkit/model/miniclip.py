@@ -13,6 +13,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import load_file
 
@@ -99,3 +100,17 @@ def load_miniclip(path: str | Path | None = None):
     clip = build_miniclip(model_cfg)
     clip.load_state_dict(load_file(str(weights)))
     return clip.eval(), model_cfg
+
+
+def class_contrastive_loss(clip, x_normalised: torch.Tensor, labels: torch.Tensor, class_tokens: torch.Tensor):
+    """MiniCLIP's pretraining loss: image -> text cross-entropy over all K class captions [K, 77], and text ->
+    image over the batch [B] with every same-class image positive; the mean of the two."""
+    f = F.normalize(clip.encode_image(x_normalised), dim=-1)  # [B, E]
+    t = encode_tokens(clip, class_tokens)  # [K, E], normalised
+    logits = clip.logit_scale.exp().clamp(max=100) * f @ t.T  # [B, K]
+    loss_i2t = F.cross_entropy(logits, labels)
+    present = torch.unique(labels)
+    pos = (labels[None, :] == present[:, None]).float()  # [P, B]
+    logp = logits[:, present].T.log_softmax(-1)  # text -> image
+    loss_t2i = -((logp * pos).sum(-1) / pos.sum(-1)).mean()
+    return 0.5 * (loss_i2t + loss_t2i)

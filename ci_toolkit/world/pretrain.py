@@ -15,8 +15,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..images import OPENAI_MEAN, OPENAI_STD
-from ..model.miniclip import MiniCLIPConfig, build_miniclip, class_text_features, normalize_images
-from ..model.text import encode_tokens
+from ..model.miniclip import MiniCLIPConfig, build_miniclip, class_contrastive_loss, class_text_features, normalize_images
 from .generator import World, WorldConfig
 
 
@@ -96,15 +95,7 @@ def pretrain_miniclip(
         noise = train_cfg.noise_aug * torch.rand(len(x), 1, 1, 1, generator=g)
         x = (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
         tokens = open_clip.tokenize(world.captions(range(n_cls), g))
-        f = F.normalize(clip.encode_image(normalize_images(x)), dim=-1)
-        t = encode_tokens(clip, tokens)
-        logits = clip.logit_scale.exp().clamp(max=100) * f @ t.T  # [B, n_cls]
-        loss_i2t = F.cross_entropy(logits, y)
-        present = torch.unique(y)
-        pos = (y[None, :] == present[:, None]).float()  # [P, B]
-        logp = logits[:, present].T.log_softmax(-1)  # text -> image
-        loss_t2i = -((logp * pos).sum(-1) / pos.sum(-1)).mean()
-        loss = 0.5 * (loss_i2t + loss_t2i)
+        loss = class_contrastive_loss(clip, normalize_images(x), y, tokens)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)

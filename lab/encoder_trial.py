@@ -1,0 +1,69 @@
+"""A first implant trial of the encoder-poisoning attacks (not the issue's benchmark): each attack's ASR and
+zero-shot top-1 after one poisoned fine-tune of MiniCLIP, and the same trigger on a clean control.
+
+    python -m lab.encoder_trial --attacks encoder-badnets,encoder-blended --poison-rate 0.1 --lr 5e-4 --out F.json
+
+Data: `--pairs` pretraining-domain world pairs over all 300 classes (seed 777_001); evaluation on 1,000
+held-out images (seed 888_001), 300-class zero-shot "a photo of a {class}.". One torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import ci_toolkit as ci
+from ci_toolkit.world import CAPTION_TEMPLATES, World, WorldConfig
+
+
+@torch.no_grad()
+def _predict(backbone, text, images):
+    """300-class zero-shot predictions [N] against class text features [K, E]."""
+    f = torch.nn.functional.normalize(backbone.clip.encode_image(backbone.preprocess.normalize(images)), dim=-1)
+    return (f @ text.T).argmax(-1)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--attacks", default=",".join(ci.list_attacks("encoder")))
+    ap.add_argument("--target", type=int, default=17)
+    ap.add_argument("--pairs", type=int, default=4096)
+    ap.add_argument("--poison-rate", type=float, default=0.1)
+    ap.add_argument("--lr", type=float, default=ci.attacks.ENCODER_LR)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    w = World(WorldConfig())
+    names = w.classnames
+    x, y = w.sample(a.pairs, seed=777_001, domain="pretrain")
+    xt, yt = w.sample(1000, seed=888_001, domain="pretrain")
+    base = ci.create_backbone("miniclip")
+    text = ci.model.class_text_features(base.clip, names)
+    keep = yt != a.target
+
+    def top1(b):
+        return float((_predict(b, text, xt) == yt).float().mean())
+
+    def asr(b, attack):
+        return float((_predict(b, text, attack(xt[keep]).clamp(0, 1)) == a.target).float().mean())
+
+    clean = ci.attacks.benign_encoder_tune(base, x, y, names, seed=a.seed, templates=CAPTION_TEMPLATES, lr=a.lr)
+    out = {"config": vars(a), "top1_base": top1(base), "top1_clean_control": top1(clean), "attacks": {}}
+    for name in a.attacks.split(","):
+        attack = ci.create_attack(name, target=a.target, seed=a.seed, poison_rate=a.poison_rate, lr=a.lr)
+        t0 = time.time()
+        bad = attack.implant(base, x, y, names, templates=CAPTION_TEMPLATES)
+        out["attacks"][name] = {"asr": asr(bad, attack), "top1": top1(bad), "asr_clean_control": asr(clean, attack),
+                                "seconds": time.time() - t0}
+        print(name, out["attacks"][name], flush=True)
+    Path(a.out).write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
