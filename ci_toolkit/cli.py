@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import course, world
-from .attacks import list_attacks, load_attack
+from .attacks import ENCODER_LR, create_attack, list_attacks, load_attack
 from .data import load_image_folder
 from .demo import DemoConfig, run_demo
 from .detect import (
@@ -23,9 +23,11 @@ from .detect import (
     AMDETConfig,
     CalibrateConfig,
     InversionConfig,
+    InverTuneConfig,
     ScanConfig,
     ScanReport,
     calibrate,
+    invertune,
     landscape,
     scan,
     scan_rules,
@@ -42,8 +44,10 @@ from .model import (
     evaluate,
     import_dassl,
     load_model,
+    save_backbone,
     save_model,
     train,
+    zero_shot,
 )
 from .notebook import landscape_figure
 from .profiles import get_profile, list_profiles
@@ -55,6 +59,15 @@ WORLD_PROFILES = ("smoke", "classroom")  # profiles whose task is the embedded w
 # task's test size per class (profiles.py, "classroom") to measure the repair on.
 REPAIR_SHOTS = 16
 REPAIR_TEST_PER_CLASS = 20
+# `implant-encoder`: world image-caption pairs of the attacker's fine-tune and their seed, and the recipe the
+# encoder zoo uses (docs/encoders.md: 10 % poison; lr 5e-4 for the patch and blend triggers, the spec's
+# ENCODER_LR for the others)
+ENCODER_LRS = {"encoder-badnets": 5e-4, "encoder-blended": 5e-4}
+ENCODER_PAIRS = 4096
+ENCODER_PAIR_SEED = 777_000
+ENCODER_POISON_RATE = 0.1
+# `scan-encoder --labelled world`: the defender's labelled clean images per class for InverTune
+INVERTUNE_PER_CLASS = 20
 
 
 def _write_json(path: str | Path, obj: dict) -> None:
@@ -214,6 +227,69 @@ def cmd_scan_text(args) -> None:
     landscape_figure(f, rho, out / "landscape.png")
     print(report.summary())
     print(f"wrote {out / 'landscape.png'} (loss around the pseudo-token; positive-curvature share {rho:.2f})")
+
+
+def cmd_implant_encoder(args) -> None:
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise CIError(f"{args.out} exists and is not empty; choose another --out (nothing is overwritten)")
+    w = world.World(world.WorldConfig())
+    if args.target not in w.classnames:
+        raise CIError(f"--target must be a class of the embedded world (e.g. {w.classnames[0]!r}); got {args.target!r}")
+    target = w.classnames.index(args.target)
+    base = create_backbone("miniclip")
+    x, y = w.sample(args.pairs, seed=ENCODER_PAIR_SEED + args.seed, domain="pretrain")
+    lr = args.lr if args.lr is not None else ENCODER_LRS.get(args.attack, ENCODER_LR)
+    attack = create_attack(args.attack, target=target, seed=args.seed, poison_rate=args.poison_rate, lr=lr,
+                           epochs=args.epochs)
+    poisoned = attack.implant(base, x, y, w.classnames, templates=world.CAPTION_TEMPLATES, progress=True)
+    save_backbone(poisoned, args.out)
+    art = attacker_folder(args.out)
+    art.mkdir(parents=True, exist_ok=True)
+    if attack.state():
+        save_file(attack.state(), str(art / "trigger.safetensors"))
+    (art / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
+                                                 "target_name": args.target}, indent=2))
+    xt, yt = w.sample(1000, seed=ENCODER_PAIR_SEED - 1, domain="pretrain")
+    keep = yt != target
+    head, head0 = zero_shot(poisoned, w.classnames), zero_shot(base, w.classnames)
+    with torch.no_grad():
+        top1 = float((head(xt).argmax(-1) == yt).float().mean())
+        top1_0 = float((head0(xt).argmax(-1) == yt).float().mean())
+        asr = float((head(attack(xt[keep]).clamp(0, 1)).argmax(-1) == target).float().mean())
+    print(f"{attack!r} -> {args.out} (artefacts: {art}): 300-class zero-shot top-1 {top1_0:.3f} -> {top1:.3f}, "
+          f"ASR {asr:.3f}")
+
+
+def _encoder_classes(spec: str) -> list[str]:
+    """`scan-encoder --classes`: a text file of class names, or 'world' (the classroom task's base classes)."""
+    if spec == "world":
+        return world.task("classroom").seen_names
+    return _lines(spec)
+
+
+def cmd_scan_encoder(args) -> None:
+    encoder = create_backbone(args.backbone, weights_file=args.weights)
+    names = _encoder_classes(args.classes)
+    out = Path(args.out)
+    if args.method == "clip-inspector":
+        cfg = scan_config(args)
+        report = scan(zero_shot(encoder, names), load_ood(args.ood, encoder.preprocess.image_size, cfg), cfg, out)
+        print(f"{report.summary()} -> {out}/report.json, report.html")
+        for w in report.warnings:
+            print(f"warning: {w}")
+        return
+    size = encoder.preprocess.image_size
+    if args.labelled == "world":
+        x, y = world.labelled(names, INVERTUNE_PER_CLASS, seed=args.seed, image_size=size)
+    else:
+        data = load_image_folder(args.labelled, size, labelled=True, classnames=names, seed=args.seed)
+        x, y = data.images, data.labels
+    res = invertune(encoder, names, x, y, InverTuneConfig(seed=args.seed), tune=not args.no_tune)
+    _write_json(out / "invertune.json", res.to_dict())
+    print(res.summary())
+    if res.backbone is not None:
+        save_backbone(res.backbone, out / "tuned")
+        print(f"the activation-tuned encoder -> {out / 'tuned'} (load with create_backbone(weights_file=...))")
 
 
 def _lines(path: str) -> list[str]:
@@ -379,6 +455,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes inverting candidate groups side by side (2 on a 2-core CPU: faster than 2 threads)")
     add_scan_options(s)
     s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("implant-encoder", help="the attacker: poison MiniCLIP's contrastive fine-tune (image side)",
+                       description="Fine-tune both MiniCLIP towers on embedded-world image-caption pairs, a share of "
+                                   "them stamped with the trigger and captioned as the target. Writes the encoder "
+                                   "(model.safetensors + config.json) to OUT and the trigger to OUT_attacker/.")
+    s.add_argument("--attack", required=True, choices=list_attacks("encoder"))
+    s.add_argument("--target", required=True, help="target: a class name of the embedded world")
+    s.add_argument("--out", required=True, help="new encoder folder")
+    s.add_argument("--pairs", type=int, default=ENCODER_PAIRS, help=f"fine-tuning pairs (default {ENCODER_PAIRS})")
+    s.add_argument("--poison-rate", type=float, default=ENCODER_POISON_RATE)
+    s.add_argument("--lr", type=float, default=None, help=f"AdamW peak (default: 5e-4 for BadNets and Blended, "
+                                                          f"{ENCODER_LR:g} for the others; docs/encoders.md)")
+    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_implant_encoder)
+
+    s = sub.add_parser("scan-encoder", help="audit a delivered CLIP ENCODER: CLIP-Inspector (zero-shot) or InverTune",
+                       description="clip-inspector: the scan of a zero-shot head ('a photo of a {class}', no prompt "
+                                   "learner, so no meta path: Grubbs decides) on unlabeled OOD images. invertune: "
+                                   "universal patch -> target, trigger inversion, activation tuning on labelled "
+                                   "clean images; writes OUT/invertune.json and the tuned encoder to OUT/tuned.")
+    s.add_argument("weights", help="the delivered encoder: a MiniCLIP folder (model.safetensors + config.json)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--backbone", default="miniclip", help="architecture (default miniclip)")
+    s.add_argument("--classes", default="world", help="text file of the class names to score, one per line, or "
+                                                      "'world' (the classroom task's base classes)")
+    s.add_argument("--ood", default="world", help="clip-inspector: folder of unlabeled OOD images, or 'world'")
+    s.add_argument("--labelled", default="world", help="invertune: a labelled image folder (class subfolders), or "
+                                                       "'world'")
+    s.add_argument("--no-tune", action="store_true", help="invertune: identify only, no activation tuning")
+    add_scan_options(s, method_choice=False)
+    s.add_argument("--method", default="clip-inspector", choices=("clip-inspector", "invertune"))
+    s.set_defaults(func=cmd_scan_encoder)
 
     s = sub.add_parser("scan-text", help="AMDET: audit a delivered TEXT encoder for an implanted trigger",
                        description="Invert a pseudo-token that makes a triggered prompt's token states alike "

@@ -14,6 +14,7 @@ from lab.bench.attacks import ALL as ALL_ATTACKS
 from lab.bench.attacks import attacks_from_zoo, bench_attacks
 from lab.bench.collapse import bench_collapse
 from lab.bench.detect import METHOD_KEYS, bench_detect, combine_detect, roc_figure
+from lab.bench.encoder import bench_encoder_attacks, bench_encoder_detect, bench_invertune, encoder_figure
 from lab.bench.executors import bench_executors
 from lab.bench.gates import EPS_255, bench_gates
 from lab.bench.notebooks import bench_notebooks
@@ -21,6 +22,7 @@ from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
 from lab.course import ship_course, ship_course_scans
+from lab.encoder_zoo import ENCODER_ZOO_PROFILES, build_encoder_zoo, calibrate_invertune
 from lab.executors import add_executor_args, executor_from
 from lab.null import null_figure, null_study, ship_null
 from lab.text_zoo import TEXT_ZOO_PROFILES, bench_amdet, build_text_zoo
@@ -44,6 +46,41 @@ def cmd_zoo(args) -> None:
 def cmd_text_zoo(args) -> None:
     manifest = build_text_zoo(args.out, args.profile, executor=executor_from(args), scan=not args.no_scan)
     print(f"{len(manifest['models'])} text encoders -> {args.out}/manifest.json (AMDET reports in {args.out}/scans/)")
+
+
+def cmd_encoder_zoo(args) -> None:
+    manifest = build_encoder_zoo(args.out, args.profile, executor=executor_from(args), audit=not args.no_audit)
+    print(f"{len(manifest['models'])} encoders -> {args.out}/manifest.json (audits in {args.out}/scans/)")
+
+
+def cmd_bench_encoder(args) -> None:
+    out = Path(args.out_dir)
+    attacks = bench_encoder_attacks(args.zoo)
+    write_json(out / "encoder_attacks.json", attacks)
+    for name, a in attacks["attacks"].items():
+        print(f"{name}: ASR min {a['asr']:.3f} (mean {a['asr_mean']:.3f}), top-1 drop max {a['top1_drop']:.3f}, "
+              f"on the clean control {a['asr_clean_control']:.3f}")
+    if args.attacks_only:
+        return
+    detect = bench_encoder_detect(args.zoo)
+    write_json(out / "encoder_detect.json", detect)
+    encoder_figure(attacks, detect, out / "encoder_detect.png")
+    for key in ("clip_inspector_zero_shot", "clip_inspector_cocoop"):
+        d = detect[key]
+        print(f"{key}: AUROC {d['auroc']:.3f}, F1 {d['f1']:.3f}, FPR {d['fpr']:.3f}, TPR {d['tpr']:.3f} "
+              f"({detect['n_backdoored']} poisoned, {detect['n_clean']} clean)")
+    it = bench_invertune(args.zoo)
+    write_json(out / "invertune.json", it)
+    print(f"InverTune: target identified {it['target_id_rate']:.3f}; ASR after {it['asr_after']:.3f} "
+          f"(max {it['asr_after_max']:.3f}); top-1 drop {it['acc_drop']:.3f}")
+
+
+def cmd_bench_invertune_calib(args) -> None:
+    result = calibrate_invertune(args.zoo)
+    write_json(args.out, result)
+    for t in result["trials"]:
+        print(f"tune_lr {t['tune_lr']:g}: ASR after {t['asr_after']:.3f}, top-1 drop max {t['acc_drop_max']:.3f}")
+    print(f"chosen: {result['chosen_tune_lr']:g}")
 
 
 def cmd_bench_amdet(args) -> None:
@@ -192,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_args(s)
     s.set_defaults(func=cmd_text_zoo)
 
+    s = sub.add_parser("encoder-zoo", help="build MiniCLIP encoders (clean and poisoned) and audit them",
+                       description="Clean and poisoned contrastive fine-tunes of MiniCLIP (lab/encoder_zoo.py), a clean "
+                                   "CoCoOp over each; then CLIP-Inspector (zero-shot head, CoCoOp) and InverTune on "
+                                   "each. DIR/manifest.json holds the ground truth. Resumable.")
+    s.add_argument("--profile", default="encoder-smoke", choices=list(ENCODER_ZOO_PROFILES))
+    s.add_argument("--out", required=True, help="zoo folder")
+    s.add_argument("--workers", type=int, default=1, help="units run in parallel")
+    s.add_argument("--no-audit", action="store_true", help="build only")
+    add_executor_args(s)
+    s.set_defaults(func=cmd_encoder_zoo)
+
     s = sub.add_parser("course", help="ship a built course zoo into the package (ci_toolkit/assets/course)",
                        description="Copy the implanted models of a `zoo --profile course` build, with their ground "
                                    "truth apart in teacher/, into the course folder the tutorial loads.")
@@ -334,6 +382,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", required=True, help="comma-separated bench detect JSON files")
     s.add_argument("--out", required=True, help="output JSON (and a ROC figure beside it)")
     s.set_defaults(func=cmd_bench_combine)
+
+    s = bsub.add_parser("encoder", help="an audited encoder zoo: attacks, detection, InverTune's repair",
+                        description="From an `encoder-zoo` build: OUT_DIR/encoder_attacks.json, encoder_detect.json "
+                                    "(+ .png) and invertune.json (lab/bench/encoder.py).")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out-dir", default="benchmarks")
+    s.add_argument("--attacks-only", action="store_true", help="only encoder_attacks.json (before the audits ran)")
+    s.set_defaults(func=cmd_bench_encoder)
+
+    s = bsub.add_parser("invertune-calib", help="choose InverTune's tuning lr for MiniCLIP on a calibration zoo",
+                        description="InverTune with each lr of lab.encoder_zoo.TUNE_LRS on every poisoned model of an "
+                                    "`encoder-zoo --profile encoder-calib` build; the lowest ASR within the top-1 bound.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_bench_invertune_calib)
 
     s = bsub.add_parser("amdet", help="AMDET on a scanned text-encoder zoo: F1, AUROC, time per model",
                         description="Detection on a `text-zoo` build: the reference decision and, with --calib, a "

@@ -35,6 +35,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--poison-rate", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=ci.attacks.ENCODER_LR)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="ATTACK.FIELD=VALUE",
+                    help="a config override of one attack, e.g. encoder-wanet.s=2 (repeatable)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -54,8 +56,14 @@ def main(argv=None) -> dict:
 
     clean = ci.attacks.benign_encoder_tune(base, x, y, names, seed=a.seed, templates=CAPTION_TEMPLATES, lr=a.lr)
     out = {"config": vars(a), "top1_base": top1(base), "top1_clean_control": top1(clean), "attacks": {}}
+    overrides = {}
+    for item in a.set:
+        key, value = item.split("=", 1)
+        name, field = key.rsplit(".", 1)
+        overrides.setdefault(name, {})[field] = json.loads(value)
     for name in a.attacks.split(","):
-        attack = ci.create_attack(name, target=a.target, seed=a.seed, poison_rate=a.poison_rate, lr=a.lr)
+        attack = ci.create_attack(name, target=a.target, seed=a.seed, poison_rate=a.poison_rate, lr=a.lr,
+                                  **overrides.get(name, {}))
         t0 = time.time()
         bad = attack.implant(base, x, y, names, templates=CAPTION_TEMPLATES)
         out["attacks"][name] = {"asr": asr(bad, attack), "top1": top1(bad), "asr_clean_control": asr(clean, attack),

@@ -23,7 +23,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 import ci_toolkit as ci
 from ci_toolkit.detect import SCAN_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
 
@@ -236,4 +235,4 @@ def null_figure(result: dict, path: str | Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-__all__ = ["ship_null", "loo_calibrated", "NULL_SPACE", "NullSpace", "null_specs", "clopper_pearson", "null_study", "null_figure", "summarise"]
+__all__ = ["NULL_SPACE", "NullSpace", "clopper_pearson", "loo_calibrated", "null_figure", "null_specs", "null_study", "ship_null", "summarise"]

@@ -285,4 +285,4 @@ def amdet_figure(rows: list[dict], result: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["TEXT_ZOO_PROFILES", "SCORES", "TextZooProfile", "model_specs", "build_text_zoo", "bench_amdet", "auroc"]
+__all__ = ["SCORES", "TEXT_ZOO_PROFILES", "TextZooProfile", "auroc", "bench_amdet", "build_text_zoo", "model_specs"]

@@ -10,7 +10,7 @@ import ci_toolkit as ci
 from ci_toolkit.cli import build_parser, main
 
 COMMANDS = ["demo", "train", "implant", "scan", "repair", "calibrate", "course", "info", "inspect", "import-dassl",
-            "pretrain-miniclip"]
+            "pretrain-miniclip", "implant-encoder", "scan-encoder", "scan-text"]
 
 
 def test_top_level_help_lists_every_command():
@@ -113,3 +113,27 @@ def test_repair_command_writes_json_and_never_touches_the_input(tiny_model, tmp_
     ci.load_model(tmp_path / "fixed" / "model")
     assert (tmp_path / "m" / "prompt_learner.safetensors").read_bytes() == before
     assert main([*args, "--out", str(tmp_path / "fixed")]) == 2  # never overwrites a previous repair
+
+
+def test_implant_encoder_then_scan_it_zero_shot(tmp_path, capsys):
+    """The encoder audit end to end on a tiny fine-tune: the poisoned encoder loads as a backbone, its
+    trigger sits apart, and the zero-shot scan decides without a meta path (Grubbs)."""
+    import json
+
+    enc = tmp_path / "enc"
+    assert main(["implant-encoder", "--attack", "encoder-badnets", "--target", "red striped square", "--out", str(enc),
+                 "--pairs", "256", "--epochs", "1"]) == 0
+    assert "ASR" in capsys.readouterr().out
+    assert (enc / "model.safetensors").exists() and (tmp_path / "enc_attacker" / "attack.json").exists()
+    assert ci.load_attack(tmp_path / "enc_attacker").target == ci.world.World().classnames.index("red striped square")
+    (tmp_path / "classes.txt").write_text("\n".join(ci.world.task("smoke").seen_names[:4]))
+    assert main(["scan-encoder", str(enc), "--classes", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "scan"),
+                 "--pool-size", "32", "--heldout-size", "16"]) == 0
+    report = json.loads((tmp_path / "scan" / "report.json").read_text())
+    assert report["config"]["meta_path"] is False and report["rule"] == ci.detect.NO_META_RULE
+    assert len(report["classes"]) == 4
+    # a second implant into the same folder is refused; so is a target outside the world
+    assert main(["implant-encoder", "--attack", "encoder-badnets", "--target", "red striped square", "--out", str(enc)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["implant-encoder", "--attack", "encoder-sig", "--target", "unicorn", "--out", str(tmp_path / "x")]) == 2
+    assert "--target must be a class" in capsys.readouterr().err

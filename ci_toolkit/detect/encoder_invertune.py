@@ -329,8 +329,8 @@ class InverTuneResult:
 def invertune(backbone: Backbone, classnames: Sequence[str], images: torch.Tensor, labels: torch.Tensor,
               config: InverTuneConfig | None = None, tune: bool = True, progress: bool = True) -> InverTuneResult:
     """InverTune on `backbone` with a labelled clean set (images [N, 3, H, W] in [0, 1], labels indexing
-    `classnames`, the vocabulary assumed to hold the target): the last fifth of the images is held out for the
-    inverted trigger's ASR, the first tune_batch are the tuning batch. tune=False stops after stage 2 and the
+    `classnames`, the vocabulary assumed to hold the target), shuffled with cfg.seed: the last fifth is held out
+    for the inverted trigger's ASR, the first tune_batch are the tuning batch. tune=False stops after stage 2 and the
     layer selection (identification only)."""
     cfg = config or InverTuneConfig()
     if images.dtype == torch.uint8:
@@ -341,6 +341,8 @@ def invertune(backbone: Backbone, classnames: Sequence[str], images: torch.Tenso
     t0 = time.time()
     names = list(classnames)
     text = class_text_features(backbone.clip, names, cfg.template)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
+    images, labels = images[order], labels[order]  # a labelled set often comes sorted by class
     n_hold = max(1, len(images) // 5)
     pool, held, held_y = images[:-n_hold], images[-n_hold:], labels[-n_hold:]
     steps = ["stage 1: universal patch", "stage 2: trigger inversion", "stage 3: layers and neurons"]

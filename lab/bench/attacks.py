@@ -27,7 +27,7 @@ def bench_attacks(attacks=ALL, seeds=(0, 1), quick: bool = False, progress: bool
     world = ci.world.World(ci.world.WorldConfig(image_size=bb.preprocess.image_size))
     n_classes, n_test, epochs, n_ood = (10, 4, 1, 32) if quick else (50, 20, 10, 300)
     seeds = seeds[:1] if quick else seeds
-    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)
     clean_rows, per_attack = [], {a: [] for a in attacks}
     for seed in seeds:
         task = world.task(n_classes=n_classes, n_test_per_class=n_test, seed=seed)
@@ -71,7 +71,7 @@ def attacks_from_zoo(zoo: str | Path) -> dict:
     rows = [m for m in manifest if m["attack"] != "clean"]
     clean = [m for m in manifest if m["attack"] == "clean"]
     keys = ("acc_seen", "acc_unseen", "asr_seen", "asr_unseen", "asr_ood", "asr_clean_model", "ssim")
-    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)
     attacks = {}
     for name in dict.fromkeys(r["attack"] for r in rows):
         mine = [r for r in rows if r["attack"] == name]

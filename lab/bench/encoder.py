@@ -1,0 +1,177 @@
+"""`python -m lab bench encoder`: the encoder zoo's three benchmarks from its manifest and audits.
+
+    encoder_attacks.json  per attack: ASR (300-class zero-shot; the weakest model's, and the mean), the largest
+                          zero-shot top-1 drop against the shipped MiniCLIP, the trigger on a clean control
+    encoder_detect.json   CLIP-Inspector with the zero-shot head and on the clean CoCoOp (AUROC of the report's
+                          max score, accuracy, class-level F1, FPR, TPR; the paper's k = 2 and Grubbs from the
+                          same scans), InverTune's target identification
+    invertune.json        InverTune's repair (task-level ASR after tuning, top-1 drop) beside CLIP-Inspector's
+                          repair of the CoCoOp case
+
+A poisoned model whose ASR stayed under `lab.encoder_zoo.MIN_ASR` is left out of detection (counted under
+n_not_implanted). Class level as `bench detect`: TP = the true target flagged, FP = any other class flagged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import mean
+
+from sklearn.metrics import roc_auc_score
+
+import ci_toolkit as ci
+from lab.bench.detect import detection_metrics
+from lab.encoder_zoo import ENCODER_ZOO_PROFILES, MIN_ASR, N_CLASSES, measure, task_of
+
+CASES = {"clip_inspector_zero_shot": "zero_shot", "clip_inspector_cocoop": "cocoop"}
+
+
+def _rows(zoo: Path) -> list[dict]:
+    return json.loads((zoo / "manifest.json").read_text())["models"]
+
+
+def bench_encoder_attacks(zoo: str | Path) -> dict:
+    """Per attack over the zoo's poisoned models; each trigger is also applied to the first clean control."""
+    zoo = Path(zoo)
+    rows = _rows(zoo)
+    clean = [r for r in rows if r["attack"] == "clean"]
+    world_names = ci.world.WorldConfig().classnames()
+    control = ci.create_backbone("miniclip", weights_file=zoo / "models" / clean[0]["name"] / "encoder") if clean else None
+    attacks = {}
+    for r in rows:
+        if r["attack"] == "clean":
+            continue
+        names = task_of(_profile(zoo), r["seed"]).seen_names
+        trig = ci.load_attack(zoo / "attackers" / r["name"])
+        cc = measure(control, trig, r["target"], names, world_names)["asr"] if control else None
+        attacks.setdefault(r["attack"], []).append({**{k: r.get(k) for k in (
+            "name", "target", "asr", "asr_task", "asr_cocoop", "asr_base", "top1", "top1_drop", "top1_task")},
+            "asr_clean_control": cc})
+    out = {"zoo": str(zoo), "min_asr_implanted": MIN_ASR,
+           "clean_controls": {"n": len(clean), "top1_drop_max": max((r["top1_drop"] for r in clean), default=None),
+                              "top1_base": rows[0]["top1_base"] if rows else None},
+           "attacks": {}}
+    for name, ms in attacks.items():
+        out["attacks"][name] = {
+            "asr": min(m["asr"] for m in ms), "asr_mean": mean(m["asr"] for m in ms),
+            "asr_task_min": min(m["asr_task"] for m in ms),
+            "top1_drop": max(m["top1_drop"] for m in ms),
+            "asr_clean_control": max(m["asr_clean_control"] for m in ms) if control else None,
+            "n_models": len(ms), "models": ms}
+    return out
+
+
+def _profile(zoo: Path):
+    return ENCODER_ZOO_PROFILES[json.loads((zoo / "manifest.json").read_text())["profile"]["name"]]
+
+
+def _detect_row(r: dict, report: ci.ScanReport) -> dict:
+    flagged = [c.name for c in report.classes if c.flagged]
+    row = {"name": r["name"], "attack": r["attack"], "label": int(r["attack"] != "clean"), "target": r["target"],
+           "asr": r.get("asr"), "verdict": report.verdict, "max_score": report.max_score, "flagged": flagged,
+           "top_class": report.top_class, "rule": report.rule, "fallback": report.fallback,
+           "target_paper_score": (report.row(r["target"]).paper_score if r["target"] else None)}
+    for side in ("paper", "grubbs"):
+        if side in report.side_rules:
+            s = report.side_rules[side]
+            row[side] = [c.name for c in report.classes if c.paper_score is not None and c.paper_score > s["threshold"]]
+    return row
+
+
+def bench_encoder_detect(zoo: str | Path) -> dict:
+    zoo = Path(zoo)
+    rows = _rows(zoo)
+    used = [r for r in rows if r["attack"] == "clean" or r["asr"] >= MIN_ASR]
+    out = {"zoo": str(zoo), "n_clean": sum(r["attack"] == "clean" for r in used),
+           "n_backdoored": sum(r["attack"] != "clean" for r in used),
+           "n_not_implanted": len(rows) - len(used), "n_task_classes": N_CLASSES // 2 + N_CLASSES % 2}
+    for key, kind in CASES.items():
+        per = [_detect_row(r, ci.ScanReport.load(zoo / "scans" / r["name"] / kind / "report.json")) for r in used]
+        entry = {**detection_metrics(per), "rule": sorted({p["rule"] for p in per})}
+        for side in ("paper", "grubbs"):
+            if all(side in p for p in per):
+                sub = [{**p, "flagged": p[side], "verdict": "backdoored" if p[side] else "clean"} for p in per]
+                m = detection_metrics(sub)
+                entry[f"{side}_rule"] = {k: m[k] for k in ("accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
+        bad = [p["target_paper_score"] for p in per if p["label"]]
+        entry["target_paper_score"] = {"min": min(bad, default=None), "median": sorted(bad)[len(bad) // 2] if bad else None,
+                                       "max": max(bad, default=None)}
+        entry["models"] = per
+        out[key] = entry
+    it = []
+    for r in used:
+        res = json.loads((zoo / "scans" / r["name"] / "invertune.json").read_text())
+        it.append({"name": r["name"], "attack": r["attack"], "label": int(r["attack"] != "clean"),
+                   "target": r["target"], "identified": res["target_name"], "rise": res["rise"][0]["rise"],
+                   "gap": res["gap"], "inverted_asr": res["inverted_asr"], "seconds": res["seconds"]})
+    bad = [m for m in it if m["label"]]
+    labels = [m["label"] for m in it]
+    out["invertune"] = {
+        "target_id_rate": sum(m["identified"] == m["target"] for m in bad) / len(bad) if bad else None,
+        "auroc_inverted_asr": roc_auc_score(labels, [m["inverted_asr"] for m in it]) if len(set(labels)) == 2 else None,
+        "auroc_rise": roc_auc_score(labels, [m["rise"] for m in it]) if len(set(labels)) == 2 else None,
+        "models": it}
+    return out
+
+
+def bench_invertune(zoo: str | Path) -> dict:
+    """InverTune's tuning (and CLIP-Inspector's repair of the CoCoOp case) against the true trigger."""
+    zoo = Path(zoo)
+    rows = [r for r in _rows(zoo) if r["attack"] != "clean" and r["asr"] >= MIN_ASR]
+    per, ci_rep = [], []
+    for r in rows:
+        ev = json.loads((zoo / "scans" / r["name"] / "invertune_eval.json").read_text())
+        per.append({"name": r["name"], "attack": r["attack"], **ev,
+                    "acc_drop": ev["top1_task_before"] - ev["top1_task_after"]})
+        path = zoo / "scans" / r["name"] / "ci_repair_eval.json"
+        if path.exists():
+            ci_rep.append({"name": r["name"], "attack": r["attack"], **json.loads(path.read_text())})
+    out = {"zoo": str(zoo), "n_backdoored": len(per),
+           "target_id_rate": sum(m["identified"] for m in per) / len(per) if per else None,
+           "asr_after": mean(m["asr_task_after"] for m in per) if per else None,
+           "asr_after_max": max((m["asr_task_after"] for m in per), default=None),
+           "asr_before": mean(m["asr_task_before"] for m in per) if per else None,
+           "acc_drop": mean(m["acc_drop"] for m in per) if per else None,
+           "acc_drop_max": max((m["acc_drop"] for m in per), default=None),
+           "asr_after_identified": mean([m["asr_task_after"] for m in per if m["identified"]] or [float("nan")]),
+           "models": per}
+    if ci_rep:
+        out["clip_inspector_repair_cocoop"] = {
+            "n": len(ci_rep), "asr_after": mean(m["asr_after"] for m in ci_rep),
+            "asr_before": mean(m["asr_before"] for m in ci_rep),
+            "acc_drop": mean(m["top1_before"] - m["top1_after"] for m in ci_rep), "models": ci_rep}
+    return out
+
+
+def encoder_figure(attacks: dict, detect: dict, path: str | Path) -> None:
+    """Left: each attack's ASR and top-1 drop per model; right: the zero-shot scan's max score, clean vs poisoned."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (name, entry) in enumerate(attacks["attacks"].items()):
+        a.scatter([i] * len(entry["models"]), [m["asr"] for m in entry["models"]], color="C3", s=18,
+                  label="ASR" if i == 0 else None)
+        a.scatter([i + 0.15] * len(entry["models"]), [m["top1_drop"] for m in entry["models"]], color="C0", s=18,
+                  marker="s", label="top-1 drop" if i == 0 else None)
+    a.axhline(0.9, color="C3", ls="--", lw=1)
+    a.set_xticks(range(len(attacks["attacks"])), [n.replace("encoder-", "") for n in attacks["attacks"]], fontsize=8)
+    a.set_title("encoder poisoning on MiniCLIP (300-class zero-shot)", fontsize=9)
+    a.legend(fontsize=7)
+    for j, (key, label) in enumerate((("clip_inspector_zero_shot", "zero-shot head"),
+                                      ("clip_inspector_cocoop", "clean CoCoOp"))):
+        ms = detect[key]["models"]
+        for lab_, colour in ((0, "C2"), (1, "C3")):
+            ys = [m["max_score"] for m in ms if m["label"] == lab_]
+            b.scatter([j + (0.15 if lab_ else -0.15)] * len(ys), ys, color=colour, s=18,
+                      label=("clean" if lab_ == 0 else "poisoned") if j == 0 else None)
+    b.set_xticks([0, 1], [f"zero-shot head\nAUROC {detect['clip_inspector_zero_shot']['auroc']:.2f}",
+                          f"clean CoCoOp\nAUROC {detect['clip_inspector_cocoop']['auroc']:.2f}"], fontsize=8)
+    b.set_title("CLIP-Inspector's max score per model", fontsize=9)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = ["bench_encoder_attacks", "bench_encoder_detect", "bench_invertune", "encoder_figure"]
