@@ -13,6 +13,7 @@ from ci_toolkit.cli import add_scan_options, run, scan_config
 from lab.bench.attacks import ALL as ALL_ATTACKS
 from lab.bench.attacks import attacks_from_zoo, bench_attacks
 from lab.bench.collapse import bench_collapse
+from lab.bench.crossed import amdet_on_encoder_zoo, ci_on_text_zoo
 from lab.bench.detect import METHOD_KEYS, bench_detect, combine_detect, roc_figure
 from lab.bench.encoder import bench_encoder_attacks, bench_encoder_detect, bench_invertune, encoder_figure
 from lab.bench.executors import bench_executors
@@ -75,9 +76,19 @@ def cmd_bench_encoder(args) -> None:
           f"(max {it['asr_after_max']:.3f}); top-1 drop {it['acc_drop']:.3f}")
 
 
-def cmd_bench_invertune_calib(args) -> None:
-    result = calibrate_invertune(args.zoo)
+def cmd_bench_crossed(args) -> None:
+    result = {"amdet_on_image_encoder_backdoors": amdet_on_encoder_zoo(args.encoder_zoo) if args.encoder_zoo else None,
+              "clip_inspector_on_text_encoder_backdoors": ci_on_text_zoo(args.text_zoo) if args.text_zoo else None,
+              "config": {"encoder_zoo": args.encoder_zoo, "text_zoo": args.text_zoo}}
     write_json(args.out, result)
+    for key in ("amdet_on_image_encoder_backdoors", "clip_inspector_on_text_encoder_backdoors"):
+        if result[key]:
+            print(f"{key}: {result[key]['flagged']} of {result[key]['n']} flagged; {result[key]['by_kind']}")
+
+
+def cmd_bench_invertune_calib(args) -> None:
+    result = calibrate_invertune(args.zoo, args.out)
+    print(f"wrote {args.out}")
     for t in result["trials"]:
         print(f"tune_lr {t['tune_lr']:g}: ASR after {t['asr_after']:.3f}, top-1 drop max {t['acc_drop_max']:.3f}")
     print(f"chosen: {result['chosen_tune_lr']:g}")
@@ -391,9 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attacks-only", action="store_true", help="only encoder_attacks.json (before the audits ran)")
     s.set_defaults(func=cmd_bench_encoder)
 
+    s = bsub.add_parser("crossed", help="AMDET on image-side encoder backdoors, CLIP-Inspector on text-side ones",
+                        description="Each encoder audit on the other tower's backdoors (lab/bench/crossed.py): both "
+                                    "should say clean.")
+    s.add_argument("--encoder-zoo", default=None, help="an `encoder-zoo` build")
+    s.add_argument("--text-zoo", default=None, help="a `text-zoo` build")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_bench_crossed)
+
     s = bsub.add_parser("invertune-calib", help="choose InverTune's tuning lr for MiniCLIP on a calibration zoo",
                         description="InverTune with each lr of lab.encoder_zoo.TUNE_LRS on every poisoned model of an "
-                                    "`encoder-zoo --profile encoder-calib` build; the lowest ASR within the top-1 bound.")
+                                    "`encoder-zoo --profile encoder-calib` build; the lowest ASR within the top-1 bound. "
+                                    "Resumable: the (lr, model) runs in OUT are kept.")
     s.add_argument("--zoo", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_bench_invertune_calib)

@@ -257,41 +257,54 @@ def build_encoder_zoo(out_dir: str | Path, profile: str = "encoder-smoke", execu
     return manifest
 
 
-# tuning learning rates tried on the calibration zoo: the paper's RN50 value and half-decades up from it
-TUNE_LRS = (8e-6, 3e-5, 1e-4, 3e-4, 1e-3)
+# tuning learning rates tried on the calibration zoo: the paper's RN50 value (8e-6) and larger ones up to 1e-4, where
+# the BadNets model's clean top-1 already fell 12 points
+TUNE_LRS = (8e-6, 2e-5, 4e-5, 1e-4)
 MAX_ACC_DROP = 0.03  # the issue's bound on InverTune's clean top-1 drop
 
 
-def calibrate_invertune(zoo: str | Path, lrs=TUNE_LRS) -> dict:
+def calibrate_invertune(zoo: str | Path, out: str | Path, lrs=TUNE_LRS) -> dict:
     """InverTune's tuning lr for MiniCLIP, chosen on a built calibration zoo (every poisoned model in it): for
-    each lr the task-level ASR of the true trigger and the top-1 after tuning; the choice is the lr with the
-    lowest mean ASR among those whose largest top-1 drop stays within MAX_ACC_DROP."""
-    zoo = Path(zoo)
+    each lr the task-level ASR of the true trigger and the top-1 after tuning. Each (lr, model) result is written
+    to `out` as it finishes and kept on a rerun. The choice is the lr with the lowest mean ASR among those
+    whose largest top-1 drop stays within MAX_ACC_DROP."""
+    zoo, out = Path(zoo), Path(out)
     manifest = json.loads((zoo / "manifest.json").read_text())
     p = ENCODER_ZOO_PROFILES[manifest["profile"]["name"]]
     world_names = ci.world.WorldConfig().classnames()
     rows = [r for r in manifest["models"] if r["attack"] != "clean"]
-    trials = []
+    done = json.loads(out.read_text())["runs"] if out.exists() else []
     for lr in lrs:
-        per = []
         for r in rows:
+            if any(d["tune_lr"] == lr and d["name"] == r["name"] for d in done):
+                continue
             encoder = ci.create_backbone("miniclip", weights_file=_dir(zoo, "models", r["name"]) / "encoder")
             task = task_of(p, r["seed"])
             x, y = task.split("test", "seen")
-            cfg = ci.detect.InverTuneConfig(tune_lr=lr)
-            res = ci.detect.invertune(encoder, task.seen_names, x, y, cfg, progress=False)
+            res = ci.detect.invertune(encoder, task.seen_names, x, y, ci.detect.InverTuneConfig(tune_lr=lr),
+                                      progress=False)
             attack = ci.load_attack(_dir(zoo, "attackers", r["name"]))
             before = measure(encoder, attack, r["target"], task.seen_names, world_names)
             after = measure(res.backbone, attack, r["target"], task.seen_names, world_names)
-            per.append({"name": r["name"], "attack": r["attack"], "identified": res.target_name == r["target"],
-                        "asr_task_before": before["asr_task"], "asr_task_after": after["asr_task"],
-                        "acc_drop": before["top1_task"] - after["top1_task"], "seconds": res.seconds})
-            print(lr, per[-1], flush=True)
-        trials.append({"tune_lr": lr, "asr_after": sum(m["asr_task_after"] for m in per) / len(per),
-                       "acc_drop_max": max(m["acc_drop"] for m in per), "models": per})
-    ok = [t for t in trials if t["acc_drop_max"] <= MAX_ACC_DROP] or trials
+            done.append({"tune_lr": lr, "name": r["name"], "attack": r["attack"],
+                         "identified": res.target_name == r["target"], "asr_task_before": before["asr_task"],
+                         "asr_task_after": after["asr_task"], "acc_drop": before["top1_task"] - after["top1_task"],
+                         "seconds": res.seconds})
+            print(done[-1], flush=True)
+            _write(out, {"zoo": str(zoo), "runs": done})
+    trials = []
+    for lr in sorted({d["tune_lr"] for d in done}):
+        per = [d for d in done if d["tune_lr"] == lr]
+        trials.append({"tune_lr": lr, "n_models": len(per), "asr_after": sum(m["asr_task_after"] for m in per) / len(per),
+                       "acc_drop_max": max(m["acc_drop"] for m in per)})
+    complete = [t for t in trials if t["n_models"] == len(rows)]
+    ok = [t for t in complete if t["acc_drop_max"] <= MAX_ACC_DROP] or complete
     best = min(ok, key=lambda t: (t["asr_after"], t["acc_drop_max"]))
-    return {"zoo": str(zoo), "max_acc_drop": MAX_ACC_DROP, "chosen_tune_lr": best["tune_lr"], "trials": trials}
+    result = {"zoo": str(zoo), "max_acc_drop": MAX_ACC_DROP, "chosen_tune_lr": best["tune_lr"], "trials": trials,
+              "runs": done}
+    _write(out, result)
+    return result
+
 
 __all__ = [
     "ENCODER_ZOO_PROFILES",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,17 @@ TINY_CONFIG = {
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a larger model or a longer run (still CPU-only)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # under xdist each worker gets a core's share of torch threads, so two workers do not oversubscribe the CPU
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, every test on a Ray cluster runs on one worker: the module-scoped `ray_cluster` is then
+    started once per module, and two clusters never compete for the machine's two cores."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")

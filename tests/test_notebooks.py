@@ -15,6 +15,9 @@ CELL_TIMEOUT_S = 600
 # one torch thread per notebook: the tests check lessons, not speed, and two threads on a CPU shared with
 # other work can slow small-batch tuning many times over
 TEST_THREADS = 1
+# the xdist group of the tests that reuse each other's scans through the session's `notebook_work` cache (the
+# master notebooks that scan course models, then their student versions): one worker runs them all
+SCAN_SHARING_GROUP = "course_scans"
 
 
 def _check_00(m):
@@ -95,8 +98,24 @@ def _check_08(m):
     assert m["verdict"]["benign"] == "clean"  # no false accusation of the benign tune
 
 
+def _check_09(m):
+    # the backdoor implanted without costing clean accuracy, and the clean MiniCLIP ignores the patch
+    assert m["asr"] >= 0.7 and m["asr_clean"] <= 0.1, m
+    assert m["top1_clean"] - m["top1_poisoned"] <= 0.05, m
+    # CLIP-Inspector on the zero-shot head: no meta path, so Grubbs decides; the attacker's target tops the
+    # poisoned encoder's scores, above anything on the clean MiniCLIP, which is not accused (the poisoned
+    # encoder's verdict sits near Grubbs' bound: the notebook reads it as printed)
+    assert m["meta_path"] is False and m["ci_rule"] == "grubbs"
+    assert m["ci_top"]["poisoned"] == m["target"], m
+    assert m["ci_verdict"]["clean MiniCLIP"] == "clean" and m["ci_max_score"]["poisoned"] > m["ci_max_score"]["clean MiniCLIP"], m
+    # InverTune names the target, and its tuning takes the real trigger's success down at little clean cost
+    assert m["invertune_target"]["poisoned"] == m["target"], m
+    assert m["asr_after"] < m["asr"] / 2 and m["top1_poisoned"] - m["top1_after"] <= 0.05, m
+
+
 CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,
-          "04_score_and_decide": _check_04, "05_repair": _check_05, "06_baselines": _check_06, "07_capstone": _check_07, "08_text_encoder_backdoors": _check_08}
+          "04_score_and_decide": _check_04, "05_repair": _check_05, "06_baselines": _check_06, "07_capstone": _check_07, "08_text_encoder_backdoors": _check_08,
+          "09_encoder_backdoors": _check_09}
 
 
 def test_there_are_notebooks_and_each_has_checks():
@@ -104,7 +123,13 @@ def test_there_are_notebooks_and_each_has_checks():
     assert {nb.stem for nb in NOTEBOOKS} <= set(CHECKS), "add metric checks for every notebook"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def _grouped(nb: Path):
+    """A notebook that scans course models (its `work_dir` parameter) runs on the worker of the student
+    versions, which reload its scans from the shared cache."""
+    return pytest.param(nb, marks=pytest.mark.xdist_group(SCAN_SHARING_GROUP)) if "work_dir" in nb.read_text() else nb
+
+
+@pytest.mark.parametrize("nb", [_grouped(nb) for nb in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs_under_smoke_profile(nb, tmp_path, notebook_work):
     import papermill as pm
 
@@ -143,6 +168,7 @@ def test_notebook_is_stripped_parametrised_and_thin(nb):
 
 # after the master notebooks: their scans are in the shared `notebook_work` cache, so the student
 # versions reload them
+@pytest.mark.xdist_group(SCAN_SHARING_GROUP)
 def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp_path, notebook_work):
     """`ci-toolkit course`: the student version runs with its exercises unsolved, its checks report them as
     failing (not a crash); the solutions keep the hidden checks. The solutions passing every check, hidden

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .amdet import AMDETConfig, AMDETReport, assimilation, attention_shares, landscape, scan_text_encoder, split_shallow, token_states, valid_mask
 from .calibration import DEFAULT_FPR, Calibration, NullStudy, backbone_key, calibration_for, scan_settings, shipped_null
-from .encoder_invertune import InverTuneConfig, InverTuneResult, invertune
+from .encoder_invertune import InverTuneConfig, InverTuneResult, apply_trigger, invertune, prediction_rise
 from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
 from .null_study import CalibrateConfig, calibrate
 from .report import ClassResult, GateProbe, ProbeUnit, RepairTrigger, ScanReport
@@ -52,4 +52,4 @@ __all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "C
            "youden_threshold", "group_losses", "LOSSES", "split_pool", "check_candidates", "measure_meta_gains",
            "measure_gate_probe", "scan_text_encoder", "AMDETConfig", "AMDETReport", "landscape",
            "assimilation", "attention_shares", "token_states", "valid_mask", "split_shallow",
-           "invertune", "InverTuneConfig", "InverTuneResult", "NO_META_RULE"]
+           "invertune", "InverTuneConfig", "InverTuneResult", "prediction_rise", "apply_trigger", "NO_META_RULE"]

@@ -321,8 +321,9 @@ class InverTuneResult:
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def summary(self) -> str:
+        done = "tuned" if self.backbone is not None else "selected (not tuned)"
         return (f"target {self.target_name!r} (rise {self.rise[0]['rise']:+.3f}, gap {self.gap:.3f}); inverted trigger "
-                f"ASR {self.inverted_asr:.2f}; tuned {sum(self.neurons.values())} channels in {self.critical_layers} "
+                f"ASR {self.inverted_asr:.2f}; {sum(self.neurons.values())} channels in {self.critical_layers} {done} "
                 f"({self.seconds:.0f} s)")
 
 
