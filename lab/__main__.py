@@ -24,6 +24,7 @@ from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
 from lab.course import ship_course, ship_course_scans
 from lab.encoder_zoo import ENCODER_ZOO_PROFILES, build_encoder_zoo, calibrate_invertune
+from lab.encoder_zoo import MIN_ASR as ENCODER_MIN_ASR
 from lab.executors import add_executor_args, executor_from
 from lab.null import null_figure, null_study, ship_null
 from lab.text_zoo import TEXT_ZOO_PROFILES, bench_amdet, build_text_zoo
@@ -63,17 +64,18 @@ def cmd_bench_encoder(args) -> None:
               f"on the clean control {a['asr_clean_control']:.3f}")
     if args.attacks_only:
         return
-    detect = bench_encoder_detect(args.zoo)
+    detect = bench_encoder_detect(args.zoo, args.min_asr)
     write_json(out / "encoder_detect.json", detect)
     encoder_figure(attacks, detect, out / "encoder_detect.png")
     for key in ("clip_inspector_zero_shot", "clip_inspector_cocoop"):
         d = detect[key]
         print(f"{key}: AUROC {d['auroc']:.3f}, F1 {d['f1']:.3f}, FPR {d['fpr']:.3f}, TPR {d['tpr']:.3f} "
               f"({detect['n_backdoored']} poisoned, {detect['n_clean']} clean)")
-    it = bench_invertune(args.zoo)
+    it = bench_invertune(args.zoo, args.min_asr)
     write_json(out / "invertune.json", it)
-    print(f"InverTune: target identified {it['target_id_rate']:.3f}; ASR after {it['asr_after']:.3f} "
-          f"(max {it['asr_after_max']:.3f}); top-1 drop {it['acc_drop']:.3f}")
+    if it["n_backdoored"]:
+        print(f"InverTune: target identified {it['target_id_rate']:.3f}; ASR after {it['asr_after']:.3f} "
+              f"(max {it['asr_after_max']:.3f}); top-1 drop {it['acc_drop']:.3f}")
 
 
 def cmd_bench_crossed(args) -> None:
@@ -400,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--zoo", required=True)
     s.add_argument("--out-dir", default="benchmarks")
     s.add_argument("--attacks-only", action="store_true", help="only encoder_attacks.json (before the audits ran)")
+    s.add_argument("--min-asr", type=float, default=ENCODER_MIN_ASR,
+                   help=f"poisoned models below this ASR are left out of detection (default {ENCODER_MIN_ASR})")
     s.set_defaults(func=cmd_bench_encoder)
 
     s = bsub.add_parser("crossed", help="AMDET on image-side encoder backdoors, CLIP-Inspector on text-side ones",

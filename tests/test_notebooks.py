@@ -108,9 +108,11 @@ def _check_09(m):
     assert m["meta_path"] is False and m["ci_rule"] == "grubbs"
     assert m["ci_top"]["poisoned"] == m["target"], m
     assert m["ci_verdict"]["clean MiniCLIP"] == "clean" and m["ci_max_score"]["poisoned"] > m["ci_max_score"]["clean MiniCLIP"], m
-    # InverTune names the target, and its tuning takes the real trigger's success down at little clean cost
+    # InverTune names the target (with a far larger rise than anything on the clean MiniCLIP), and its tuning
+    # lowers the real trigger's success at little clean cost
     assert m["invertune_target"]["poisoned"] == m["target"], m
-    assert m["asr_after"] < m["asr"] / 2 and m["top1_poisoned"] - m["top1_after"] <= 0.05, m
+    assert m["invertune_rise"]["poisoned"] > 2 * m["invertune_rise"]["clean MiniCLIP"], m
+    assert m["asr_after"] < m["asr"] and m["top1_poisoned"] - m["top1_after"] <= 0.03, m
 
 
 CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,

@@ -49,10 +49,10 @@ class InverTuneConfig:
     inv_lr: float = 1e-2
     inv_batch: int = 64
     lambdas: tuple[float, float, float, float] = (5.0, 0.5, 1.0, 0.01)  # align, emb, sim, mask
-    # stage 3: activation tuning (Eq. 8-11); lr 8e-6 is the paper's for RN50, MiniCLIP's is calibrated once
-    # on a planted BadNets model (INVERTUNE.md section 4; docs/encoders.md gives the run)
+    # stage 3: activation tuning (Eq. 8-11). lr: the paper's is 8e-6 on RN50; MiniCLIP's 2e-5 is the lr with the
+    # lowest ASR whose clean top-1 drop stayed within 3 points on the encoder-calib zoo (benchmarks/invertune_calib.json)
     tune_steps: int = 200
-    tune_lr: float = 8e-6
+    tune_lr: float = 2e-5
     tune_batch: int = 64
     beta: float = 0.5  # weight of L_pres
     layers: tuple[str, ...] = RESNET_LAYERS

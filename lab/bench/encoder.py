@@ -79,11 +79,11 @@ def _detect_row(r: dict, report: ci.ScanReport) -> dict:
     return row
 
 
-def bench_encoder_detect(zoo: str | Path) -> dict:
+def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
     zoo = Path(zoo)
     rows = _rows(zoo)
-    used = [r for r in rows if r["attack"] == "clean" or r["asr"] >= MIN_ASR]
-    out = {"zoo": str(zoo), "n_clean": sum(r["attack"] == "clean" for r in used),
+    used = [r for r in rows if r["attack"] == "clean" or r["asr"] >= min_asr]
+    out = {"zoo": str(zoo), "min_asr": min_asr, "n_clean": sum(r["attack"] == "clean" for r in used),
            "n_backdoored": sum(r["attack"] != "clean" for r in used),
            "n_not_implanted": len(rows) - len(used), "n_task_classes": N_CLASSES // 2 + N_CLASSES % 2}
     for key, kind in CASES.items():
@@ -115,10 +115,10 @@ def bench_encoder_detect(zoo: str | Path) -> dict:
     return out
 
 
-def bench_invertune(zoo: str | Path) -> dict:
+def bench_invertune(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
     """InverTune's tuning (and CLIP-Inspector's repair of the CoCoOp case) against the true trigger."""
     zoo = Path(zoo)
-    rows = [r for r in _rows(zoo) if r["attack"] != "clean" and r["asr"] >= MIN_ASR]
+    rows = [r for r in _rows(zoo) if r["attack"] != "clean" and r["asr"] >= min_asr]
     per, ci_rep = [], []
     for r in rows:
         ev = json.loads((zoo / "scans" / r["name"] / "invertune_eval.json").read_text())
@@ -134,7 +134,8 @@ def bench_invertune(zoo: str | Path) -> dict:
            "asr_before": mean(m["asr_task_before"] for m in per) if per else None,
            "acc_drop": mean(m["acc_drop"] for m in per) if per else None,
            "acc_drop_max": max((m["acc_drop"] for m in per), default=None),
-           "asr_after_identified": mean([m["asr_task_after"] for m in per if m["identified"]] or [float("nan")]),
+           "asr_after_identified": (mean(m["asr_task_after"] for m in per if m["identified"])
+                                    if any(m["identified"] for m in per) else None),
            "models": per}
     if ci_rep:
         out["clip_inspector_repair_cocoop"] = {
