@@ -7,6 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import ci_toolkit as ci
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # a cell still running after this long has hung (a widget message lost between kernel and client happens);
@@ -15,8 +17,8 @@ CELL_TIMEOUT_S = 600
 # one torch thread per notebook: the tests check lessons, not speed, and two threads on a CPU shared with
 # other work can slow small-batch tuning many times over
 TEST_THREADS = 1
-# the xdist group of the tests that reuse each other's scans through the session's `notebook_work` cache (the
-# master notebooks that scan course models, then their student versions): one worker runs them all
+# the xdist group of the notebooks that share course-model scans through the session's `notebook_work` cache
+# (04, 05 and 07 write and read `course_scans_<profile>`): one worker runs them and their student versions
 SCAN_SHARING_GROUP = "course_scans"
 
 
@@ -74,8 +76,6 @@ def _check_06(m):
 
 
 def _check_07(m):
-    import ci_toolkit as ci
-
     # the lesson: the audit gets every delivered model right, and repairs exactly the backdoored ones
     for name, v in m["audit"].items():
         true = ci.course.truth(name)
@@ -126,9 +126,13 @@ def test_there_are_notebooks_and_each_has_checks():
 
 
 def _grouped(nb: Path):
-    """A notebook that scans course models (its `work_dir` parameter) runs on the worker of the student
-    versions, which reload its scans from the shared cache."""
-    return pytest.param(nb, marks=pytest.mark.xdist_group(SCAN_SHARING_GROUP)) if "work_dir" in nb.read_text() else nb
+    """A notebook that keeps work in `work_dir` runs on the same worker as its student version, which reloads
+    it from the worker's `notebook_work` cache; those sharing course scans all run on one worker."""
+    text = nb.read_text()
+    if "work_dir" not in text:
+        return nb
+    group = SCAN_SHARING_GROUP if "course_scans" in text else nb.stem
+    return pytest.param(nb, marks=pytest.mark.xdist_group(group))
 
 
 @pytest.mark.parametrize("nb", [_grouped(nb) for nb in NOTEBOOKS], ids=lambda p: p.stem)
@@ -168,20 +172,20 @@ def test_notebook_is_stripped_parametrised_and_thin(nb):
         assert not re.search(r"^\s*class \w+", c.source, re.M), "no class definitions in notebooks"
 
 
-# after the master notebooks: their scans are in the shared `notebook_work` cache, so the student
-# versions reload them
-@pytest.mark.xdist_group(SCAN_SHARING_GROUP)
-def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp_path, notebook_work):
-    """`ci-toolkit course`: the student version runs with its exercises unsolved, its checks report them as
-    failing (not a crash); the solutions keep the hidden checks. The solutions passing every check, hidden
-    ones included, is tested above, where the master notebooks run (their check cells are plain code there)."""
-    import papermill as pm
-
-    import ci_toolkit as ci
+@pytest.fixture(scope="session")
+def course_dir(tmp_path_factory):
+    """`ci-toolkit course` on the master notebooks, once per session (per xdist worker)."""
     from ci_toolkit.cli import main
 
-    out = tmp_path / "course"
+    out = tmp_path_factory.mktemp("course") / "course"
     assert main(["course", "--out", str(out), "--notebooks", str(REPO / "notebooks")]) == 0
+    return out
+
+
+def test_course_command_makes_student_and_solution_versions(course_dir):
+    """`ci-toolkit course`: a student version of every notebook without the solutions, a solution version that
+    keeps them and the hidden checks; a second run never overwrites a course."""
+    out = course_dir
     masters = sorted(p.name for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
     assert sorted(p.name for p in (out / "student").glob("*.ipynb")) == masters
     graded = [m for m in masters if ci.course.has_exercises(REPO / "notebooks" / m)]
@@ -193,18 +197,28 @@ def test_course_command_makes_a_student_version_whose_checks_report_unsolved(tmp
         assert "BEGIN SOLUTION" in (out / "solutions" / name).read_text()  # the solution notebook keeps them
     hidden = [t for t in (out / "solutions" / "tests").glob("*.py") if "hidden=True" in t.read_text()]
     assert hidden and not any("hidden=True" in t.read_text() for t in (out / "student" / "tests").glob("*.py"))
-    # a second run never overwrites a course
     with pytest.raises(ci.CIError, match="already holds a course"):
         ci.course.make_course(REPO / "notebooks", out)
-    # the student version, unsolved, runs to the end and every check says "failed"
-    for name in graded:
-        done = tmp_path / f"run_{name}"
-        pm.execute_notebook(str(out / "student" / name), str(done), cwd=str(out / "student"), kernel_name="python3",
-                            progress_bar=False, execution_timeout=CELL_TIMEOUT_S,
-                            parameters={"profile": "smoke", "work_dir": str(notebook_work), "threads": TEST_THREADS})
-        cells = json.loads(done.read_text())["cells"]
-        checks = [c for c in cells if c["cell_type"] == "code" and "grader.check(" in "".join(c["source"])]
-        assert checks
-        for c in checks:
-            text = json.dumps(c["outputs"])
-            assert "failed" in text.lower(), "".join(c["source"])
+
+
+GRADED = [nb for nb in NOTEBOOKS if ci.course.has_exercises(nb)]
+
+
+# after its master notebook, on the same worker (`_grouped`): the master's work is in the `notebook_work`
+# cache, so the student version reloads it
+@pytest.mark.parametrize("nb", [_grouped(nb) for nb in GRADED], ids=lambda p: p.stem)
+def test_student_version_runs_unsolved_and_its_checks_say_failed(nb, course_dir, tmp_path, notebook_work):
+    """The student version, exercises unsolved, runs to the end and every check reports "failed" (not a
+    crash). The solutions passing every check, hidden ones included, is tested where the masters run."""
+    import papermill as pm
+
+    done = tmp_path / f"run_{nb.name}"
+    pm.execute_notebook(str(course_dir / "student" / nb.name), str(done), cwd=str(course_dir / "student"),
+                        kernel_name="python3", progress_bar=False, execution_timeout=CELL_TIMEOUT_S,
+                        parameters={"profile": "smoke", "work_dir": str(notebook_work), "threads": TEST_THREADS})
+    cells = json.loads(done.read_text())["cells"]
+    checks = [c for c in cells if c["cell_type"] == "code" and "grader.check(" in "".join(c["source"])]
+    assert checks
+    for c in checks:
+        text = json.dumps(c["outputs"])
+        assert "failed" in text.lower(), "".join(c["source"])
