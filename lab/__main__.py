@@ -23,7 +23,7 @@ from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
 from lab.course import ship_course, ship_course_scans
-from lab.encoder_zoo import ENCODER_ZOO_PROFILES, build_encoder_zoo, calibrate_invertune
+from lab.encoder_zoo import AUDIT_STAGES, ENCODER_ZOO_PROFILES, build_encoder_zoo, calibrate_invertune
 from lab.encoder_zoo import MIN_ASR as ENCODER_MIN_ASR
 from lab.executors import add_executor_args, executor_from
 from lab.null import null_figure, null_study, ship_null
@@ -51,7 +51,8 @@ def cmd_text_zoo(args) -> None:
 
 
 def cmd_encoder_zoo(args) -> None:
-    manifest = build_encoder_zoo(args.out, args.profile, executor=executor_from(args), audit=not args.no_audit)
+    manifest = build_encoder_zoo(args.out, args.profile, executor=executor_from(args), audit=not args.no_audit,
+                                 stages=tuple(args.stages.split(",")))
     print(f"{len(manifest['models'])} encoders -> {args.out}/manifest.json (audits in {args.out}/scans/)")
 
 
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="zoo folder")
     s.add_argument("--workers", type=int, default=1, help="units run in parallel")
     s.add_argument("--no-audit", action="store_true", help="build only")
+    s.add_argument("--stages", default=",".join(AUDIT_STAGES),
+                   help="audits to run, comma-separated (scans, invertune, repair); each skips what is on disk")
     add_executor_args(s)
     s.set_defaults(func=cmd_encoder_zoo)
 

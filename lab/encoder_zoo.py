@@ -164,10 +164,16 @@ def _write(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=1, default=float))
 
 
-def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverTuneConfig | None = None) -> dict:
-    """The three audits of one delivered model, each written as it finishes (a rerun skips those on disk):
-    CLIP-Inspector's default scan (its world OOD pool) of the zero-shot head and of the clean CoCoOp,
-    then InverTune on the task's labelled test split; finally InverTune's repair measured with the true trigger."""
+AUDIT_STAGES = ("scans", "invertune", "repair")
+
+
+def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverTuneConfig | None = None,
+              stages: tuple[str, ...] = AUDIT_STAGES) -> dict:
+    """The audits of one delivered model, each written as it finishes (a rerun skips those on disk). scans:
+    CLIP-Inspector's default scan (its world OOD pool) of the zero-shot head and of the clean CoCoOp;
+    invertune: InverTune on the task's labelled test split, its tuning measured with the true trigger (on a
+    clean control only stages 1-2 run: nothing is measured on its tuned copy); repair: CLIP-Inspector's repair
+    of the CoCoOp case."""
     p = ENCODER_ZOO_PROFILES[profile]
     spec = next(s for s in model_specs(p) if s["name"] == name)
     scans = _dir(out, "scans", name)
@@ -180,13 +186,15 @@ def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverT
     result = {"name": name}
     for kind, model in (("zero_shot", lambda: ci.model.zero_shot(encoder, names)),
                         ("cocoop", lambda: ci.load_model(folder / "cocoop", backbone=encoder))):
+        if "scans" not in stages:
+            break
         if not (scans / kind / "report.json").exists():
             ci.scan(model(), ood, cfg, out_dir=scans / kind, progress=False, html=False)
         result[kind] = ci.ScanReport.load(scans / kind / "report.json").verdict
     path = scans / "invertune.json"
-    if not path.exists():
+    if "invertune" in stages and not path.exists():
         x, y = task.split("test", "seen")
-        res = ci.detect.invertune(encoder, names, x, y, invertune_cfg, progress=False)
+        res = ci.detect.invertune(encoder, names, x, y, invertune_cfg, tune=spec["attack"] != "clean", progress=False)
         evaluation = {}
         if spec["attack"] != "clean":
             attack = ci.load_attack(_dir(out, "attackers", name))
@@ -200,9 +208,8 @@ def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverT
                           "top1_before": before["top1"], "top1_after": after["top1"]}
         _write(scans / "invertune_eval.json", evaluation)
         _write(path, res.to_dict())
-    result["invertune"] = json.loads(path.read_text())["target_name"]
     path = scans / "ci_repair_eval.json"
-    if spec["attack"] != "clean" and not path.exists():
+    if "repair" in stages and spec["attack"] != "clean" and not path.exists():
         _write(path, ci_repair_eval(folder, _dir(out, "attackers", name), scans / "cocoop", encoder, task))
     return result
 
@@ -231,7 +238,8 @@ def ci_repair_eval(folder: Path, attacker: Path, scan_dir: Path, encoder, task) 
 
 def build_encoder_zoo(out_dir: str | Path, profile: str = "encoder-smoke", executor: Executor | None = None,
                       progress: bool = True, audit: bool = True,
-                      invertune_cfg: ci.detect.InverTuneConfig | None = None) -> dict:
+                      invertune_cfg: ci.detect.InverTuneConfig | None = None,
+                      stages: tuple[str, ...] = AUDIT_STAGES) -> dict:
     """Build (or resume) an encoder zoo, then run the audits not yet on disk. Returns the manifest
     {"profile", "models": [...]}."""
     p = ENCODER_ZOO_PROFILES[profile]
@@ -250,9 +258,7 @@ def build_encoder_zoo(out_dir: str | Path, profile: str = "encoder-smoke", execu
     todo = {s["name"]: (str(out), profile, s) for s in model_specs(p) if s["name"] not in done}
     run_units(build_one, todo, executor, desc=f"encoder zoo {profile}", progress=progress, on_done=save)
     if audit:
-        todo = {r["name"]: (str(out), profile, r["name"], invertune_cfg) for r in manifest["models"]
-                if not (out / "scans" / r["name"] / "invertune.json").exists()
-                or not (out / "scans" / r["name"] / "cocoop" / "report.json").exists()}
+        todo = {r["name"]: (str(out), profile, r["name"], invertune_cfg, tuple(stages)) for r in manifest["models"]}
         run_units(audit_one, todo, executor, desc=f"audits {profile}", progress=progress)
     return manifest
 

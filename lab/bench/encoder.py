@@ -101,13 +101,17 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
         out[key] = entry
     it = []
     for r in used:
-        res = json.loads((zoo / "scans" / r["name"] / "invertune.json").read_text())
+        path = zoo / "scans" / r["name"] / "invertune.json"
+        if not path.exists():  # audited only partly (`encoder-zoo --stages`)
+            continue
+        res = json.loads(path.read_text())
         it.append({"name": r["name"], "attack": r["attack"], "label": int(r["attack"] != "clean"),
                    "target": r["target"], "identified": res["target_name"], "rise": res["rise"][0]["rise"],
                    "gap": res["gap"], "inverted_asr": res["inverted_asr"], "seconds": res["seconds"]})
     bad = [m for m in it if m["label"]]
     labels = [m["label"] for m in it]
     out["invertune"] = {
+        "n_clean": len(it) - len(bad), "n_backdoored": len(bad),
         "target_id_rate": sum(m["identified"] == m["target"] for m in bad) / len(bad) if bad else None,
         "auroc_inverted_asr": roc_auc_score(labels, [m["inverted_asr"] for m in it]) if len(set(labels)) == 2 else None,
         "auroc_rise": roc_auc_score(labels, [m["rise"] for m in it]) if len(set(labels)) == 2 else None,
@@ -121,6 +125,8 @@ def bench_invertune(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
     rows = [r for r in _rows(zoo) if r["attack"] != "clean" and r["asr"] >= min_asr]
     per, ci_rep = [], []
     for r in rows:
+        if not (zoo / "scans" / r["name"] / "invertune_eval.json").exists():  # audited only partly
+            continue
         ev = json.loads((zoo / "scans" / r["name"] / "invertune_eval.json").read_text())
         per.append({"name": r["name"], "attack": r["attack"], **ev,
                     "acc_drop": ev["top1_task_before"] - ev["top1_task_after"]})
