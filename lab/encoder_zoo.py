@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 import ci_toolkit as ci
 from ci_toolkit.world import CAPTION_TEMPLATES
 
-from .executors import Executor, run_units
+from .executors import Executor, build_into_manifest, run_units
 
 N_CLASSES = 40  # the task's classes; its base half (20) is the zero-shot head's vocabulary and holds the targets
 PAIRS = 4096  # fine-tuning pairs per model (world pretraining domain, all 300 classes)
@@ -244,19 +244,8 @@ def build_encoder_zoo(out_dir: str | Path, profile: str = "encoder-smoke", execu
     {"profile", "models": [...]}."""
     p = ENCODER_ZOO_PROFILES[profile]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {"profile": asdict(p), "models": []}
-    done = {r["name"] for r in manifest["models"]}
-
-    def save(res):
-        if res.ok:
-            manifest["models"].append(res.value)
-            manifest["models"].sort(key=lambda r: r["name"])
-            path.write_text(json.dumps(manifest, indent=1))
-
-    todo = {s["name"]: (str(out), profile, s) for s in model_specs(p) if s["name"] not in done}
-    run_units(build_one, todo, executor, desc=f"encoder zoo {profile}", progress=progress, on_done=save)
+    manifest = build_into_manifest(out, p, model_specs(p), build_one, lambda s: (str(out), profile, s), executor,
+                                   f"encoder zoo {profile}", progress)
     if audit:
         todo = {r["name"]: (str(out), profile, r["name"], invertune_cfg, tuple(stages)) for r in manifest["models"]}
         run_units(audit_one, todo, executor, desc=f"audits {profile}", progress=progress)

@@ -25,6 +25,7 @@ in benchmarks/executors.json).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -33,7 +34,8 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -281,6 +283,27 @@ def run_units(fn: Callable, units: dict[str, tuple], executor: Executor | None =
                         finish(UnitResult(key, error=f"TimeoutError: stopped after {ex.timeout_s:g} s",
                                           attempts=attempts[key], wall_s=time.time() - t0))
     return results
+
+
+def build_into_manifest(out: Path, profile, specs: list[dict], fn: Callable, args: Callable[[dict], tuple],
+                        executor: Executor | None, desc: str, progress: bool) -> dict:
+    """Run fn(*args(spec)) for each spec (a dict with "name") not yet in OUT/manifest.json, which holds
+    {"profile": the profile dataclass as a dict, "models": rows}; each finished row is written at once, sorted
+    by name, so a killed build resumes. Returns the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"profile": asdict(profile), "models": []}
+    done = {r["name"] for r in manifest["models"]}
+
+    def save(res: UnitResult) -> None:
+        if res.ok:
+            manifest["models"].append(res.value)
+            manifest["models"].sort(key=lambda r: r["name"])
+            path.write_text(json.dumps(manifest, indent=1))
+
+    todo = {s["name"]: args(s) for s in specs if s["name"] not in done}
+    run_units(fn, todo, executor, desc=desc, progress=progress, on_done=save)
+    return manifest
 
 
 def add_executor_args(parser) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import ci_toolkit as ci
 from ci_toolkit.attacks import BENIGN_LR, TextAttackConfig, benign_text_tune
 from ci_toolkit.detect import AMDETConfig, scan_text_encoder
 
-from .executors import Executor, run_units
+from .executors import Executor, build_into_manifest, run_units
 
 N_CLASSES = 20  # the task's classes: targets and zero-shot top-1 are measured on these
 ATTACKER_PROMPTS = 2000  # the attacker's clean prompt pool (world prompts, seed ATTACKER_PROMPT_SEED + model seed)
@@ -153,19 +153,8 @@ def build_text_zoo(out_dir: str | Path, profile: str = "text-smoke", executor: E
     manifest {"profile", "models": [...]}."""
     p = TEXT_ZOO_PROFILES[profile]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {"profile": asdict(p), "models": []}
-    done = {r["name"] for r in manifest["models"]}
-
-    def save(res):
-        if res.ok:
-            manifest["models"].append(res.value)
-            manifest["models"].sort(key=lambda r: r["name"])
-            path.write_text(json.dumps(manifest, indent=1))
-
-    todo = {s["name"]: (str(out), profile, s) for s in model_specs(p) if s["name"] not in done}
-    run_units(build_one, todo, executor, desc=f"text zoo {profile}", progress=progress, on_done=save)
+    manifest = build_into_manifest(out, p, model_specs(p), build_one, lambda s: (str(out), profile, s), executor,
+                                   f"text zoo {profile}", progress)
     if scan:
         cfg = cfg or AMDETConfig()
         todo = {r["name"]: (str(out), profile, r["name"], cfg, n_shallow) for r in manifest["models"]
