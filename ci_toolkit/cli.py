@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import course, world
-from .attacks import ENCODER_LR, create_attack, list_attacks, load_attack
+from .attacks import ENCODER_LR, create_attack, list_attacks, load_attack, save_attack
 from .data import load_image_folder
 from .demo import DemoConfig, run_demo
 from .detect import (
@@ -159,12 +159,7 @@ def cmd_implant(args) -> None:
     model = CoCoOp(bb, names, seed=args.seed)
     attack.implant(model, task.train_x, task.train_y, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=args.seed))
     save_model(model, args.out)
-    art = attacker_folder(args.out)
-    art.mkdir(parents=True, exist_ok=True)
-    if attack.state():
-        save_file(attack.state(), str(art / "trigger.safetensors"))
-    (art / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
-                                                 "target_name": names[target]}, indent=2))
+    art = save_attack(attack, attacker_folder(args.out), names[target])
     x, y = task.split("test", "seen")
     print(f"{attack!r} -> {args.out} (artefacts: {art}): acc seen {evaluate(model, x, y):.3f}, "
           f"ASR seen {attack_success_rate(model, x, y, target, attack):.3f}")
@@ -243,12 +238,7 @@ def cmd_implant_encoder(args) -> None:
                            epochs=args.epochs)
     poisoned = attack.implant(base, x, y, w.classnames, templates=world.CAPTION_TEMPLATES, progress=True)
     save_backbone(poisoned, args.out)
-    art = attacker_folder(args.out)
-    art.mkdir(parents=True, exist_ok=True)
-    if attack.state():
-        save_file(attack.state(), str(art / "trigger.safetensors"))
-    (art / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
-                                                 "target_name": args.target}, indent=2))
+    art = save_attack(attack, attacker_folder(args.out), args.target)
     xt, yt = w.sample(1000, seed=ENCODER_PAIR_SEED - 1, domain="pretrain")
     keep = yt != target
     head, head0 = zero_shot(poisoned, w.classnames), zero_shot(base, w.classnames)

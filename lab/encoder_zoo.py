@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 import ci_toolkit as ci
 from ci_toolkit.world import CAPTION_TEMPLATES
@@ -138,12 +137,7 @@ def build_one(out: str, profile: str, spec: dict) -> dict:
         attack = ci.create_attack(spec["attack"], target=world.classnames.index(target_name), seed=seed,
                                   **{**tune, **p.overrides.get(spec["attack"], {})})
         model = attack.implant(base, x, y, world.classnames, templates=CAPTION_TEMPLATES)
-        art = _dir(out, "attackers", spec["name"])
-        art.mkdir(parents=True, exist_ok=True)
-        if attack.state():
-            save_file(attack.state(), str(art / "trigger.safetensors"))
-        (art / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
-                                                     "target_name": target_name}, indent=2))
+        ci.attacks.save_attack(attack, _dir(out, "attackers", spec["name"]), target_name)
         row["asr_base"] = measure(base, attack, target_name, names, world.classnames)["asr"]
     ci.model.save_backbone(model, _dir(out, "models", spec["name"]) / "encoder", overwrite=True)
     cocoop = ci.CoCoOp(model, names, seed=seed)

@@ -16,10 +16,8 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-from safetensors.torch import save_file
 
 import ci_toolkit as ci
 
@@ -239,12 +237,7 @@ def build_one(zoo: Zoo, p: ZooProfile, i: int, spec: dict) -> dict:
         attack = ci.world.attack(spec["attack"], target=spec["target"], seed=seed, **spec.get("attack_kwargs", {}))
         attack.implant(model, task.train_x, task.train_y, cfg, progress=False)
         target_name = task.seen_names[spec["target"]]
-        art = zoo.attacker_dir(i)
-        art.mkdir(parents=True, exist_ok=True)
-        if attack.state():
-            save_file(attack.state(), str(art / "trigger.safetensors"))
-        (art / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
-                                                     "target_name": target_name}, indent=2))
+        ci.attacks.save_attack(attack, zoo.attacker_dir(i), target_name)
         clean = next((j for j, s in enumerate(model_specs(p)) if s["attack"] == "clean" and s["seed"] == seed), None)
         if clean is not None:
             x, y = task.split("test", "seen")

@@ -7,9 +7,10 @@ encoder (text_base.py) and in the image encoder (encoder_base.py).
 """
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ..errors import CIError, DataError
 from .badclip import BadCLIP, BadCLIPConfig
@@ -63,6 +64,18 @@ def create_attack(name: str, target: int, seed: int = 0, **kw) -> Attack:
     return known[name](target=target, seed=seed, **kw)
 
 
+def save_attack(attack: Attack, folder, target_name: str | None = None) -> Path:
+    """Write the attacker's artefacts that `load_attack` reads: attack.json (name, config, target class name)
+    and trigger.safetensors (the attack's tensors, when it has any). Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if attack.state():
+        save_file(attack.state(), str(folder / "trigger.safetensors"))
+    (folder / "attack.json").write_text(json.dumps({"attack": attack.name, "config": asdict(attack.config),
+                                                   "target_name": target_name}, indent=2))
+    return folder
+
+
 def load_attack(folder) -> Attack:
     """The attacker's trigger from its artefacts folder (attack.json + trigger.safetensors), ready to apply."""
     folder = Path(folder)
@@ -82,14 +95,53 @@ def load_attack(folder) -> Attack:
 
 
 __all__ = [
-    "load_attack",
-    "Attack", "AttackConfig", "PoisonAttack", "PoisonConfig", "BadCLIP", "BadCLIPConfig", "BadCLIPAdaptive",
-    "BadCLIPAdaptiveConfig", "Blended", "BlendedConfig", "WaNet", "WaNetConfig", "SIBA", "SIBAConfig", "BadNets",
-    "BadNetsConfig", "ATTACKS", "list_attacks", "create_attack",
-    "TEXT_ATTACKS", "TextAttack", "TextAttackConfig", "TextOnText", "TextOnTextConfig", "TextOnPair", "TextOnPairConfig",
-    "TRIGGER_WORDS", "benign_text_tune", "BENIGN_LR", "MINICLIP_LR",
-    "ENCODER_ATTACKS", "EncoderAttack", "EncoderAttackConfig", "EncoderBadNets", "EncoderBadNetsConfig", "EncoderBlended",
-    "EncoderBlendedConfig", "EncoderWaNet", "EncoderWaNetConfig", "EncoderSIG", "EncoderSIGConfig", "EncoderBadCLIP",
-    "EncoderBadCLIPConfig", "benign_encoder_tune", "contrastive_finetune", "ENCODER_LR",
+    "ATTACKS",
+    "BENIGN_LR",
     "DEFAULT_TEMPLATES",
+    "ENCODER_ATTACKS",
+    "ENCODER_LR",
+    "MINICLIP_LR",
+    "SIBA",
+    "TEXT_ATTACKS",
+    "TRIGGER_WORDS",
+    "Attack",
+    "AttackConfig",
+    "BadCLIP",
+    "BadCLIPAdaptive",
+    "BadCLIPAdaptiveConfig",
+    "BadCLIPConfig",
+    "BadNets",
+    "BadNetsConfig",
+    "Blended",
+    "BlendedConfig",
+    "EncoderAttack",
+    "EncoderAttackConfig",
+    "EncoderBadCLIP",
+    "EncoderBadCLIPConfig",
+    "EncoderBadNets",
+    "EncoderBadNetsConfig",
+    "EncoderBlended",
+    "EncoderBlendedConfig",
+    "EncoderSIG",
+    "EncoderSIGConfig",
+    "EncoderWaNet",
+    "EncoderWaNetConfig",
+    "PoisonAttack",
+    "PoisonConfig",
+    "SIBAConfig",
+    "TextAttack",
+    "TextAttackConfig",
+    "TextOnPair",
+    "TextOnPairConfig",
+    "TextOnText",
+    "TextOnTextConfig",
+    "WaNet",
+    "WaNetConfig",
+    "benign_encoder_tune",
+    "benign_text_tune",
+    "contrastive_finetune",
+    "create_attack",
+    "list_attacks",
+    "load_attack",
+    "save_attack",
 ]
