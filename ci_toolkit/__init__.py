@@ -7,13 +7,14 @@
     fixed, result = ci.repair(model, report, images, labels)  # unlearn with the trigger behind the verdict
 
 The public API is `__all__`: these verbs and types, and the modules listed there (`model`, `detect`,
-`attacks`, `world`, `course`, `data`, `analysis`, `metrics`, `notebook`) with their own `__all__`; everything
+`attacks`, `world`, `course`, `data`, `analysis`, `decomp`, `metrics`, `notebook`) with their own `__all__`; everything
 else is an implementation detail.
 """
 
-from . import analysis, attacks, course, data, detect, metrics, model, notebook, world
+from . import analysis, attacks, course, data, decomp, detect, metrics, model, notebook, world
 from .analysis import collapse_stats
 from .attacks import Attack, create_attack, list_attacks, load_attack
+from .decomp import decompose
 from .detect import (
     RULES,
     CalibrateConfig,
@@ -60,10 +61,12 @@ __all__ = [
     "repair", "RepairConfig", "RepairResult",
     # measuring
     "evaluate_backdoor", "attack_success_rate", "backdoor_effect", "collapse_stats",
+    # inside the image encoder: heads, tokens and MLPs
+    "decompose",
     # the embedded world, run profiles, notebook helpers
     "Profile", "get_profile", "list_profiles",
     # the public modules
-    "model", "detect", "attacks", "world", "course", "data", "analysis", "metrics", "notebook",
+    "model", "detect", "attacks", "world", "course", "data", "analysis", "decomp", "metrics", "notebook",
     # errors
     "CIError", "CheckpointError", "BackboneUnavailableError", "DataError",
 ]

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from . import course, world
 from .attacks import ENCODER_LR, create_attack, list_attacks, load_attack, save_attack
 from .data import load_image_folder
+from .decomp import DecompConfig, DecompDefense, decompose
 from .demo import DemoConfig, run_demo
 from .detect import (
     LOSSES,
@@ -39,7 +40,9 @@ from .metrics import attack_success_rate, backdoor_effect
 from .model import (
     CoCoOp,
     MiniCLIPConfig,
+    MiniViTConfig,
     TrainConfig,
+    class_text_features,
     create_backbone,
     evaluate,
     import_dassl,
@@ -49,7 +52,7 @@ from .model import (
     train,
     zero_shot,
 )
-from .notebook import landscape_figure
+from .notebook import head_similarity_figure, landscape_figure
 from .profiles import get_profile, list_profiles
 from .repairing import RepairConfig, repair
 from .version import __version__
@@ -122,8 +125,14 @@ def cmd_pretrain(args) -> None:
     out = Path(args.out)
     if (out / "model.safetensors").exists() and not args.overwrite:
         raise CIError(f"{out} already holds MiniCLIP weights; pass --overwrite or choose another --out")
-    cfg = world.PretrainConfig(steps=args.steps, seed=args.seed, noise_aug=args.noise_aug)
-    _, metrics = world.pretrain_miniclip(MiniCLIPConfig(), cfg, out_dir=out)
+    if args.arch == "vit":
+        cfg = world.DistillConfig(**{"seed": args.seed, "noise_aug": args.noise_aug,
+                                     **({"steps": args.steps} if args.steps is not None else {})})
+        _, metrics = world.distill_miniclip_vit(MiniViTConfig(), cfg, out_dir=out)
+    else:
+        cfg = world.PretrainConfig(**{"seed": args.seed, "noise_aug": args.noise_aug,
+                                      **({"steps": args.steps} if args.steps is not None else {})})
+        _, metrics = world.pretrain_miniclip(MiniCLIPConfig(), cfg, out_dir=out)
     print(f"zero-shot top-1 {metrics['zero_shot_top1']:.3f} after {metrics['pretrain_minutes']:.1f} min -> {out}")
 
 
@@ -231,7 +240,7 @@ def cmd_implant_encoder(args) -> None:
     if args.target not in w.classnames:
         raise CIError(f"--target must be a class of the embedded world (e.g. {w.classnames[0]!r}); got {args.target!r}")
     target = w.classnames.index(args.target)
-    base = create_backbone("miniclip")
+    base = create_backbone(args.backbone)
     x, y = w.sample(args.pairs, seed=ENCODER_PAIR_SEED + args.seed, domain="pretrain")
     lr = args.lr if args.lr is not None else ENCODER_LRS.get(args.attack, ENCODER_LR)
     attack = create_attack(args.attack, target=target, seed=args.seed, poison_rate=args.poison_rate, lr=lr,
@@ -280,6 +289,39 @@ def cmd_scan_encoder(args) -> None:
     if res.backbone is not None:
         save_backbone(res.backbone, out / "tuned")
         print(f"the activation-tuned encoder -> {out / 'tuned'} (load with create_backbone(weights_file=...))")
+
+
+def cmd_decomp(args) -> None:
+    out = Path(args.out)
+    if (out / "decomp.json").exists():
+        raise CIError(f"{out / 'decomp.json'} exists; choose another --out (nothing is overwritten)")
+    encoder = create_backbone(args.backbone, weights_file=args.weights)
+    size = encoder.preprocess.image_size
+    names = world.WorldConfig().classnames() if args.classes == "world" else _lines(args.classes)
+    if args.clean == "world":
+        clean, _ = world.World(world.WorldConfig()).sample(args.clean_images, seed=args.seed, domain="pretrain")
+    else:
+        clean = load_image_folder(args.clean, size, labelled=False, limit=args.clean_images, seed=args.seed).images
+    data = load_image_folder(args.images, size, labelled=False)
+    x = data.images.float() / 255
+    clean = clean.float() / 255 if clean.dtype == torch.uint8 else clean
+    config = DecompConfig(eps=args.eps, zeta=args.zeta, mode=args.mode)
+    defense = DecompDefense.fit(decompose(encoder, clean), config)
+    dec = decompose(encoder, x)
+    text = torch.nn.functional.normalize(class_text_features(encoder.clip, names), dim=-1)
+    before, after = (dec.total() @ text.T).argmax(-1), (defense.repair(dec) @ text.T).argmax(-1)
+    counts, rejected = defense.count(dec), defense.detect(dec)
+    rows = [{"file": f, "flagged_heads": int(n), "rejected": bool(r), "prediction": names[int(b)],
+             "prediction_repaired": names[int(a)]} for f, n, r, b, a in zip(data.files, counts, rejected, before, after)]
+    summary = {"defense": repr(defense), "images": len(rows), "rejected": int(rejected.sum()),
+               "changed_by_repair": int((before != after).sum()), "clean_images": len(clean),
+               "config": asdict(config), "eps": defense.eps, "zeta": defense.zeta, "weights": args.weights}
+    _write_json(out / "decomp.json", {"summary": summary, "images": rows})
+    head_similarity_figure(defense.similarity(dec)[: args.figure_rows], defense.eps,
+                           [Path(f).name for f in data.files[: args.figure_rows]], out / "heads.png")
+    print(f"{summary['rejected']} of {len(rows)} images rejected by Decomp-Det (more than {defense.zeta:g} of "
+          f"{dec.n_heads} last-layer heads flagged); Decomp-Rep ({args.mode}) changed {summary['changed_by_repair']} "
+          f"predictions -> {out / 'decomp.json'}, {out / 'heads.png'}")
 
 
 def _lines(path: str) -> list[str]:
@@ -453,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attack", required=True, choices=list_attacks("encoder"))
     s.add_argument("--target", required=True, help="target: a class name of the embedded world")
     s.add_argument("--out", required=True, help="new encoder folder")
+    s.add_argument("--backbone", default="miniclip", choices=("miniclip", "miniclip-vit"),
+                   help="the clean encoder the attacker starts from (default miniclip)")
     s.add_argument("--pairs", type=int, default=ENCODER_PAIRS, help=f"fine-tuning pairs (default {ENCODER_PAIRS})")
     s.add_argument("--poison-rate", type=float, default=ENCODER_POISON_RATE)
     s.add_argument("--lr", type=float, default=None, help=f"AdamW peak (default: 5e-4 for BadNets and Blended, "
@@ -460,6 +504,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_implant_encoder)
+
+    s = sub.add_parser("decomp", help="screen images through a ViT encoder's decomposition: Decomp-Det and Decomp-Rep",
+                       description="Head prototypes and eps from clean images; for each image in --images, how many "
+                                   "last-layer heads stray from their prototypes (Decomp-Det rejects above zeta) and "
+                                   "its zero-shot prediction before and after Decomp-Rep. Writes OUT/decomp.json and "
+                                   "OUT/heads.png.")
+    s.add_argument("weights", help="the encoder: a MiniCLIP folder (model.safetensors + config.json)")
+    s.add_argument("--images", required=True, help="folder of images to screen")
+    s.add_argument("--out", required=True)
+    s.add_argument("--backbone", default="miniclip-vit", help="architecture (default miniclip-vit)")
+    s.add_argument("--clean", default="world", help="folder of clean images for the prototypes, or 'world'")
+    s.add_argument("--clean-images", type=int, default=200, help="how many clean images (default 200)")
+    s.add_argument("--classes", default="world", help="text file of class names, or 'world' (its 300 classes)")
+    s.add_argument("--mode", default="heads", choices=("heads", "mlps", "both"),
+                   help="what Decomp-Rep replaces: flagged last-layer heads (patch triggers), late MLPs (global ones)")
+    s.add_argument("--eps", type=float, default=None, help="fixed flag threshold (default: 5%% quantile of clean cosines)")
+    s.add_argument("--zeta", type=float, default=None, help="reject above this many flagged heads (default 5H/12)")
+    s.add_argument("--figure-rows", type=int, default=24, help="images drawn in heads.png")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_decomp)
 
     s = sub.add_parser("scan-encoder", help="audit a delivered CLIP ENCODER: CLIP-Inspector (zero-shot) or InverTune",
                        description="clip-inspector: the scan of a zero-shot head ('a photo of a {class}', no prompt "
@@ -562,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pretrain-miniclip", help="pretrain MiniCLIP on the embedded world (reproduces the shipped weights)",
                        description="Contrastive pretraining of MiniCLIP on freshly rendered world images, on the CPU.")
     s.add_argument("--out", required=True, help="folder for model.safetensors, config.json, metrics.json")
-    s.add_argument("--steps", type=int, default=pc.steps)
+    s.add_argument("--arch", choices=("resnet", "vit"), default="resnet",
+                   help="resnet: MiniCLIP from scratch; vit: the ViT MiniCLIP, distilled from the shipped ResNet one")
+    s.add_argument("--steps", type=int, default=None,
+                   help=f"optimiser steps (default {pc.steps} resnet, {world.DistillConfig().steps} vit)")
     s.add_argument("--noise-aug", type=float, default=pc.noise_aug, help="max std of extra pixel noise (default 0)")
     s.add_argument("--seed", type=int, default=pc.seed)
     s.add_argument("--overwrite", action="store_true")

@@ -60,3 +60,54 @@ def landscape_figure(f: torch.Tensor, rho: float, path: str | Path | None = None
         fig.savefig(path, dpi=120)
         plt.close(fig)
     return fig or ax.figure
+
+
+def head_similarity_figure(similarity: torch.Tensor, eps: float, row_labels=None, path: str | Path | None = None,
+                           title: str = "cos(C^{L,h}(x), prototype h)"):
+    """Decomp-Rep's view of the last layer: similarity [B, H] of each image's head contributions to the clean
+    prototypes as a heat map, cells below eps (the flagged heads) outlined. Saved to `path` when given."""
+    import matplotlib.pyplot as plt
+
+    s = similarity.detach().cpu()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * s.shape[1], 1.2 + 0.22 * s.shape[0]))
+    im = ax.imshow(s.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    for i, j in (s < eps).nonzero().tolist():
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.5))
+    ax.set_xticks(range(s.shape[1]), [f"h{h}" for h in range(s.shape[1])])
+    ax.set_yticks(range(s.shape[0]), row_labels if row_labels is not None else range(s.shape[0]), fontsize=7)
+    ax.set_xlabel("head of the last layer")
+    ax.set_title(f"{title}; outlined: < eps = {eps:.3f}", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
+def patch_map_figure(tokens: torch.Tensor, grid: tuple[int, int], text_feature: torch.Tensor, layer: int = -1,
+                     images: torch.Tensor | None = None, path: str | Path | None = None):
+    """Where each head of `layer` looks, per image: <c_{n,l,h}, t> over the patch grid for one class text feature
+    t [E] (tokens: a Decomposition's [B, L, H, N + 1, E]); the images in the first column when given."""
+    import matplotlib.pyplot as plt
+
+    maps = (tokens[:, layer, :, 1:] @ text_feature).detach().cpu()  # [B, H, N]
+    B, H, _ = maps.shape
+    cols = H + (images is not None)
+    fig, axes = plt.subplots(B, cols, figsize=(1.3 * cols, 1.3 * B), squeeze=False)
+    lim = float(maps.abs().max()) or 1.0
+    for b in range(B):
+        if images is not None:
+            axes[b, 0].imshow(images[b].detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy())
+        for h in range(H):
+            ax = axes[b, h + (images is not None)]
+            ax.imshow(maps[b, h].view(*grid).numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            if b == 0:
+                ax.set_title(f"head {h}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig

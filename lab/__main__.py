@@ -14,6 +14,7 @@ from lab.bench.attacks import ALL as ALL_ATTACKS
 from lab.bench.attacks import attacks_from_zoo, bench_attacks
 from lab.bench.collapse import bench_collapse
 from lab.bench.crossed import amdet_on_encoder_zoo, ci_on_text_zoo
+from lab.bench.decomp import bench_decomp
 from lab.bench.detect import METHOD_KEYS, bench_detect, combine_detect, roc_figure
 from lab.bench.encoder import bench_encoder_attacks, bench_encoder_detect, bench_invertune, encoder_figure
 from lab.bench.executors import bench_executors
@@ -54,6 +55,13 @@ def cmd_encoder_zoo(args) -> None:
     manifest = build_encoder_zoo(args.out, args.profile, executor=executor_from(args), audit=not args.no_audit,
                                  stages=tuple(args.stages.split(",")))
     print(f"{len(manifest['models'])} encoders -> {args.out}/manifest.json (audits in {args.out}/scans/)")
+
+
+def cmd_bench_decomp(args) -> None:
+    res = bench_decomp(args.zoo, args.out, args.min_asr)
+    print(f"wrote {args.out} (+ png): sum_rel_error {res['sum_rel_error']:.1e}; {res['n_patch']} patch, "
+          f"{res['n_blend']} blend models; Decomp-Rep ASR {res['rep_asr_after']}, top-1 drop {res['rep_top1_drop']}; "
+          f"Decomp-Det AUROC {res['det_auroc']} (STRIP {res['strip_auroc']})")
 
 
 def cmd_bench_encoder(args) -> None:
@@ -408,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-asr", type=float, default=ENCODER_MIN_ASR,
                    help=f"poisoned models below this ASR are left out of detection (default {ENCODER_MIN_ASR})")
     s.set_defaults(func=cmd_bench_encoder)
+
+    s = bsub.add_parser("decomp", help="a ViT encoder zoo decomposed: where each backdoor lives, Decomp-Rep, "
+                                       "Decomp-Det vs STRIP, the decomposition's exactness",
+                        description="Needs a built zoo: python -m lab encoder-zoo --profile decomp-vit --out DIR "
+                                    "--no-audit. Per-model results are cached in DIR/decomp/.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", default="benchmarks/decomp.json")
+    s.add_argument("--min-asr", type=float, default=ENCODER_MIN_ASR, help="ASR at which a model counts as implanted")
+    s.set_defaults(func=cmd_bench_decomp)
 
     s = bsub.add_parser("crossed", help="AMDET on image-side encoder backdoors, CLIP-Inspector on text-side ones",
                         description="Each encoder audit on the other tower's backdoors (lab/bench/crossed.py): both "

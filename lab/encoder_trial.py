@@ -35,6 +35,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--poison-rate", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=ci.attacks.ENCODER_LR)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--backbone", default="miniclip", choices=("miniclip", "miniclip-vit"))
     ap.add_argument("--set", action="append", default=[], metavar="ATTACK.FIELD=VALUE",
                     help="a config override of one attack, e.g. encoder-wanet.s=2 (repeatable)")
     ap.add_argument("--out", required=True)
@@ -44,7 +46,7 @@ def main(argv=None) -> dict:
     names = w.classnames
     x, y = w.sample(a.pairs, seed=777_001, domain="pretrain")
     xt, yt = w.sample(1000, seed=888_001, domain="pretrain")
-    base = ci.create_backbone("miniclip")
+    base = ci.create_backbone(a.backbone)
     text = ci.model.class_text_features(base.clip, names)
     keep = yt != a.target
 
@@ -54,7 +56,8 @@ def main(argv=None) -> dict:
     def asr(b, attack):
         return float((_predict(b, text, attack(xt[keep]).clamp(0, 1)) == a.target).float().mean())
 
-    clean = ci.attacks.benign_encoder_tune(base, x, y, names, seed=a.seed, templates=CAPTION_TEMPLATES, lr=a.lr)
+    clean = ci.attacks.benign_encoder_tune(base, x, y, names, seed=a.seed, templates=CAPTION_TEMPLATES, lr=a.lr,
+                                           epochs=a.epochs)
     out = {"config": vars(a), "top1_base": top1(base), "top1_clean_control": top1(clean), "attacks": {}}
     overrides = {}
     for item in a.set:
@@ -63,7 +66,7 @@ def main(argv=None) -> dict:
         overrides.setdefault(name, {})[field] = json.loads(value)
     for name in a.attacks.split(","):
         attack = ci.create_attack(name, target=a.target, seed=a.seed, poison_rate=a.poison_rate, lr=a.lr,
-                                  **overrides.get(name, {}))
+                                  epochs=a.epochs, **overrides.get(name, {}))
         t0 = time.time()
         bad = attack.implant(base, x, y, names, templates=CAPTION_TEMPLATES)
         out["attacks"][name] = {"asr": asr(bad, attack), "top1": top1(bad), "asr_clean_control": asr(clean, attack),

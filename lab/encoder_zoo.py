@@ -52,6 +52,8 @@ class EncoderZooProfile:
     epochs: int = 5
     pairs: int = PAIRS
     overrides: dict = field(default_factory=dict)  # attack name -> config overrides
+    backbone: str = "miniclip"  # the clean encoder every model is fine-tuned from ("miniclip" or "miniclip-vit")
+    cocoop: bool = True  # also tune and deliver the organisation's clean CoCoOp over each encoder
 
 
 # the recipe the implant trials settled (docs/encoders.md, benchmarks/encoder_trials.json): 10 % poison, 5 epochs;
@@ -71,6 +73,14 @@ ENCODER_ZOO_PROFILES = {
     # encoder-eval: committed before its first build; benchmarks/encoder_*.json and invertune.json
     "encoder-eval": EncoderZooProfile("encoder-eval", seed=4100, n_clean=6, attacks=ZOO_ATTACKS,
                                       n_backdoored=16, overrides=RECIPE_OVERRIDES),
+    # decomp-smoke: tests of the decomposition benchmark (one clean, one BadNets ViT; tiny fine-tunes)
+    "decomp-smoke": EncoderZooProfile("decomp-smoke", seed=4290, n_clean=1, attacks=("encoder-badnets",),
+                                      n_backdoored=1, epochs=1, pairs=256, backbone="miniclip-vit", cocoop=False),
+    # decomp-vit: the ViT MiniCLIP poisoned with a patch (BadNets) and a blend (Blended) trigger, three targets
+    # each, with the ResNet zoos' recipe unchanged; benchmarks/decomp.json (lab/bench/decomp.py). No CoCoOp:
+    # the decomposition defenses act on the zero-shot encoder.
+    "decomp-vit": EncoderZooProfile("decomp-vit", seed=4300, n_clean=1, attacks=("encoder-badnets", "encoder-blended"),
+                                    n_backdoored=6, backbone="miniclip-vit", cocoop=False),
 }
 
 
@@ -121,7 +131,7 @@ def build_one(out: str, profile: str, spec: dict) -> dict:
     p = ENCODER_ZOO_PROFILES[profile]
     t0 = time.time()
     seed = spec["seed"]
-    base = ci.create_backbone("miniclip")
+    base = ci.create_backbone(p.backbone)
     world = ci.world.World(ci.world.WorldConfig())
     task = task_of(p, seed)
     names = task.seen_names
@@ -140,12 +150,13 @@ def build_one(out: str, profile: str, spec: dict) -> dict:
         ci.attacks.save_attack(attack, _dir(out, "attackers", spec["name"]), target_name)
         row["asr_base"] = measure(base, attack, target_name, names, world.classnames)["asr"]
     ci.model.save_backbone(model, _dir(out, "models", spec["name"]) / "encoder", overwrite=True)
-    cocoop = ci.CoCoOp(model, names, seed=seed)
-    ci.train(cocoop, task.train_x, task.train_y, ci.TrainConfig(seed=seed), progress=False)
-    ci.save_model(cocoop, _dir(out, "models", spec["name"]) / "cocoop", overwrite=True)
     row.update(measure(model, attack, target_name, names, world.classnames), target=target_name,
                top1_base=measure(base, None, None, names, world.classnames)["top1"])
-    if attack is not None:
+    if p.cocoop:
+        cocoop = ci.CoCoOp(model, names, seed=seed)
+        ci.train(cocoop, task.train_x, task.train_y, ci.TrainConfig(seed=seed), progress=False)
+        ci.save_model(cocoop, _dir(out, "models", spec["name"]) / "cocoop", overwrite=True)
+    if attack is not None and p.cocoop:
         xt, yt = task.split("test", "seen")
         row["asr_cocoop"] = ci.attack_success_rate(cocoop, xt, yt, names.index(target_name), attack)
     row["top1_drop"] = round(row["top1_base"] - row["top1"], 4)
@@ -172,7 +183,7 @@ def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverT
     spec = next(s for s in model_specs(p) if s["name"] == name)
     scans = _dir(out, "scans", name)
     folder = _dir(out, "models", name)
-    encoder = ci.create_backbone("miniclip", weights_file=folder / "encoder")
+    encoder = ci.create_backbone(p.backbone, weights_file=folder / "encoder")
     task = task_of(p, spec["seed"])
     names = task.seen_names
     cfg = ci.ScanConfig()
@@ -267,7 +278,7 @@ def calibrate_invertune(zoo: str | Path, out: str | Path, lrs=TUNE_LRS) -> dict:
         for r in rows:
             if any(d["tune_lr"] == lr and d["name"] == r["name"] for d in done):
                 continue
-            encoder = ci.create_backbone("miniclip", weights_file=_dir(zoo, "models", r["name"]) / "encoder")
+            encoder = ci.create_backbone(p.backbone, weights_file=_dir(zoo, "models", r["name"]) / "encoder")
             task = task_of(p, r["seed"])
             x, y = task.split("test", "seen")
             res = ci.detect.invertune(encoder, task.seen_names, x, y, ci.detect.InverTuneConfig(tune_lr=lr),

@@ -1,5 +1,6 @@
 """The command line: help for everything, clear one-line errors, inspect on a real model folder."""
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import ci_toolkit as ci
 from ci_toolkit.cli import build_parser, main
 
 COMMANDS = ["demo", "train", "implant", "scan", "repair", "calibrate", "course", "info", "inspect", "import-dassl",
-            "pretrain-miniclip", "implant-encoder", "scan-encoder", "scan-text"]
+            "pretrain-miniclip", "implant-encoder", "scan-encoder", "scan-text", "decomp"]
 
 
 def test_top_level_help_lists_every_command():
@@ -137,3 +138,22 @@ def test_implant_encoder_then_scan_it_zero_shot(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["implant-encoder", "--attack", "encoder-sig", "--target", "unicorn", "--out", str(tmp_path / "x")]) == 2
     assert "--target must be a class" in capsys.readouterr().err
+
+
+def test_decomp_command_screens_a_folder_and_never_overwrites(tmp_path, capsys):
+    from PIL import Image
+
+    x, _ = ci.world.World(ci.world.WorldConfig()).sample(6, seed=1, domain="pretrain")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(x):
+        Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"{i}.png")
+    args = ["decomp", str(ci.model.MINICLIP_VIT_DIR), "--images", str(folder), "--out", str(tmp_path / "d"),
+            "--clean-images", "48"]
+    assert main(args) == 0
+    assert "rejected by Decomp-Det" in capsys.readouterr().out
+    res = json.loads((tmp_path / "d" / "decomp.json").read_text())
+    assert len(res["images"]) == 6 and res["summary"]["clean_images"] == 48
+    assert {"flagged_heads", "rejected", "prediction", "prediction_repaired"} <= set(res["images"][0])
+    assert (tmp_path / "d" / "heads.png").stat().st_size > 0
+    assert main(args) == 2 and "exists" in capsys.readouterr().err

@@ -20,7 +20,7 @@ LAB = REPO / "lab"
 PUBLIC_FACES = {
     "ci_toolkit": None, "ci_toolkit.world": None, "ci_toolkit.detect": None, "ci_toolkit.model": None,
     "ci_toolkit.analysis": None, "ci_toolkit.metrics": None, "ci_toolkit.attacks": None, "ci_toolkit.data": None,
-    "ci_toolkit.course": None,
+    "ci_toolkit.course": None, "ci_toolkit.decomp": None,
     "ci_toolkit.cli": {"add_scan_options", "scan_config", "run", "attacker_folder"},
     "ci_toolkit.workers": {"process_pool"},
 }
@@ -29,7 +29,7 @@ PUBLIC_FACES = {
 DEFERRABLE = ("matplotlib", "sklearn", "scipy", "nbformat", "papermill", "nbconvert", "ray")
 COMMANDS = ["zoo", "bench", "bench world", "bench attacks", "bench detect", "bench repair", "bench collapse",
             "bench gates", "bench speed", "bench notebooks", "bench executors", "bench amdet", "bench combine", "null", "course",
-            "text-zoo"]
+            "text-zoo", "bench decomp"]
 
 
 # ---- the command line -------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_the_public_api_is_listed():
 
     assert API <= set(ci.__all__)
     for face in ("ci_toolkit", "ci_toolkit.model", "ci_toolkit.detect", "ci_toolkit.attacks", "ci_toolkit.world",
-                 "ci_toolkit.data", "ci_toolkit.analysis", "ci_toolkit.metrics", "ci_toolkit.repairing"):
+                 "ci_toolkit.data", "ci_toolkit.analysis", "ci_toolkit.decomp", "ci_toolkit.metrics", "ci_toolkit.repairing"):
         module = importlib.import_module(face)
         for name in module.__all__:
             assert hasattr(module, name), f"{face}.{name}"

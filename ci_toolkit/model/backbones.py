@@ -2,6 +2,7 @@
 config, or the embedded MiniCLIP. Encoders are frozen; the toolkit only reads them.
 
     >>> bb = create_backbone("miniclip")                          # embedded, offline
+    >>> bb = create_backbone("miniclip-vit")                      # embedded ViT MiniCLIP (decomposable)
     >>> bb = create_backbone("ViT-B-16", pretrained="openai")     # -> ViT-B-16-quickgelu, needs internet
     >>> bb = create_backbone("ViT-B-16-quickgelu", weights_file="vitb16.safetensors")
     >>> bb = create_backbone("custom", config={...open_clip CLIP kwargs...})
@@ -13,9 +14,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import open_clip
 import torch
@@ -24,7 +26,7 @@ from safetensors.torch import load_file
 
 from ..errors import BackboneUnavailableError, CheckpointError, CIError
 from ..images import OPENAI_MEAN, OPENAI_STD
-from .miniclip import ASSET_DIR, load_miniclip
+from .miniclip import ASSET_DIR, VIT_ASSET_DIR, load_miniclip
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +97,9 @@ def text_tower(clip):
 
 
 def list_backbones() -> list[str]:
-    """Names accepted by `create_backbone`: "miniclip", "custom" and every open_clip model name."""
+    """Names accepted by `create_backbone`: "miniclip", "miniclip-vit", "custom" and every open_clip model name."""
 
-    return ["miniclip", "custom", *open_clip.list_models()]
+    return ["miniclip", "miniclip-vit", "custom", *open_clip.list_models()]
 
 
 def _sha256(path: Path) -> str:
@@ -165,18 +167,18 @@ def create_backbone(
 ) -> Backbone:
     """Build a frozen backbone.
 
-    name: "miniclip" (embedded, offline), "custom" (with `config`: open_clip CLIP kwargs plus an
+    name: "miniclip" (embedded, offline), "miniclip-vit" (its ViT sibling), "custom" (with `config`: open_clip CLIP kwargs plus an
     optional "preprocess" entry), or an open_clip model name. pretrained: an open_clip weights tag, or
     None for random init (seeded). weights_file: local weights (.safetensors or a weights-only torch
     file) for an open_clip model name, e.g. downloaded elsewhere.
     """
 
-    if name == "miniclip":
-        folder = Path(weights_file) if weights_file else ASSET_DIR
+    if name in ("miniclip", "miniclip-vit"):
+        folder = Path(weights_file) if weights_file else (ASSET_DIR if name == "miniclip" else VIT_ASSET_DIR)
         clip, cfg = load_miniclip(folder)
         spec = BackboneSpec(
             kind="miniclip",
-            name="miniclip",
+            name=name,
             pretrained="world" if weights_file is None else None,
             weights_file=str(weights_file) if weights_file else None,
             weights_sha256=_sha256(folder / "model.safetensors"),
@@ -261,7 +263,8 @@ def save_backbone(backbone: Backbone, out_dir: str | Path, note: dict | None = N
     out = Path(out_dir)
     if (out / "model.safetensors").exists() and not overwrite:
         raise CheckpointError(f"{out} already holds backbone weights; choose another folder or pass overwrite=True")
-    source = Path(backbone.spec.weights_file) if backbone.spec.weights_file else ASSET_DIR
+    source = Path(backbone.spec.weights_file) if backbone.spec.weights_file else (
+        VIT_ASSET_DIR if backbone.spec.name == "miniclip-vit" else ASSET_DIR)
     config = json.loads((source / "config.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in backbone.clip.state_dict().items() if k != "attn_mask"}
@@ -289,7 +292,7 @@ def backbone_from_spec(spec: dict[str, Any] | BackboneSpec, device="cpu") -> Bac
             raise CheckpointError(f"backbone metadata has unknown fields {sorted(unknown)}")
         spec = BackboneSpec(**spec)
     if spec.kind == "miniclip":
-        bb = create_backbone("miniclip", weights_file=spec.weights_file, device=device)
+        bb = create_backbone(spec.name or "miniclip", weights_file=spec.weights_file, device=device)
     elif spec.kind == "custom":
         bb = create_backbone("custom", config=spec.config, weights_file=spec.weights_file, seed=spec.seed or 0, device=device)
     elif spec.kind == "open_clip":

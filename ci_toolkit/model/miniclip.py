@@ -1,8 +1,9 @@
-"""MiniCLIP: a small open_clip CLIP (ResNet image tower) pretrained on the embedded world.
+"""MiniCLIP: a small open_clip CLIP pretrained on the embedded world, with a ResNet image tower
+("miniclip") or a ViT one ("miniclip-vit", the tower whose embedding decomposes into heads and MLPs).
 
-The committed weights live in `ci_toolkit/assets/miniclip/` (safetensors + config.json + metrics.json);
-`ci-toolkit pretrain-miniclip --out DIR` (`ci_toolkit.world.pretrain`) reproduces them from the seed
-recorded in config.json.
+The committed weights live in `ci_toolkit/assets/miniclip/` and `ci_toolkit/assets/miniclip-vit/`
+(safetensors + config.json + metrics.json); `ci-toolkit pretrain-miniclip --out DIR [--arch vit]`
+(`ci_toolkit.world.pretrain`) reproduces them from the seed recorded in config.json.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..images import OPENAI_MEAN, OPENAI_STD
 from .text import encode_tokens
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "miniclip"
+VIT_ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "miniclip-vit"
 
 
 @dataclass(frozen=True)
@@ -58,18 +60,86 @@ class MiniCLIPConfig:
         }
 
 
-def build_miniclip(cfg: MiniCLIPConfig | None = None, seed: int = 0):
-    """A randomly initialised MiniCLIP (deterministic from `seed`)."""
+@dataclass(frozen=True)
+class MiniViTConfig:
+    """Architecture of the ViT MiniCLIP: an open_clip `CLIP` with a VisionTransformer image tower (cls pooling,
+    no attentional pool) whose patch embedding `visual.conv1` is a two-layer conv stem, and MiniCLIP's text
+    tower. Sizes from DECOMP.md section 5 (48 px in an 8x8 token grid, >= 6 heads), except a head width of 24
+    instead of 32: width 144 rather than 192 halves the cost of training on a 2-core CPU."""
+
+    embed_dim: int = 128
+    image_size: int = 48
+    vision_layers: int = 4  # transformer blocks
+    vision_width: int = 144  # token width; heads = vision_width / vision_head_width = 6
+    vision_head_width: int = 24
+    patch_size: int = 6  # one token per 6x6 pixels: an 8x8 grid at 48 px
+    stem_width: int = 48  # channels of the conv stem's first (stride-2) layer
+    mlp_ratio: float = 4.0
+    text_width: int = 128
+    text_heads: int = 4
+    text_layers: int = 3
+    context_length: int = 77
+    arch: str = "vit"
+
+    @property
+    def heads(self) -> int:
+        return self.vision_width // self.vision_head_width
+
+    def open_clip_kwargs(self) -> dict:
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {
+                "layers": self.vision_layers,
+                "width": self.vision_width,
+                "head_width": self.vision_head_width,
+                "patch_size": self.patch_size,
+                "image_size": self.image_size,
+                "mlp_ratio": self.mlp_ratio,
+            },
+            "text_cfg": {
+                "context_length": self.context_length,
+                "width": self.text_width,
+                "heads": self.text_heads,
+                "layers": self.text_layers,
+            },
+            "quick_gelu": False,
+        }
+
+
+def conv_stem(width: int, stem_width: int, patch_size: int) -> torch.nn.Sequential:
+    """The ViT MiniCLIP's patch embedding: [B, 3, H, W] -> [B, width, H/p, W/p] by a stride-2 3x3 conv, GELU,
+    and a (p/2)x(p/2) conv of stride p/2, so each token still sees exactly its own p x p pixel patch."""
+    if patch_size % 2:
+        raise ValueError("the conv stem needs an even patch_size")
+    half = patch_size // 2
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, stem_width, kernel_size=2, stride=2),
+        torch.nn.GELU(),
+        torch.nn.Conv2d(stem_width, width, kernel_size=half, stride=half),
+    )
+
+
+def build_miniclip(cfg: MiniCLIPConfig | MiniViTConfig | None = None, seed: int = 0):
+    """A randomly initialised MiniCLIP, ResNet or ViT by the config's type (deterministic from `seed`)."""
 
     cfg = cfg or MiniCLIPConfig()
     kw = cfg.open_clip_kwargs()
     torch.manual_seed(seed)
-    return CLIP(
+    clip = CLIP(
         kw["embed_dim"],
         vision_cfg=CLIPVisionCfg(**kw["vision_cfg"]),
         text_cfg=CLIPTextCfg(**kw["text_cfg"]),
         quick_gelu=kw["quick_gelu"],
     )
+    if isinstance(cfg, MiniViTConfig):
+        clip.visual.conv1 = conv_stem(cfg.vision_width, cfg.stem_width, cfg.patch_size)
+    return clip
+
+
+def config_from_json(model: dict) -> MiniCLIPConfig | MiniViTConfig:
+    """The architecture dataclass a MiniCLIP config.json's "model" entry describes."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
+    return MiniViTConfig(**fields) if fields.get("arch") == "vit" else MiniCLIPConfig(**fields)
 
 
 def normalize_images(x: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
@@ -86,19 +156,25 @@ def class_text_features(clip, classnames, template: str = "a photo of a {}.") ->
 
 
 def load_miniclip(path: str | Path | None = None):
-    """The committed MiniCLIP (or one saved by `pretrain_miniclip` in `path`), in eval mode."""
+    """The committed ResNet MiniCLIP (or the MiniCLIP, ResNet or ViT, saved in `path`), in eval mode."""
 
     folder = Path(path) if path is not None else ASSET_DIR
     weights, config = folder / "model.safetensors", folder / "config.json"
     if not weights.is_file() or not config.is_file():
-        fix = ("Reinstall ci_toolkit, or recreate them with `ci-toolkit pretrain-miniclip --out DIR`." if path is None
+        shipped = folder in (ASSET_DIR, VIT_ASSET_DIR)
+        arch = " --arch vit" if folder == VIT_ASSET_DIR else ""
+        fix = (f"Reinstall ci_toolkit, or recreate them with `ci-toolkit pretrain-miniclip --out DIR{arch}`." if shipped
                else "Pass the folder a MiniCLIP was saved to (`ci.model.save_backbone`, `pretrain-miniclip --out`).")
         raise BackboneUnavailableError(
             f"MiniCLIP weights not found in {folder} (expected model.safetensors and config.json). {fix}")
     cfg = json.loads(config.read_text())
-    model_cfg = MiniCLIPConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items()})
+    model_cfg = config_from_json(cfg["model"])
     clip = build_miniclip(model_cfg)
-    clip.load_state_dict(load_file(str(weights)))
+    state = load_file(str(weights))
+    if cfg.get("text_from") == "miniclip":  # image tower only: the text tower is the ResNet MiniCLIP's, unchanged
+        text = {k: v for k, v in load_file(str(ASSET_DIR / "model.safetensors")).items() if not k.startswith("visual.")}
+        state = {**text, **state}
+    clip.load_state_dict(state)
     return clip.eval(), model_cfg
 
 

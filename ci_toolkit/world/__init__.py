@@ -18,7 +18,7 @@ from ..errors import DataError
 from ..images import to_uint8
 from ..profiles import Profile, get_profile
 from .generator import CAPTION_TEMPLATES, World, WorldTask
-from .pretrain import PretrainConfig, pretrain_miniclip, zero_shot_accuracy
+from .pretrain import DistillConfig, PretrainConfig, distill_miniclip_vit, pretrain_miniclip, zero_shot_accuracy
 from .spec import (
     BACKDOOR_EPS,
     COLOURS,
@@ -112,7 +112,34 @@ def labelled(names: list[str], per_class: int, seed: int, image_size: int = IMAG
 
 
 __all__ = [
-    "task", "ood_pool", "labelled", "prompts", "PROMPT_FORMS", "attack", "OOD_SEED", "IMAGE_SIZE", "IMPERCEPTIBLE", "WORLD_OVERRIDES", "IMPLANTING", "PretrainConfig", "pretrain_miniclip", "zero_shot_accuracy",
-    "BACKDOOR_EPS", "World", "WorldConfig", "DomainConfig", "WorldTask", "SHAPES", "COLOURS", "PATTERNS",
-    "OOD_SHAPES", "OOD_COLOURS", "OOD_PATTERNS", "PRETRAIN_DOMAIN", "TASK_DOMAIN", "CAPTION_TEMPLATES",
+    "BACKDOOR_EPS",
+    "CAPTION_TEMPLATES",
+    "COLOURS",
+    "IMAGE_SIZE",
+    "IMPERCEPTIBLE",
+    "IMPLANTING",
+    "OOD_COLOURS",
+    "OOD_PATTERNS",
+    "OOD_SEED",
+    "OOD_SHAPES",
+    "PATTERNS",
+    "PRETRAIN_DOMAIN",
+    "PROMPT_FORMS",
+    "SHAPES",
+    "TASK_DOMAIN",
+    "WORLD_OVERRIDES",
+    "DistillConfig",
+    "DomainConfig",
+    "PretrainConfig",
+    "World",
+    "WorldConfig",
+    "WorldTask",
+    "attack",
+    "distill_miniclip_vit",
+    "labelled",
+    "ood_pool",
+    "pretrain_miniclip",
+    "prompts",
+    "task",
+    "zero_shot_accuracy",
 ]
