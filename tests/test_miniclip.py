@@ -44,3 +44,25 @@ def test_pretraining_a_few_steps_runs_and_is_deterministic(tmp_path):
     assert 0 <= metrics["zero_shot_top1"] <= 1 and len(metrics["history"]) == 1
     reloaded, _ = load_miniclip(tmp_path / "a")
     assert torch.equal(reloaded.state_dict()["text_projection"], clip_a.state_dict()["text_projection"])
+
+
+def test_the_vit_miniclip_is_distilled_with_the_resnet_text_tower_frozen(tmp_path):
+    from ci_toolkit.model import MiniViTConfig
+    from ci_toolkit.world import DistillConfig, distill_miniclip_vit
+
+    small = MiniViTConfig(vision_layers=1, vision_width=48, vision_head_width=24)
+    clip, metrics = distill_miniclip_vit(small, DistillConfig(steps=2, batch_size=8, warmup=1, eval_every=0, eval_images=20),
+                                         out_dir=tmp_path / "vit", progress=False)
+    teacher, _ = load_miniclip()
+    text = {k: v for k, v in teacher.state_dict().items() if not k.startswith("visual.")}
+    assert all(torch.equal(clip.state_dict()[k], v) for k, v in text.items())  # the text tower did not move
+    reloaded, cfg = load_miniclip(tmp_path / "vit")  # the file holds the image tower; the text tower is filled in
+    assert cfg == small and all(torch.equal(a, b) for a, b in zip(clip.state_dict().values(), reloaded.state_dict().values()))
+    assert 0 <= metrics["zero_shot_top1"] <= 1
+
+
+def test_the_shipped_vit_miniclip_loads_and_records_its_accuracy():
+    bb = ci.create_backbone("miniclip-vit")
+    assert bb.spec.name == "miniclip-vit" and bb.clip.visual.grid_size == (8, 8)
+    metrics = json.loads((ci.model.MINICLIP_VIT_DIR / "metrics.json").read_text())
+    assert 0 < metrics["zero_shot_top1"] <= 1 and metrics["history"][-1]["step"] == 800

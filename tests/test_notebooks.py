@@ -115,9 +115,23 @@ def _check_09(m):
     assert m["asr_after"] < m["asr"] and m["top1_poisoned"] - m["top1_after"] <= 0.03, m
 
 
+def _check_10(m):
+    # the decomposition is exact, and both backdoors implanted (the blend one weaker on smoke's 2,048 pairs)
+    assert m["sum_error"] < 1e-5
+    assert m["asr"]["patch"] >= 0.9 and m["asr"]["blend"] >= 0.3, m
+    # the lesson: on this ViT neither all heads nor all MLPs alone carry the patch backdoor, so Decomp-Rep on the
+    # last layer's heads leaves it in place at almost no clean cost
+    assert m["asr_all_heads"]["patch"] >= 0.5 and m["asr_all_mlps"]["patch"] >= 0.5, m
+    top1_after, asr_after = m["rep"]["patch_heads"]
+    assert asr_after >= 0.5 and abs(m["top1"]["patch"] - top1_after) <= 0.03, m
+    # ...while counting straying heads separates patch-stamped images (not blended ones), and STRIP does too
+    assert m["det_auroc"]["patch"] >= 0.7 and m["det_auroc"]["patch"] > m["det_auroc"]["blend"], m
+    assert m["strip_auroc"]["patch"] >= 0.9, m
+
+
 CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,
           "04_score_and_decide": _check_04, "05_repair": _check_05, "06_baselines": _check_06, "07_capstone": _check_07, "08_text_encoder_backdoors": _check_08,
-          "09_encoder_backdoors": _check_09}
+          "09_encoder_backdoors": _check_09, "10_inside_the_encoder": _check_10}
 
 
 def test_there_are_notebooks_and_each_has_checks():

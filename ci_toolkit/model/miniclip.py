@@ -26,6 +26,12 @@ ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "miniclip"
 VIT_ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "miniclip-vit"
 
 
+def text_cfg(cfg) -> dict:
+    """open_clip text_cfg of a MiniCLIP config (the ResNet and the ViT MiniCLIP share the text tower)."""
+    return {"context_length": cfg.context_length, "width": cfg.text_width, "heads": cfg.text_heads,
+            "layers": cfg.text_layers}
+
+
 @dataclass(frozen=True)
 class MiniCLIPConfig:
     """Architecture of MiniCLIP (an open_clip `CLIP` with a ModifiedResNet vision tower)."""
@@ -50,12 +56,7 @@ class MiniCLIPConfig:
                 "head_width": self.vision_head_width,
                 "image_size": self.image_size,
             },
-            "text_cfg": {
-                "context_length": self.context_length,
-                "width": self.text_width,
-                "heads": self.text_heads,
-                "layers": self.text_layers,
-            },
+            "text_cfg": text_cfg(self),
             "quick_gelu": False,
         }
 
@@ -96,18 +97,13 @@ class MiniViTConfig:
                 "image_size": self.image_size,
                 "mlp_ratio": self.mlp_ratio,
             },
-            "text_cfg": {
-                "context_length": self.context_length,
-                "width": self.text_width,
-                "heads": self.text_heads,
-                "layers": self.text_layers,
-            },
+            "text_cfg": text_cfg(self),
             "quick_gelu": False,
         }
 
 
 def conv_stem(width: int, stem_width: int, patch_size: int) -> torch.nn.Sequential:
-    """The ViT MiniCLIP's patch embedding: [B, 3, H, W] -> [B, width, H/p, W/p] by a stride-2 3x3 conv, GELU,
+    """The ViT MiniCLIP's patch embedding: [B, 3, H, W] -> [B, width, H/p, W/p] by a 2x2 stride-2 conv, GELU,
     and a (p/2)x(p/2) conv of stride p/2, so each token still sees exactly its own p x p pixel patch."""
     if patch_size % 2:
         raise ValueError("the conv stem needs an even patch_size")

@@ -46,6 +46,14 @@ class PretrainConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
 
 
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up over cfg.warmup steps to cfg.lr, then cosine decay to 0 at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
 @torch.no_grad()
 def zero_shot_accuracy(clip, world: World, n: int = 1000, seed: int = 12345, domain="pretrain", classes=None):
     """Top-1 zero-shot accuracy ("a photo of a {class}.") over `classes` (world ids; default all)."""
@@ -85,12 +93,6 @@ def pretrain_miniclip(
         clip.logit_scale.fill_(math.log(1 / train_cfg.temperature_init))
     opt = torch.optim.AdamW(clip.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
-    def lr_at(step):
-        if step < train_cfg.warmup:
-            return train_cfg.lr * (step + 1) / train_cfg.warmup
-        t = (step - train_cfg.warmup) / max(1, train_cfg.steps - train_cfg.warmup)
-        return train_cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-
     n_cls = world.config.num_classes
     history = []
     t0 = time.time()
@@ -105,7 +107,7 @@ def pretrain_miniclip(
         tokens = open_clip.tokenize(world.captions(range(n_cls), g))
         loss = class_contrastive_loss(clip, normalize_images(x), y, tokens)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, train_cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -168,12 +170,6 @@ def distill_miniclip_vit(
     params = [p for p in clip.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
-    def lr_at(step):
-        if step < train_cfg.warmup:
-            return train_cfg.lr * (step + 1) / train_cfg.warmup
-        t = (step - train_cfg.warmup) / max(1, train_cfg.steps - train_cfg.warmup)
-        return train_cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-
     n_cls = world.config.num_classes
     history = []
     t0 = time.time()
@@ -193,7 +189,7 @@ def distill_miniclip_vit(
         contrast = F.cross_entropy(clip.logit_scale.exp().clamp(max=100) * f @ text.T, y)
         loss = contrast + train_cfg.distill_weight * distill
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, train_cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
