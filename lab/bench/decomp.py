@@ -245,7 +245,7 @@ def decomp_figure(result: dict, path: Path) -> None:
     ax[0].bar([i + 0.2 for i in idx], [m["ablate_all_mlps"]["asr"] for m in models], 0.2, label="all MLPs ablated")
     ax[0].set_xticks(list(idx), [f"{m['name']}\n{m['attack'].removeprefix('encoder-')}" for m in models], fontsize=7)
     ax[0].set_ylabel("ASR")
-    ax[0].legend(fontsize=7)
+    ax[0].legend(fontsize=7, loc="lower left")
     ax[0].set_title("where the backdoor lives (mean-ablation)")
     for group, style in (("patch", "-"), ("blend", "--")):
         ms = [m for m in models if (m["attack"] in PATCH_ATTACKS) == (group == "patch")]
@@ -255,6 +255,7 @@ def decomp_figure(result: dict, path: Path) -> None:
         for kind in ("heads", "mlps"):
             curve = [_mean([m["per_layer"]["backward"][kind][l]["asr"] for m in ms]) for l in range(L)]
             ax[1].plot(range(1, L + 1), curve, style, marker="o", label=f"{group}: {kind} of layers l..L")
+    ax[1].set_ylim(0, 1.05)
     ax[1].set_xlabel("first ablated layer l")
     ax[1].set_ylabel("ASR")
     ax[1].legend(fontsize=7)
@@ -264,6 +265,7 @@ def decomp_figure(result: dict, path: Path) -> None:
             sweep = m["eps_sweep"]
             ax[2].plot([s["quantile"] for s in sweep], [s["asr"] for s in sweep], marker="o", label=f"{m['name']} ASR")
     ax[2].set_xscale("log")
+    ax[2].set_ylim(0, 1.05)
     ax[2].set_xlabel("eps (quantile of clean cosines)")
     ax[2].set_ylabel("ASR after Decomp-Rep")
     ax[2].set_title("Decomp-Rep's eps")
