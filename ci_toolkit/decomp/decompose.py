@@ -157,10 +157,10 @@ def decompose(backbone: Backbone, images: torch.Tensor, tokens: bool = False, ba
     visual = backbone.clip.visual
     if dtype is not None:
         visual = copy.deepcopy(visual).to(dtype)
-    dtype = next(visual.parameters()).dtype
+    dtype, device = next(visual.parameters()).dtype, next(visual.parameters()).device
     parts = []
     for start in range(0, len(images), batch_size):
-        x = backbone.preprocess.normalize(images[start:start + batch_size].to(dtype))
+        x = backbone.preprocess.normalize(images[start:start + batch_size].to(device=device, dtype=dtype))
         parts.append(_decompose_batch(visual, x, tokens, centring))
     return Decomposition(
         heads=torch.cat([p.heads for p in parts]), mlps=torch.cat([p.mlps for p in parts]),

@@ -47,12 +47,12 @@ def ablate(dec: Decomposition, prototypes: Prototypes, heads: torch.Tensor | Non
     heads: [L, H] or [B, L, H] bool; mlps: [L + 1] or [B, L + 1] bool; None ablates nothing of that kind."""
     h = dec.heads
     if heads is not None:
-        mask = heads.to(torch.bool).expand(len(dec), *dec.heads.shape[1:3]).unsqueeze(-1)
-        h = torch.where(mask, prototypes.heads.to(h.dtype).expand_as(h), h)
+        mask = heads.to(device=h.device, dtype=torch.bool).expand(len(dec), *dec.heads.shape[1:3]).unsqueeze(-1)
+        h = torch.where(mask, prototypes.heads.to(h).expand_as(h), h)
     m = dec.mlps
     if mlps is not None:
-        mask = mlps.to(torch.bool).expand(len(dec), dec.mlps.shape[1]).unsqueeze(-1)
-        m = torch.where(mask, prototypes.mlps.to(m.dtype).expand_as(m), m)
+        mask = mlps.to(device=m.device, dtype=torch.bool).expand(len(dec), dec.mlps.shape[1]).unsqueeze(-1)
+        m = torch.where(mask, prototypes.mlps.to(m).expand_as(m), m)
     return h.sum((1, 2)) + m.sum(1)
 
 
@@ -118,7 +118,7 @@ class DecompDefense:
 
     def similarity(self, dec: Decomposition) -> torch.Tensor:
         """[B, H]: S_h = cos(C^{L,h}(x), Psi_h) for the last layer's heads."""
-        return F.cosine_similarity(dec.heads[:, -1], self.prototypes.heads[-1].unsqueeze(0).to(dec.heads.dtype), dim=-1)
+        return F.cosine_similarity(dec.heads[:, -1], self.prototypes.heads[-1].unsqueeze(0).to(dec.heads), dim=-1)
 
     def flags(self, dec: Decomposition) -> torch.Tensor:
         """[B, H] bool: Phi_h = S_h < eps, the last layer's infected heads of each image."""
@@ -141,10 +141,10 @@ class DecompDefense:
         L, H = dec.n_layers, dec.n_heads
         heads = mlps = None
         if mode in ("heads", "both"):
-            heads = torch.zeros(len(dec), L, H, dtype=torch.bool)
+            heads = torch.zeros(len(dec), L, H, dtype=torch.bool, device=dec.heads.device)
             heads[:, -1] = self.flags(dec)
         if mode in ("mlps", "both"):
-            mlps = mlp_mask(L, self.mlp_layers)
+            mlps = mlp_mask(L, self.mlp_layers).to(dec.mlps.device)
         return ablate(dec, self.prototypes, heads, mlps)
 
     def __repr__(self) -> str:
