@@ -126,6 +126,8 @@ def cmd_pretrain(args) -> None:
     if (out / "model.safetensors").exists() and not args.overwrite:
         raise CIError(f"{out} already holds MiniCLIP weights; pass --overwrite or choose another --out")
     if args.arch == "vit":
+        if args.noise_aug:
+            raise CIError("--noise-aug applies to --arch resnet only (the ViT is distilled without it)")
         cfg = world.DistillConfig(**{"seed": args.seed, "noise_aug": args.noise_aug,
                                      **({"steps": args.steps} if args.steps is not None else {})})
         _, metrics = world.distill_miniclip_vit(MiniViTConfig(), cfg, out_dir=out)

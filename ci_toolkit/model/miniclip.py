@@ -82,10 +82,6 @@ class MiniViTConfig:
     context_length: int = 77
     arch: str = "vit"
 
-    @property
-    def heads(self) -> int:
-        return self.vision_width // self.vision_head_width
-
     def open_clip_kwargs(self) -> dict:
         return {
             "embed_dim": self.embed_dim,
