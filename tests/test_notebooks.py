@@ -149,6 +149,14 @@ def _grouped(nb: Path):
     return pytest.param(nb, marks=pytest.mark.xdist_group(group))
 
 
+@pytest.mark.xdist_group("group_probe")
+def test_xdist_groups_hold(request):
+    """Under `--dist loadgroup` a grouped test's node id carries its group (xdist's way of keeping a group on one
+    worker); without it a student version runs on another worker than its master and recomputes everything."""
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@group_probe"), "xdist_group is ignored: check the pytest pin"
+
+
 @pytest.mark.parametrize("nb", [_grouped(nb) for nb in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs_under_smoke_profile(nb, tmp_path, notebook_work):
     import papermill as pm
