@@ -75,6 +75,22 @@ def test_badnets_patch_sits_in_the_corner():
     assert rows.min() >= 32 - 7 and cols.min() >= 32 - 7 and changed.sum() > 0
 
 
+def test_badnets_random_place_moves_only_a_patch_per_image_and_repeats():
+    x = torch.full((8, 3, 48, 48), 0.5)
+    a = BadNets(target=0, seed=3, patch_frac=4 / 48, place="random")
+    out = a.apply(x)
+    corners = set()
+    for i in range(len(x)):
+        rows, cols = torch.nonzero((out[i] != x[i]).any(0), as_tuple=True)
+        # the checkerboard's changed pixels lie within one 4 x 4 square
+        assert 0 < len(rows) <= 16 and rows.max() - rows.min() <= 3 and cols.max() - cols.min() <= 3
+        corners.add((int(rows.min()), int(cols.min())))
+    assert len(corners) > 1  # positions differ between images
+    assert torch.equal(out, a.apply(x))  # the same batch, the same positions
+    with pytest.raises(ci.CIError, match="place"):
+        BadNets(target=0, place="centre")
+
+
 def test_wanet_is_a_small_warp_and_noise_mode_differs():
     w = WaNet(target=0, seed=0)
     x = torch.rand(2, 3, 32, 32)
