@@ -38,6 +38,7 @@ def _vit(layerscale: bool, seed=0):
     return _backbone(clip, 32)
 
 
+@torch.no_grad()
 def _rel_err(dec: Decomposition, bb, x):
     ref = bb.clip.visual(bb.preprocess.normalize(x.to(next(bb.clip.visual.parameters()).dtype)))
     got = dec.total() * dec.norm[:, None]
