@@ -63,6 +63,10 @@ TEXT_ZOO_PROFILES = {
     # text-eval: committed before its first build; benchmarks/amdet_detect.json
     "text-eval": TextZooProfile("text-eval", seed=2100, n_benign=10, attacks=("text-on-text", "text-on-pair"),
                                 n_backdoored=20),
+    # text-eval2: committed with the pooled inversion's divergence score and before its first build; the
+    # threshold is text-calib's (Youden J), never chosen here; benchmarks/amdet_detect.json
+    "text-eval2": TextZooProfile("text-eval2", seed=2300, n_benign=12, attacks=("text-on-text", "text-on-pair"),
+                                 n_backdoored=20),
 }
 
 
@@ -195,10 +199,12 @@ def prf(flags: list[bool], truth: list[bool]) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn, "precision": round(prec, 4), "recall": round(rec, 4), "f1": round(f1, 4)}
 
 
-# continuous scores of a scan: s1 (held-out assimilation at v*, AMDET.md section 4) and the best r_same over
-# the checks (the share of held-out prompts that v* sends to one pooled output)
+# continuous scores of a scan: s1 (held-out assimilation at v*, AMDET.md section 4), the best r_same over
+# the checks (the share of held-out prompts that v* sends to one pooled output) and the pooled inversion's
+# divergence D (ci_toolkit/detect/amdet.py; NaN in a scan made without it)
 SCORES = {"s1": lambda scan: scan["s1"],
-          "r_same_max": lambda scan: max((c["r_same"] for c in scan["checks"]), default=0.0)}
+          "r_same_max": lambda scan: max((c["r_same"] for c in scan["checks"]), default=0.0),
+          "divergence": lambda scan: (scan.get("pooled") or {}).get("divergence", float("nan"))}
 
 
 def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | Path | None = None) -> dict:

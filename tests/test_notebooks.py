@@ -96,6 +96,8 @@ def _check_08(m):
     assert m["points_to_target"]["backdoored"]
     assert m["s1"]["backdoored"] > m["s1"]["benign"]
     assert m["verdict"]["benign"] == "clean"  # no false accusation of the benign tune
+    # the pooled inversion: the backdoored tower leaves its anchor where the benign tune follows it
+    assert m["divergence"]["backdoored"] > m["divergence"]["benign"] + 0.3, m["divergence"]
 
 
 def _check_09(m):

@@ -1,7 +1,8 @@
 """Text-encoder backdoors on MiniCLIP's text tower (AMDET.md section 5) with known answers: the trigger is
 single tokens the world never uses, EOS padding leaves the states up to EOS alone, an implant sends
 triggered prompts to the target and leaves the anchor and the image tower untouched, the delivered folder
-round-trips, and AMDET's report names the trigger's token and the target a real trigger points to."""
+round-trips, and AMDET's report names the trigger's token and the target a real trigger points to; its
+pooled inversion finds a text-on-pair trigger without being given it and finds nothing in the anchor."""
 
 import json
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 import ci_toolkit as ci
 from ci_toolkit.attacks import TRIGGER_WORDS, TextAttackConfig, benign_text_tune
 from ci_toolkit.attacks.text_base import eos_padded, text_states
-from ci_toolkit.detect.amdet import AMDETConfig, nearest_tokens, points_to, token_states
+from ci_toolkit.detect.amdet import AMDETConfig, invert_pooled, nearest_tokens, points_to, split_shallow, token_states
 from ci_toolkit.errors import CheckpointError, CIError
 
 NAMES = ci.world.task(10, seed=5, class_seed=5).classnames
@@ -137,3 +138,18 @@ def test_amdet_names_a_planted_tokens_embedding_and_what_the_real_trigger_points
     held = bad.tokenize(ci.world.prompts(50, seed=11))
     top = points_to(bad, held, v[None], [f"a {c}." for c in NAMES], bad.tokenize, AMDETConfig())
     assert top[0][0] == f"a {NAMES[TARGET]}." and top[0][1] > 0.9
+
+
+def test_the_pooled_inversion_finds_a_text_on_pair_trigger_and_nothing_in_the_anchor(anchor, text_on_pair):
+    attack, bad = text_on_pair
+    held, train = split_shallow(bad.tokenize(ci.world.prompts(400, seed=12)))
+    cfg = AMDETConfig(pooled_steps=100)
+    classes = [f"a {c}." for c in NAMES]
+    u, found = invert_pooled(bad, anchor, train, held, cfg, classes)
+    assert found["nearest_tokens"][0][0] == attack.trigger and found["points_to"][0][0] == f"a {NAMES[TARGET]}."
+    # the suspect answers u* as one output the anchor does not give: they disagree
+    assert found["anchor_cos"] < 0.5 and found["divergence"] > 0.5, found
+    # the anchor against itself: its outputs are the anchor's (cos 1), so D = C - 1 <= 0 wherever u goes
+    _, same = invert_pooled(anchor, anchor, train, held, cfg)
+    assert same["anchor_cos"] == pytest.approx(1.0, abs=1e-5) and same["divergence"] <= 1e-5
+    assert not any(p.requires_grad for p in bad.clip.parameters())

@@ -10,7 +10,7 @@ from ci_toolkit.detect import AMDETConfig
 from lab.executors import Executor
 from lab.text_zoo import auroc, bench_amdet, build_text_zoo, model_specs, youden_threshold, TEXT_ZOO_PROFILES
 
-QUICK = AMDETConfig(epochs=1, first_check=10, check_every=10)  # a short inversion: the test checks plumbing
+QUICK = AMDETConfig(epochs=1, first_check=10, check_every=10, pooled_steps=20)  # short inversions: the test checks plumbing
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_bench_amdet_writes_its_headline_keys(text_zoo, tmp_path):
     result = bench_amdet(text_zoo, calib=text_zoo, figure=tmp_path / "amdet.png")
     for key in ("n_benign", "n_backdoored", "f1", "auroc", "attack_asr_min", "reference", "scores", "decision"):
         assert key in result
-    assert set(result["scores"]) == {"s1", "r_same_max"} and "threshold" in result["scores"]["s1"]
+    assert set(result["scores"]) == {"s1", "r_same_max", "divergence"} and "threshold" in result["scores"]["s1"]
     assert result["n_benign"] == 1 and (tmp_path / "amdet.png").stat().st_size > 0
 
 

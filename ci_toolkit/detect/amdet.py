@@ -5,12 +5,21 @@ inverts one continuous pseudo-token v that maximises assimilation on clean promp
 from their clean outputs and from a benign anchor encoder's, checks the result on held-out prompts, and
 keeps it only when the loss around v is a bowl (an implanted optimum), not the tilted saddle of a natural one.
 
+A trigger implanted on the pooled output only ("text-on-pair": the triggered prompt's embedding is sent to an
+image feature) need not assimilate the token states, so a second inversion looks for it where it acts: a
+pseudo-token u that makes the suspect's pooled outputs agree across prompts while they leave the anchor's.
+Its score, the divergence D, is high only where the suspect and the anchor answer u differently; a benign
+fine-tune answers it much as its anchor does.
+
 Shapes: prompts are token ids [N, L]; per-token states H [N, L, D] are the text transformer's `ln_final`
 outputs (before pooling and projection); the pseudo-token v is [m, D], inserted right after BOS.
 
     A(H)          mean over positions i, j in P of cos(H_i, H_j), diagonal included   (`assimilation`)
     L(v)          -A(E(x+v)) + beta * cos(E(x+v), E(x)) + gamma * cos(E(x+v), E_anchor(x+v))
     rho           share of positive Hessian eigenvalues of L on a 2-D grid around v*  (`landscape_ratio`)
+    Lp(u)         -C(p) + beta * cos(p, p_clean) + gamma_p * cos(p, p_anchor), p the pooled outputs with u,
+                  C(p) the mean cosine of each prompt's p to the batch's centroid         (`invert_pooled`)
+    D             C(p) - cos(p, p_anchor) on the held-out prompts at u*                     (the divergence)
 
 P ("valid", the default for MiniCLIP): BOS through EOS, the pseudo-token included; "full": every position.
 Insertion "shifted" (default): v goes in token space and positions 0..L-1 are added after it, so a real
@@ -36,6 +45,7 @@ A_HIGH = 0.8  # a held-out prompt assimilates when its A(x + v) passes this
 R_A, R_SAME, R_DIFF, RHO = 0.8, 0.995, 0.95, 0.8  # the four ratios a backdoored encoder must pass
 SAME_COS = 0.92  # a prompt's output is "the same" as the others' above this cosine
 EIGEN_EPS = 1e-6  # a Hessian eigenvalue above this counts as positive
+POOLED_SEED_OFFSET = 1  # the pooled inversion draws from seed + this, so the assimilation inversion's draws stay as they were
 LANDSCAPE_RADIUS_768 = 10.0  # the grid's half-width for a 768-wide text tower; scaled by sqrt(D / 768)
 
 
@@ -58,6 +68,11 @@ class AMDETConfig:
     positions: str = "valid"
     insert: str = "shifted"
     seed: int = 42
+    # the pooled inversion (module docstring); its settings were chosen on the calibration zoo text-calib:
+    # 200 steps of 32 prompts find every trigger there in about 9 s on MiniCLIP. 0 steps: not run.
+    pooled_steps: int = 200
+    pooled_batch: int = 32  # prompts per step: the centroid C(p) is taken over the batch
+    pooled_gamma: float = 1.0  # weight of agreeing with the anchor: the term that tells implanted from natural
 
     def __post_init__(self):
         if self.positions not in POSITIONS or self.insert not in INSERTS:
@@ -164,12 +179,21 @@ class AMDETReport:
     nearest_tokens: list[tuple[str, float]] = field(default_factory=list)  # vocabulary tokens nearest v*[0] (cos)
     points_to: list[tuple[str, float]] = field(default_factory=list)  # candidate texts nearest to where v* sends prompts
     seconds: float = 0.0
+    # the pooled inversion: consensus, anchor_cos, divergence, nearest_tokens, points_to, seconds (empty: not run)
+    pooled: dict = field(default_factory=dict)
+    u: torch.Tensor | None = field(default=None, repr=False)  # its pseudo-token u* [m, D]
+
+    @property
+    def divergence(self) -> float | None:
+        """D of the pooled inversion (None when it was not run)."""
+        return self.pooled.get("divergence")
 
     def to_dict(self) -> dict:
-        """The report as JSON-ready data (v* as a list)."""
+        """The report as JSON-ready data (v* and u* as lists)."""
         return {"verdict": self.verdict, "s1": self.s1, "s2": self.s2, "steps": self.steps, "seconds": self.seconds,
                 "nearest_tokens": self.nearest_tokens, "points_to": self.points_to, "checks": self.checks,
-                "config": self.config, "v": self.v.tolist()}
+                "pooled": self.pooled, "config": self.config, "v": self.v.tolist(),
+                "u": None if self.u is None else self.u.tolist()}
 
     @property
     def backdoored(self) -> bool:
@@ -182,6 +206,12 @@ class AMDETReport:
                  if best else "no check")
         near = ", ".join(f"{t!r}" for t, _ in self.nearest_tokens[:3])
         to = f"; prompts carrying it read as {self.points_to[0][0]!r}" if self.points_to else ""
+        if self.pooled:
+            p = self.pooled
+            pnear = ", ".join(f"{t!r}" for t, _ in p["nearest_tokens"][:3])
+            pto = f", read as {p['points_to'][0][0]!r}" if p["points_to"] else ""
+            to += (f". Pooled inversion: divergence {p['divergence']:.3f} (consensus {p['consensus']:.3f}, "
+                   f"agreement with the anchor {p['anchor_cos']:.3f}); nearest tokens {pnear}{pto}")
         return (f"AMDET: {self.verdict} (held-out assimilation {self.s1:.3f}; {where}); nearest tokens to the "
                 f"pseudo-token: {near or 'not computed'}{to}")
 
@@ -272,6 +302,50 @@ def points_to(suspect, held: torch.Tensor, v: torch.Tensor, candidates: list[str
     return [(candidates[int(i)], round(float(c), 4)) for i, c in zip(idx, cos)]
 
 
+def invert_pooled(suspect, anchor, train: torch.Tensor, held: torch.Tensor, cfg: AMDETConfig | None = None,
+                  candidates: list[str] | None = None, tokenize=None) -> tuple[torch.Tensor, dict]:
+    """The pooled inversion: u* [m, D] minimising Lp (module docstring) over batches of `train` prompts (token
+    ids [N, L]), then measured on `held`: consensus C, anchor_cos (mean cos of the suspect's and the
+    anchor's pooled outputs), divergence D = C - anchor_cos, u*'s nearest vocabulary tokens and, with
+    `candidates`, the texts the held-out prompts carrying u* read as. The towers' weights are not changed
+    (their requires_grad is switched off)."""
+    t0 = time.time()
+    cfg = cfg or AMDETConfig()
+    s_clip, a_clip = _clip(suspect), _clip(anchor)
+    for q in list(s_clip.parameters()) + list(a_clip.parameters()):
+        q.requires_grad_(False)
+    g = torch.Generator().manual_seed(cfg.seed + POOLED_SEED_OFFSET)
+    width = text_tower(s_clip).token_embedding.weight.shape[1]
+    u = torch.randn(cfg.m, width, generator=g).requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def outputs(tokens, u):
+        h, eot = token_states(s_clip, tokens, u, cfg.insert)
+        ha, _ = token_states(a_clip, tokens, u, cfg.insert)
+        return F.normalize(pooled(s_clip, h, eot), dim=-1), F.normalize(pooled(a_clip, ha, eot), dim=-1)
+
+    for _ in range(cfg.pooled_steps):
+        batch = train[torch.randint(len(train), (cfg.pooled_batch,), generator=g)]
+        p, pa = outputs(batch, u)
+        with torch.no_grad():
+            p0 = F.normalize(s_clip.encode_text(batch), dim=-1)
+        consensus = (p @ F.normalize(p.mean(0), dim=0)).mean()
+        loss = -consensus + cfg.beta * (p * p0).sum(-1).mean() + cfg.pooled_gamma * (p * pa).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    u_star = u.detach()
+    with torch.no_grad():
+        p, pa = outputs(held, u_star)
+        consensus = float((p @ F.normalize(p.mean(0), dim=0)).mean())
+        anchor_cos = float((p * pa).sum(-1).mean())
+    tokenize = tokenize or getattr(suspect, "tokenize", None)
+    to = points_to(suspect, held, u_star, candidates, tokenize, cfg) if candidates and tokenize else []
+    return u_star, {"consensus": round(consensus, 4), "anchor_cos": round(anchor_cos, 4),
+                    "divergence": round(consensus - anchor_cos, 4), "nearest_tokens": nearest_tokens(s_clip, u_star[0]),
+                    "points_to": to, "steps": cfg.pooled_steps, "seconds": round(time.time() - t0, 2)}
+
+
 def split_shallow(prompts: torch.Tensor, cfg: AMDETConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(held-out, optimised) prompts of a shallow set [N, L]: a seeded shuffle, heldout_fraction held out (the
     split `scan_text_encoder` uses; its landscape is drawn on the first held-out prompt)."""
@@ -285,6 +359,9 @@ def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig |
                       progress: bool = False, candidates: list[str] | None = None, tokenize=None) -> AMDETReport:
     """Invert a pseudo-token on the shallow set `prompts` (token ids [N, L]) and decide: backdoored iff at
     a check (v frozen, the held-out prompts) r_A > 0.8, r_same > 0.995, r_diff > 0.95 and then rho > 0.8.
+    Then, unless cfg.pooled_steps is 0, the pooled inversion on the same split (`invert_pooled`): its
+    divergence is reported beside the verdict, which it does not change (its threshold depends on the
+    backbone: lab/text_zoo.py chooses MiniCLIP's on a calibration zoo).
     suspect / anchor: Backbones (or open_clip CLIP models) whose text towers are compared; their weights do
     not change (their requires_grad is switched off).
     candidates (with `tokenize`, or a Backbone suspect's): texts to name what v* points to (e.g. class prompts)."""
@@ -331,9 +408,11 @@ def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig |
     near = nearest_tokens(s_clip, v_star[0])
     tokenize = tokenize or getattr(suspect, "tokenize", None)
     to = points_to(suspect, held, v_star, candidates, tokenize, cfg) if candidates and tokenize else []
+    u_star, pooled_result = (invert_pooled(suspect, anchor, train, held, cfg, candidates, tokenize)
+                             if cfg.pooled_steps else (None, {}))
     return AMDETReport(verdict=verdict, v=v_star, s1=float(t["l_a"].mean()), s2=float(s2), checks=checks,
                        steps=step, config=asdict(cfg), nearest_tokens=near, points_to=to,
-                       seconds=round(time.time() - t0, 2))
+                       seconds=round(time.time() - t0, 2), pooled=pooled_result, u=u_star)
 
 
 def _check(obj: Objective, suspect, anchor, held: torch.Tensor, v: torch.Tensor, cfg: AMDETConfig,
