@@ -145,7 +145,7 @@ def test_the_pooled_inversion_finds_a_text_on_pair_trigger_and_nothing_in_the_an
     held, train = split_shallow(bad.tokenize(ci.world.prompts(400, seed=12)))
     cfg = AMDETConfig(pooled_steps=100)
     classes = [f"a {c}." for c in NAMES]
-    u, found = invert_pooled(bad, anchor, train, held, cfg, classes)
+    _, found = invert_pooled(bad, anchor, train, held, cfg, classes)
     assert found["nearest_tokens"][0][0] == attack.trigger and found["points_to"][0][0] == f"a {NAMES[TARGET]}."
     # the suspect answers u* as one output the anchor does not give: they disagree
     assert found["anchor_cos"] < 0.5 and found["divergence"] > 0.5, found
