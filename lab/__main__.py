@@ -13,7 +13,7 @@ from ci_toolkit.cli import add_scan_options, run, scan_config
 from lab.bench.attacks import ALL as ALL_ATTACKS
 from lab.bench.attacks import attacks_from_zoo, bench_attacks
 from lab.bench.collapse import bench_collapse
-from lab.bench.crossed import amdet_on_encoder_zoo, ci_on_text_zoo
+from lab.bench.crossed import amdet_on_encoder_zoo, ci_on_text_zoo, divergence_threshold
 from lab.bench.decomp import bench_decomp
 from lab.bench.detect import METHOD_KEYS, bench_detect, combine_detect, roc_figure
 from lab.bench.encoder import bench_encoder_attacks, bench_encoder_detect, bench_invertune, encoder_figure
@@ -88,13 +88,18 @@ def cmd_bench_encoder(args) -> None:
 
 
 def cmd_bench_crossed(args) -> None:
-    result = {"amdet_on_image_encoder_backdoors": amdet_on_encoder_zoo(args.encoder_zoo) if args.encoder_zoo else None,
+    threshold = divergence_threshold(args.calib) if args.calib else None
+    result = {"amdet_on_image_encoder_backdoors": amdet_on_encoder_zoo(args.encoder_zoo, threshold)
+              if args.encoder_zoo else None,
               "clip_inspector_on_text_encoder_backdoors": ci_on_text_zoo(args.text_zoo) if args.text_zoo else None,
-              "config": {"encoder_zoo": args.encoder_zoo, "text_zoo": args.text_zoo}}
+              "config": {"encoder_zoo": args.encoder_zoo, "text_zoo": args.text_zoo, "calib": args.calib}}
     write_json(args.out, result)
     for key in ("amdet_on_image_encoder_backdoors", "clip_inspector_on_text_encoder_backdoors"):
         if result[key]:
             print(f"{key}: {result[key]['flagged']} of {result[key]['n']} flagged; {result[key]['by_kind']}")
+    amdet = result["amdet_on_image_encoder_backdoors"]
+    if amdet and "flagged_divergence" in amdet:
+        print(f"AMDET's divergence above {amdet['divergence_threshold']:.3f}: {amdet['flagged_divergence']} of {amdet['n']}")
 
 
 def cmd_bench_invertune_calib(args) -> None:
@@ -431,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "should say clean.")
     s.add_argument("--encoder-zoo", default=None, help="an `encoder-zoo` build")
     s.add_argument("--text-zoo", default=None, help="a `text-zoo` build")
+    s.add_argument("--calib", default=None, help="a scanned text-calib zoo: AMDET's divergence threshold")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_bench_crossed)
 

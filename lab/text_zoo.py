@@ -207,6 +207,15 @@ SCORES = {"s1": lambda scan: scan["s1"],
           "divergence": lambda scan: (scan.get("pooled") or {}).get("divergence", float("nan"))}
 
 
+def _pooled_row(scan: dict) -> dict:
+    """The pooled inversion's u*: its nearest vocabulary token and what prompts carrying it read as."""
+    pooled = scan.get("pooled")
+    if not pooled:
+        return {}
+    return {"pooled_nearest_token": pooled["nearest_tokens"][0][0],
+            "pooled_points_to": (pooled["points_to"] or [[None]])[0][0]}
+
+
 def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | Path | None = None) -> dict:
     """Detection on a scanned text zoo: the reference decision (AMDET.md section 4's thresholds), each
     continuous score's AUROC, and with a `calib` zoo, per score a threshold chosen there (Youden J) and
@@ -228,8 +237,13 @@ def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | 
                    | {name: fn(r["scan"]) for name, fn in SCORES.items()}
                    | {"verdict": r["scan"]["verdict"], "nearest_tokens": r["scan"]["nearest_tokens"][:3],
                       "trigger": r.get("trigger"), "points_to": (r["scan"]["points_to"] or [[None]])[0][0],
-                      "target": (f"a {r['target_name']}." if r.get("target_name") else None)} for r in rows],
+                      "target": (f"a {r['target_name']}." if r.get("target_name") else None)}
+                   | _pooled_row(r["scan"]) for r in rows],
     }
+    found = [m for m in result["models"] if m["kind"] != "benign" and "pooled_nearest_token" in m]
+    if found:  # where the pooled inversion's u* lands on a backdoored tower: one of the trigger's tokens, the target
+        result["pooled_on_trigger_token"] = sum(m["pooled_nearest_token"] in m["trigger"].split() for m in found)
+        result["pooled_points_to_target"] = sum(m["pooled_points_to"] == m["target"] for m in found)
     crow = None
     if calib:
         crow = [r for r in rows_with_scans(calib) if r["kind"] == "benign" or r["asr"] >= MIN_ASR]

@@ -6,6 +6,8 @@
         text-on-text / text-on-pair backdoors, over that zoo's task classes
 
 Both write what each model was (kind), the verdict and the audit's own score; `flagged` counts "backdoored".
+AMDET's rows also carry the pooled inversion's divergence D and, given a threshold on it (MiniCLIP's,
+chosen on `text-calib` by `bench amdet`), `flagged_divergence` counts the models above it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import json
 from pathlib import Path
 
 import ci_toolkit as ci
-from lab.text_zoo import SHALLOW_PROMPTS, SHALLOW_SEED, TEXT_ZOO_PROFILES, task_classes
+from lab.encoder_zoo import ENCODER_ZOO_PROFILES
+from lab.text_zoo import SCORES, SHALLOW_PROMPTS, SHALLOW_SEED, TEXT_ZOO_PROFILES, rows_with_scans, task_classes, youden_threshold
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -26,20 +29,33 @@ def _summary(rows: list[dict]) -> dict:
             "models": rows}
 
 
-def amdet_on_encoder_zoo(zoo: str | Path) -> dict:
-    """AMDET against the shipped MiniCLIP as anchor, on every encoder of an `encoder-zoo` build (candidates:
-    the class prompts "a {c}." of the 300 world classes, to say what v* points to)."""
+def divergence_threshold(calib: str | Path) -> float:
+    """The divergence threshold `bench amdet` takes from a scanned calibration text zoo (Youden J)."""
+    rows = rows_with_scans(calib)
+    score = SCORES["divergence"]
+    return youden_threshold([score(r["scan"]) for r in rows if r["kind"] != "benign"],
+                            [score(r["scan"]) for r in rows if r["kind"] == "benign"])
+
+
+def amdet_on_encoder_zoo(zoo: str | Path, threshold: float | None = None) -> dict:
+    """AMDET against the zoo's clean encoder (the shipped MiniCLIP or ViT MiniCLIP; the ViT's text tower is the
+    ResNet's) as anchor, on every encoder of an `encoder-zoo` build; with `threshold`, also flags by D."""
     zoo = Path(zoo)
-    anchor = ci.create_backbone("miniclip")
+    backbone = ENCODER_ZOO_PROFILES[json.loads((zoo / "manifest.json").read_text())["profile"]["name"]].backbone
+    anchor = ci.create_backbone(backbone)
     shallow = anchor.tokenize(ci.world.prompts(SHALLOW_PROMPTS, SHALLOW_SEED))
     rows = []
     for r in json.loads((zoo / "manifest.json").read_text())["models"]:
-        suspect = ci.create_backbone("miniclip", weights_file=zoo / "models" / r["name"] / "encoder")
+        suspect = ci.create_backbone(backbone, weights_file=zoo / "models" / r["name"] / "encoder")
         report = ci.scan_text_encoder(suspect, anchor, shallow)
         rows.append({"name": r["name"], "kind": r["attack"], "verdict": report.verdict, "s1": report.s1,
-                     "seconds": report.seconds})
+                     "divergence": report.divergence, "seconds": report.seconds})
         print(rows[-1], flush=True)
-    return _summary(rows)
+    out = _summary(rows)
+    if threshold is not None:
+        out.update(divergence_threshold=threshold,
+                   flagged_divergence=sum(r["divergence"] > threshold for r in rows))
+    return out
 
 
 def ci_on_text_zoo(zoo: str | Path) -> dict:
