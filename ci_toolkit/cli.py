@@ -21,6 +21,7 @@ from .demo import DemoConfig, run_demo
 from .detect import (
     LOSSES,
     METHODS,
+    MINICLIP_DIVERGENCE,
     AMDETConfig,
     CalibrateConfig,
     InversionConfig,
@@ -224,7 +225,10 @@ def cmd_scan_text(args) -> None:
                                  weights_file=args.anchor_weights)
     texts = world.prompts(TEXT_SCAN_PROMPTS, seed=args.seed) if args.prompts == "world" else _lines(args.prompts)
     candidates = _lines(args.candidates) if args.candidates else None
-    cfg = AMDETConfig(positions=args.positions, seed=args.seed)
+    threshold = args.divergence_threshold
+    if threshold is None and args.backbone == "miniclip" and args.anchor_weights is None:
+        threshold = MINICLIP_DIVERGENCE  # calibrated for the shipped MiniCLIP as anchor only
+    cfg = AMDETConfig(positions=args.positions, seed=args.seed, divergence_threshold=threshold)
     tokens = suspect.tokenize(texts)
     report = scan_text_encoder(suspect, anchor, tokens, cfg, progress=False, candidates=candidates)
     out = Path(args.out)
@@ -561,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "name what the pseudo-token points to")
     s.add_argument("--positions", default="valid", choices=("valid", "full"))
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--divergence-threshold", type=float, default=None,
+                   help="also flag when the pooled inversion's divergence exceeds this (default: MiniCLIP's calibrated "
+                        f"{MINICLIP_DIVERGENCE} with the shipped anchor; none otherwise: the reference decision alone)")
     s.set_defaults(func=cmd_scan_text)
 
     s = sub.add_parser("course", help="the tutorial's student version and its solutions, for a class",

@@ -104,6 +104,10 @@ def test_a_suspect_equal_to_its_anchor_is_benign_and_the_scan_is_reproducible(mi
     assert all(c["rho"] is None and not c["backdoored"] for c in first.checks)
     again = scan_text_encoder(miniclip, miniclip, prompts, cfg)
     assert torch.equal(first.v, again.v) and first.checks == again.checks and first.s1 == again.s1
+    assert torch.equal(first.u, again.u) and first.pooled["divergence"] == again.pooled["divergence"]
+    # the pooled inversion against itself: agreement with the anchor is 1, so D = C - 1 <= 0
+    assert first.pooled["anchor_cos"] == pytest.approx(1.0, abs=1e-5) and first.divergence <= 1e-5
+    assert first.rule == "reference"
     # 60 prompts: 12 held out, 48 in batches of 10 = 5 steps, checked at steps 2 and 4
     assert first.steps == 5 and [c["step"] for c in first.checks] == [2, 4] and "clean" in first.summary()
 
@@ -125,3 +129,13 @@ def test_the_pseudo_token_gradient_matches_finite_differences(miniclip):
         assert float((v.grad * d).sum()) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5, abs=1e-8)
     finally:
         clip.float()
+
+
+def test_a_divergence_threshold_decides_beside_the_reference_checks(miniclip):
+    """D <= 0 for a suspect equal to its anchor: a threshold below it flags, one above it does not."""
+    prompts = miniclip.tokenize(shallow_set())
+    quick = dict(epochs=1, first_check=2, check_every=2, grid=10, pooled_steps=5)
+    low = scan_text_encoder(miniclip, miniclip, prompts, AMDETConfig(**quick, divergence_threshold=-2.0))
+    high = scan_text_encoder(miniclip, miniclip, prompts, AMDETConfig(**quick, divergence_threshold=0.5))
+    assert low.verdict == "backdoored" and high.verdict == "clean" and low.divergence == high.divergence
+    assert low.rule == "reference or divergence > -2" and "by reference or divergence > 0.5" in high.summary()

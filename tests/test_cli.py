@@ -157,3 +157,16 @@ def test_decomp_command_screens_a_folder_and_never_overwrites(tmp_path, capsys):
     assert {"flagged_heads", "rejected", "prediction", "prediction_repaired"} <= set(res["images"][0])
     assert (tmp_path / "d" / "heads.png").stat().st_size > 0
     assert main(args) == 2 and "exists" in capsys.readouterr().err
+
+
+def test_scan_text_decides_miniclip_with_its_calibrated_divergence(tmp_path, capsys):
+    """The shipped MiniCLIP against itself, on 60 world prompts: clean, by the reference checks or D above
+    MiniCLIP's threshold; the report and the landscape are written."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(ci.world.prompts(60, seed=3)))
+    shipped = str(ci.model.MINICLIP_DIR)
+    assert main(["scan-text", shipped, "--out", str(tmp_path / "scan"), "--prompts", str(prompts)]) == 0
+    report = json.loads((tmp_path / "scan" / "amdet.json").read_text())
+    assert report["verdict"] == "clean" and report["rule"] == f"reference or divergence > {ci.detect.MINICLIP_DIVERGENCE:g}"
+    assert report["pooled"]["divergence"] <= 1e-5 and (tmp_path / "scan" / "landscape.png").stat().st_size > 0
+    assert "AMDET: clean by reference or divergence" in capsys.readouterr().out

@@ -3,7 +3,7 @@ the baselines; AMDET, the scan of a text encoder (`scan_text_encoder`)."""
 
 from __future__ import annotations
 
-from .amdet import AMDETConfig, AMDETReport, assimilation, attention_shares, invert_pooled, landscape, scan_text_encoder, split_shallow, token_states, valid_mask
+from .amdet import MINICLIP_DIVERGENCE, AMDETConfig, AMDETReport, assimilation, attention_shares, invert_pooled, landscape, scan_text_encoder, split_shallow, token_states, valid_mask
 from .calibration import DEFAULT_FPR, Calibration, NullStudy, backbone_key, calibration_for, scan_settings, shipped_null
 from .encoder_invertune import InverTuneConfig, InverTuneResult, apply_trigger, invertune, prediction_rise
 from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
@@ -50,6 +50,6 @@ __all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "C
            "decide", "Decision", "Evidence", "RULES", "SCAN_RULES", "scan_rules", "SIDE_RULES", "Rule", "get_rule",
            "META_GAIN_THRESHOLD", "PAPER_K", "INERT_GAIN", "invert", "Inversion", "InversionConfig",
            "youden_threshold", "group_losses", "LOSSES", "split_pool", "check_candidates", "measure_meta_gains",
-           "measure_gate_probe", "scan_text_encoder", "AMDETConfig", "AMDETReport", "invert_pooled", "landscape",
+           "measure_gate_probe", "scan_text_encoder", "AMDETConfig", "AMDETReport", "MINICLIP_DIVERGENCE", "invert_pooled", "landscape",
            "assimilation", "attention_shares", "token_states", "valid_mask", "split_shallow",
            "invertune", "InverTuneConfig", "InverTuneResult", "prediction_rise", "apply_trigger", "NO_META_RULE"]

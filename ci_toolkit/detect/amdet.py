@@ -45,6 +45,9 @@ A_HIGH = 0.8  # a held-out prompt assimilates when its A(x + v) passes this
 R_A, R_SAME, R_DIFF, RHO = 0.8, 0.995, 0.95, 0.8  # the four ratios a backdoored encoder must pass
 SAME_COS = 0.92  # a prompt's output is "the same" as the others' above this cosine
 EIGEN_EPS = 1e-6  # a Hessian eigenvalue above this counts as positive
+# D's threshold for the embedded MiniCLIP's text tower: the Youden cut on the calibration zoo text-calib
+# (lab/text_zoo.py); on the pre-registered text-eval2 it gave F1 0.974 (benchmarks/amdet_detect.json)
+MINICLIP_DIVERGENCE = 0.697
 POOLED_SEED_OFFSET = 1  # the pooled inversion draws from seed + this, so the assimilation inversion's draws stay as they were
 LANDSCAPE_RADIUS_768 = 10.0  # the grid's half-width for a 768-wide text tower; scaled by sqrt(D / 768)
 
@@ -73,6 +76,9 @@ class AMDETConfig:
     pooled_steps: int = 200
     pooled_batch: int = 32  # prompts per step: the centroid C(p) is taken over the batch
     pooled_gamma: float = 1.0  # weight of agreeing with the anchor: the term that tells implanted from natural
+    # also flag when D exceeds this: a threshold calibrated for the backbone (MINICLIP_DIVERGENCE for MiniCLIP);
+    # None: the reference decision alone
+    divergence_threshold: float | None = None
 
     def __post_init__(self):
         if self.positions not in POSITIONS or self.insert not in INSERTS:
@@ -182,6 +188,7 @@ class AMDETReport:
     # the pooled inversion: consensus, anchor_cos, divergence, nearest_tokens, points_to, seconds (empty: not run)
     pooled: dict = field(default_factory=dict)
     u: torch.Tensor | None = field(default=None, repr=False)  # its pseudo-token u* [m, D]
+    rule: str = "reference"  # what decided: "reference" (the four checks) or "divergence > T"
 
     @property
     def divergence(self) -> float | None:
@@ -192,7 +199,7 @@ class AMDETReport:
         """The report as JSON-ready data (v* and u* as lists)."""
         return {"verdict": self.verdict, "s1": self.s1, "s2": self.s2, "steps": self.steps, "seconds": self.seconds,
                 "nearest_tokens": self.nearest_tokens, "points_to": self.points_to, "checks": self.checks,
-                "pooled": self.pooled, "config": self.config, "v": self.v.tolist(),
+                "pooled": self.pooled, "rule": self.rule, "config": self.config, "v": self.v.tolist(),
                 "u": None if self.u is None else self.u.tolist()}
 
     @property
@@ -212,7 +219,7 @@ class AMDETReport:
             pto = f", read as {p['points_to'][0][0]!r}" if p["points_to"] else ""
             to += (f". Pooled inversion: divergence {p['divergence']:.3f} (consensus {p['consensus']:.3f}, "
                    f"agreement with the anchor {p['anchor_cos']:.3f}); nearest tokens {pnear}{pto}")
-        return (f"AMDET: {self.verdict} (held-out assimilation {self.s1:.3f}; {where}); nearest tokens to the "
+        return (f"AMDET: {self.verdict} by {self.rule} (held-out assimilation {self.s1:.3f}; {where}); nearest tokens to the "
                 f"pseudo-token: {near or 'not computed'}{to}")
 
 
@@ -360,8 +367,8 @@ def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig |
     """Invert a pseudo-token on the shallow set `prompts` (token ids [N, L]) and decide: backdoored iff at
     a check (v frozen, the held-out prompts) r_A > 0.8, r_same > 0.995, r_diff > 0.95 and then rho > 0.8.
     Then, unless cfg.pooled_steps is 0, the pooled inversion on the same split (`invert_pooled`): its
-    divergence is reported beside the verdict, which it does not change (its threshold depends on the
-    backbone: lab/text_zoo.py chooses MiniCLIP's on a calibration zoo).
+    divergence is reported beside the verdict, and with cfg.divergence_threshold (calibrated for the backbone:
+    MINICLIP_DIVERGENCE for MiniCLIP) a D above it also makes the verdict "backdoored".
     suspect / anchor: Backbones (or open_clip CLIP models) whose text towers are compared; their weights do
     not change (their requires_grad is switched off).
     candidates (with `tokenize`, or a Backbone suspect's): texts to name what v* points to (e.g. class prompts)."""
@@ -410,9 +417,14 @@ def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig |
     to = points_to(suspect, held, v_star, candidates, tokenize, cfg) if candidates and tokenize else []
     u_star, pooled_result = (invert_pooled(suspect, anchor, train, held, cfg, candidates, tokenize)
                              if cfg.pooled_steps else (None, {}))
+    rule = "reference"
+    if cfg.divergence_threshold is not None and pooled_result:
+        rule = f"reference or divergence > {cfg.divergence_threshold:g}"
+        if pooled_result["divergence"] > cfg.divergence_threshold:
+            verdict = "backdoored"
     return AMDETReport(verdict=verdict, v=v_star, s1=float(t["l_a"].mean()), s2=float(s2), checks=checks,
                        steps=step, config=asdict(cfg), nearest_tokens=near, points_to=to,
-                       seconds=round(time.time() - t0, 2), pooled=pooled_result, u=u_star)
+                       seconds=round(time.time() - t0, 2), pooled=pooled_result, u=u_star, rule=rule)
 
 
 def _check(obj: Objective, suspect, anchor, held: torch.Tensor, v: torch.Tensor, cfg: AMDETConfig,
