@@ -11,6 +11,7 @@ DIR/manifest.json holds the truth and the attack's measurements; DIR/scans/mNNN.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def scan_one(out: str, profile: str, name: str, cfg: AMDETConfig, n_shallow: int
     anchor = ci.create_backbone("miniclip")
     shallow = suspect.tokenize(ci.world.prompts(n_shallow, SHALLOW_SEED))
     report = scan_text_encoder(suspect, anchor, shallow, cfg, candidates=[f"a {c}." for c in names])
-    data = {k: v for k, v in report.to_dict().items() if k != "v"}
+    data = {k: v for k, v in report.to_dict().items() if k not in ("v", "u")}
     path = Path(out) / "scans" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
@@ -251,12 +252,14 @@ def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | 
     best, best_j = None, float("-inf")
     for name, fn in SCORES.items():
         score = [fn(r["scan"]) for r in rows]
+        if any(math.isnan(v) for v in score):  # scans made before this score existed: not comparable
+            continue
         pos = [v for v, t in zip(score, truth) if t]
         neg = [v for v, t in zip(score, truth) if not t]
         entry = {"auroc": round(auroc(pos, neg), 4), "by_attack": {
             kind: round(auroc([fn(r["scan"]) for r in bad if r["kind"] == kind], neg), 4)
             for kind in sorted({r["kind"] for r in bad})}}
-        if crow:
+        if crow and not any(math.isnan(fn(r["scan"])) for r in crow):
             cpos = [fn(r["scan"]) for r in crow if r["kind"] != "benign"]
             cneg = [fn(r["scan"]) for r in crow if r["kind"] == "benign"]
             t = youden_threshold(cpos, cneg)
@@ -277,8 +280,9 @@ def amdet_figure(rows: list[dict], result: dict, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     kinds = ["benign", "text-on-text", "text-on-pair"]
-    fig, axes = plt.subplots(1, len(SCORES), figsize=(5 * len(SCORES), 3.4))
-    for ax, (name, fn) in zip(axes, SCORES.items()):
+    scores = {name: fn for name, fn in SCORES.items() if name in result["scores"]}
+    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.4), squeeze=False)
+    for ax, (name, fn) in zip(axes[0], scores.items()):
         for i, kind in enumerate(kinds):
             ys = [fn(r["scan"]) for r in rows if r["kind"] == kind]
             ax.scatter([i + (j % 5 - 2) * 0.06 for j in range(len(ys))], ys, s=18, label=f"{kind} ({len(ys)})")

@@ -97,7 +97,7 @@ def shallow_set(n=60):
 
 def test_a_suspect_equal_to_its_anchor_is_benign_and_the_scan_is_reproducible(miniclip):
     prompts = miniclip.tokenize(shallow_set())
-    cfg = AMDETConfig(epochs=1, first_check=2, check_every=2, grid=10)
+    cfg = AMDETConfig(epochs=1, first_check=2, check_every=2, grid=10, pooled_steps=20)
     first = scan_text_encoder(miniclip, miniclip, prompts, cfg)
     # the anchor IS the suspect: every output agrees with the anchor's, so none deviates from it (r_diff 0)
     assert first.verdict == "clean" and first.checks and all(c["r_diff"] == 0.0 for c in first.checks)
@@ -108,6 +108,9 @@ def test_a_suspect_equal_to_its_anchor_is_benign_and_the_scan_is_reproducible(mi
     # the pooled inversion against itself: agreement with the anchor is 1, so D = C - 1 <= 0
     assert first.pooled["anchor_cos"] == pytest.approx(1.0, abs=1e-5) and first.divergence <= 1e-5
     assert first.rule == "reference"
+    # the pooled inversion runs after v* is final, on its own generator: without it, v* is the same
+    alone = scan_text_encoder(miniclip, miniclip, prompts, AMDETConfig(**{**first.config, "pooled_steps": 0}))
+    assert torch.equal(alone.v, first.v) and alone.u is None and alone.pooled == {} and alone.divergence is None
     # 60 prompts: 12 held out, 48 in batches of 10 = 5 steps, checked at steps 2 and 4
     assert first.steps == 5 and [c["step"] for c in first.checks] == [2, 4] and "clean" in first.summary()
 

@@ -48,7 +48,7 @@ EIGEN_EPS = 1e-6  # a Hessian eigenvalue above this counts as positive
 # D's threshold for the embedded MiniCLIP's text tower: the Youden cut on the calibration zoo text-calib
 # (lab/text_zoo.py); on the pre-registered text-eval2 it gave F1 0.974 (benchmarks/amdet_detect.json)
 MINICLIP_DIVERGENCE = 0.697
-POOLED_SEED_OFFSET = 1  # the pooled inversion draws from seed + this, so the assimilation inversion's draws stay as they were
+POOLED_SEED_OFFSET = 1  # the pooled inversion's own generator is seeded seed + this: its draws differ from v's
 LANDSCAPE_RADIUS_768 = 10.0  # the grid's half-width for a 768-wide text tower; scaled by sqrt(D / 768)
 
 
@@ -185,7 +185,7 @@ class AMDETReport:
     nearest_tokens: list[tuple[str, float]] = field(default_factory=list)  # vocabulary tokens nearest v*[0] (cos)
     points_to: list[tuple[str, float]] = field(default_factory=list)  # candidate texts nearest to where v* sends prompts
     seconds: float = 0.0
-    # the pooled inversion: consensus, anchor_cos, divergence, nearest_tokens, points_to, seconds (empty: not run)
+    # the pooled inversion: consensus, anchor_cos, divergence, nearest_tokens, points_to, steps, seconds (empty: not run)
     pooled: dict = field(default_factory=dict)
     u: torch.Tensor | None = field(default=None, repr=False)  # its pseudo-token u* [m, D]
     rule: str = "reference"  # what decided: "reference" (the four checks) or "divergence > T"
@@ -314,7 +314,8 @@ def invert_pooled(suspect, anchor, train: torch.Tensor, held: torch.Tensor, cfg:
     """The pooled inversion: u* [m, D] minimising Lp (module docstring) over batches of `train` prompts (token
     ids [N, L]), then measured on `held`: consensus C, anchor_cos (mean cos of the suspect's and the
     anchor's pooled outputs), divergence D = C - anchor_cos, u*'s nearest vocabulary tokens and, with
-    `candidates`, the texts the held-out prompts carrying u* read as. The towers' weights are not changed
+    `candidates`, the texts the held-out prompts carrying u* read as. Adam with cfg.lr and cfg.weight_decay,
+    cfg.beta on the clean-output term, as the assimilation inversion. The towers' weights are not changed
     (their requires_grad is switched off)."""
     t0 = time.time()
     cfg = cfg or AMDETConfig()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ci_toolkit as ci
 from lab.encoder_zoo import ENCODER_ZOO_PROFILES
-from lab.text_zoo import SCORES, SHALLOW_PROMPTS, SHALLOW_SEED, TEXT_ZOO_PROFILES, rows_with_scans, task_classes, youden_threshold
+from lab.text_zoo import MIN_ASR, SCORES, SHALLOW_PROMPTS, SHALLOW_SEED, TEXT_ZOO_PROFILES, rows_with_scans, task_classes, youden_threshold
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -31,7 +31,7 @@ def _summary(rows: list[dict]) -> dict:
 
 def divergence_threshold(calib: str | Path) -> float:
     """The divergence threshold `bench amdet` takes from a scanned calibration text zoo (Youden J)."""
-    rows = rows_with_scans(calib)
+    rows = [r for r in rows_with_scans(calib) if r["kind"] == "benign" or r["asr"] >= MIN_ASR]  # as bench_amdet
     score = SCORES["divergence"]
     return youden_threshold([score(r["scan"]) for r in rows if r["kind"] != "benign"],
                             [score(r["scan"]) for r in rows if r["kind"] == "benign"])
