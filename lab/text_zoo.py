@@ -217,6 +217,19 @@ def _pooled_row(scan: dict) -> dict:
             "pooled_points_to": (pooled["points_to"] or [[None]])[0][0]}
 
 
+def calib_rows(calib: str | Path) -> list[dict]:
+    """A scanned calibration zoo's rows that count: benign towers and implanted backdoors (ASR >= MIN_ASR)."""
+    return [r for r in rows_with_scans(calib) if r["kind"] == "benign" or r["asr"] >= MIN_ASR]
+
+
+def calib_threshold(rows: list[dict], score) -> tuple[float, float]:
+    """(threshold, Youden J) of a score (a SCORES function of a scan) on calibration rows."""
+    pos = [score(r["scan"]) for r in rows if r["kind"] != "benign"]
+    neg = [score(r["scan"]) for r in rows if r["kind"] == "benign"]
+    t = youden_threshold(pos, neg)
+    return t, sum(v > t for v in pos) / len(pos) - sum(v > t for v in neg) / len(neg)
+
+
 def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | Path | None = None) -> dict:
     """Detection on a scanned text zoo: the reference decision (AMDET.md section 4's thresholds), each
     continuous score's AUROC, and with a `calib` zoo, per score a threshold chosen there (Youden J) and
@@ -245,9 +258,8 @@ def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | 
     if found:  # where the pooled inversion's u* lands on a backdoored tower: one of the trigger's tokens, the target
         result["pooled_on_trigger_token"] = sum(m["pooled_nearest_token"] in m["trigger"].split() for m in found)
         result["pooled_points_to_target"] = sum(m["pooled_points_to"] == m["target"] for m in found)
-    crow = None
+    crow = calib_rows(calib) if calib else None
     if calib:
-        crow = [r for r in rows_with_scans(calib) if r["kind"] == "benign" or r["asr"] >= MIN_ASR]
         result["calib_zoo"] = str(calib)
     best, best_j = None, float("-inf")
     for name, fn in SCORES.items():
@@ -260,10 +272,7 @@ def bench_amdet(zoo: str | Path, calib: str | Path | None = None, figure: str | 
             kind: round(auroc([fn(r["scan"]) for r in bad if r["kind"] == kind], neg), 4)
             for kind in sorted({r["kind"] for r in bad})}}
         if crow and not any(math.isnan(fn(r["scan"])) for r in crow):
-            cpos = [fn(r["scan"]) for r in crow if r["kind"] != "benign"]
-            cneg = [fn(r["scan"]) for r in crow if r["kind"] == "benign"]
-            t = youden_threshold(cpos, cneg)
-            j = sum(v > t for v in cpos) / len(cpos) - sum(v > t for v in cneg) / len(cneg)
+            t, j = calib_threshold(crow, fn)
             entry.update(threshold=round(t, 4), calib_j=round(j, 4), **prf([v > t for v in score], truth))
             if j > best_j:
                 best, best_j = name, j
@@ -298,4 +307,5 @@ def amdet_figure(rows: list[dict], result: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["SCORES", "TEXT_ZOO_PROFILES", "TextZooProfile", "auroc", "bench_amdet", "build_text_zoo", "model_specs"]
+__all__ = ["SCORES", "TEXT_ZOO_PROFILES", "TextZooProfile", "auroc", "bench_amdet", "build_text_zoo", "calib_rows", "calib_threshold",
+           "model_specs"]

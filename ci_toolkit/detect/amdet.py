@@ -188,7 +188,7 @@ class AMDETReport:
     # the pooled inversion: consensus, anchor_cos, divergence, nearest_tokens, points_to, steps, seconds (empty: not run)
     pooled: dict = field(default_factory=dict)
     u: torch.Tensor | None = field(default=None, repr=False)  # its pseudo-token u* [m, D]
-    rule: str = "reference"  # what decided: "reference" (the four checks) or "divergence > T"
+    rule: str = "reference"  # what decided: "reference" (the four checks) or "reference or divergence > T"
 
     @property
     def divergence(self) -> float | None:

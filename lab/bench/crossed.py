@@ -17,7 +17,15 @@ from pathlib import Path
 
 import ci_toolkit as ci
 from lab.encoder_zoo import ENCODER_ZOO_PROFILES
-from lab.text_zoo import MIN_ASR, SCORES, SHALLOW_PROMPTS, SHALLOW_SEED, TEXT_ZOO_PROFILES, rows_with_scans, task_classes, youden_threshold
+from lab.text_zoo import (
+    SCORES,
+    SHALLOW_PROMPTS,
+    SHALLOW_SEED,
+    TEXT_ZOO_PROFILES,
+    calib_rows,
+    calib_threshold,
+    task_classes,
+)
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -31,21 +39,19 @@ def _summary(rows: list[dict]) -> dict:
 
 def divergence_threshold(calib: str | Path) -> float:
     """The divergence threshold `bench amdet` takes from a scanned calibration text zoo (Youden J)."""
-    rows = [r for r in rows_with_scans(calib) if r["kind"] == "benign" or r["asr"] >= MIN_ASR]  # as bench_amdet
-    score = SCORES["divergence"]
-    return youden_threshold([score(r["scan"]) for r in rows if r["kind"] != "benign"],
-                            [score(r["scan"]) for r in rows if r["kind"] == "benign"])
+    return calib_threshold(calib_rows(calib), SCORES["divergence"])[0]
 
 
 def amdet_on_encoder_zoo(zoo: str | Path, threshold: float | None = None) -> dict:
     """AMDET against the zoo's clean encoder (the shipped MiniCLIP or ViT MiniCLIP; the ViT's text tower is the
     ResNet's) as anchor, on every encoder of an `encoder-zoo` build; with `threshold`, also flags by D."""
     zoo = Path(zoo)
-    backbone = ENCODER_ZOO_PROFILES[json.loads((zoo / "manifest.json").read_text())["profile"]["name"]].backbone
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    backbone = ENCODER_ZOO_PROFILES[manifest["profile"]["name"]].backbone
     anchor = ci.create_backbone(backbone)
     shallow = anchor.tokenize(ci.world.prompts(SHALLOW_PROMPTS, SHALLOW_SEED))
     rows = []
-    for r in json.loads((zoo / "manifest.json").read_text())["models"]:
+    for r in manifest["models"]:
         suspect = ci.create_backbone(backbone, weights_file=zoo / "models" / r["name"] / "encoder")
         report = ci.scan_text_encoder(suspect, anchor, shallow)
         rows.append({"name": r["name"], "kind": r["attack"], "verdict": report.verdict, "s1": report.s1,
