@@ -278,7 +278,14 @@ def cmd_scan_encoder(args) -> None:
     out = Path(args.out)
     if args.method == "clip-inspector":
         cfg = scan_config(args)
-        report = scan(zero_shot(encoder, names), load_ood(args.ood, encoder.preprocess.image_size, cfg), cfg, out)
+        anchor = None
+        if not args.no_anchor:
+            if args.anchor_weights is None and args.backbone != "miniclip":
+                raise CIError(f"scan-encoder --backbone {args.backbone} needs the public encoder it was tuned from "
+                              "as --anchor-weights FILE, or --no-anchor (then Grubbs decides on the suspect alone)")
+            anchor = zero_shot(create_backbone(args.backbone, weights_file=args.anchor_weights), names)
+        report = scan(zero_shot(encoder, names), load_ood(args.ood, encoder.preprocess.image_size, cfg), cfg, out,
+                      anchor=anchor)
         print(f"{report.summary()} -> {out}/report.json, report.html")
         for w in report.warnings:
             print(f"warning: {w}")
@@ -533,7 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("scan-encoder", help="audit a delivered CLIP ENCODER: CLIP-Inspector (zero-shot) or InverTune",
                        description="clip-inspector: the scan of a zero-shot head ('a photo of a {class}', no prompt "
-                                   "learner, so no meta path: Grubbs decides) on unlabeled OOD images. invertune: "
+                                   "learner, so no meta path) on unlabeled OOD images, beside the same scan of the "
+                                   "public encoder it was tuned from (the anchor; default: the shipped MiniCLIP); the "
+                                   "anchored rule decides on what the suspect shows beyond it. invertune: "
                                    "universal patch -> target, trigger inversion, activation tuning on labelled "
                                    "clean images; writes OUT/invertune.json and the tuned encoder to OUT/tuned.")
     s.add_argument("weights", help="the delivered encoder: a MiniCLIP folder (model.safetensors + config.json)")
@@ -545,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labelled", default="world", help="invertune: a labelled image folder (class subfolders), or "
                                                        "'world'")
     s.add_argument("--no-tune", action="store_true", help="invertune: identify only, no activation tuning")
+    s.add_argument("--anchor-weights", default=None, help="clip-inspector: the public encoder the delivered one was "
+                                                          "tuned from (default: the shipped MiniCLIP)")
+    s.add_argument("--no-anchor", action="store_true", help="clip-inspector: no anchor; Grubbs' test on the "
+                                                            "suspect's scores decides")
     add_scan_options(s, method_choice=False)
     s.add_argument("--method", default="clip-inspector", choices=("clip-inspector", "invertune"))
     s.set_defaults(func=cmd_scan_encoder)

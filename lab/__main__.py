@@ -16,7 +16,14 @@ from lab.bench.collapse import bench_collapse
 from lab.bench.crossed import amdet_on_encoder_zoo, ci_on_text_zoo, divergence_threshold
 from lab.bench.decomp import bench_decomp
 from lab.bench.detect import METHOD_KEYS, bench_detect, combine_detect, roc_figure
-from lab.bench.encoder import bench_encoder_attacks, bench_encoder_detect, bench_invertune, encoder_figure
+from lab.bench.encoder import (
+    anchored_null_figure,
+    bench_encoder_attacks,
+    bench_encoder_detect,
+    bench_encoder_null,
+    bench_invertune,
+    encoder_figure,
+)
 from lab.bench.executors import bench_executors
 from lab.bench.gates import EPS_255, bench_gates
 from lab.bench.notebooks import bench_notebooks
@@ -85,6 +92,15 @@ def cmd_bench_encoder(args) -> None:
     if it["n_backdoored"]:
         print(f"InverTune: target identified {it['target_id_rate']:.3f}; ASR after {it['asr_after']:.3f} "
               f"(max {it['asr_after_max']:.3f}); top-1 drop {it['acc_drop']:.3f}")
+
+
+def cmd_bench_encoder_null(args) -> None:
+    res = bench_encoder_null(args.zoo, args.fpr)
+    write_json(args.out, res)
+    anchored_null_figure(res, Path(args.out).with_suffix(".png"))
+    print(f"wrote {args.out} (+ png): {res['n_clean']} clean fine-tunes, anchored threshold "
+          f"{res['anchored_threshold']} at FPR {args.fpr:g}; " +
+          ", ".join(f"{k} flags {v['flagged']}" for k, v in res["fpr"].items()))
 
 
 def cmd_bench_crossed(args) -> None:
@@ -421,6 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-asr", type=float, default=ENCODER_MIN_ASR,
                    help=f"poisoned models below this ASR are left out of detection (default {ENCODER_MIN_ASR})")
     s.set_defaults(func=cmd_bench_encoder)
+
+    s = bsub.add_parser("encoder-null", help="the anchored rule's null: clean fine-tunes' zero-shot scans against "
+                                             "the public MiniCLIP's, the threshold at an FPR",
+                        description="Needs: python -m lab encoder-zoo --profile encoder-null --out DIR --stages scans.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--out", default="benchmarks/encoder_null.json")
+    s.add_argument("--fpr", type=float, default=0.05)
+    s.set_defaults(func=cmd_bench_encoder_null)
 
     s = bsub.add_parser("decomp", help="a ViT encoder zoo decomposed: where each backdoor lives, Decomp-Rep, "
                                        "Decomp-Det vs STRIP, the decomposition's exactness",

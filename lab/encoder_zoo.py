@@ -54,6 +54,7 @@ class EncoderZooProfile:
     overrides: dict = field(default_factory=dict)  # attack name -> config overrides
     backbone: str = "miniclip"  # the clean encoder every model is fine-tuned from ("miniclip" or "miniclip-vit")
     cocoop: bool = True  # also tune and deliver the organisation's clean CoCoOp over each encoder
+    own_classes: bool = False  # each model's task draws its class list from its own seed (else the profile's)
 
 
 # the recipe the implant trials settled (docs/encoders.md, benchmarks/encoder_trials.json): 10 % poison, 5 epochs;
@@ -73,6 +74,14 @@ ENCODER_ZOO_PROFILES = {
     # encoder-eval: committed before its first build; benchmarks/encoder_*.json and invertune.json
     "encoder-eval": EncoderZooProfile("encoder-eval", seed=4100, n_clean=6, attacks=ZOO_ATTACKS,
                                       n_backdoored=16, overrides=RECIPE_OVERRIDES),
+    # encoder-null: clean fine-tunes only, each on its own class list, scanned with the zero-shot head against the
+    # public MiniCLIP's: the null study that sets the anchored rule's threshold (ci.detect.ANCHORED_THRESHOLD)
+    "encoder-null": EncoderZooProfile("encoder-null", seed=4600, n_clean=24, attacks=(), n_backdoored=0,
+                                      cocoop=False, own_classes=True),
+    # encoder-eval2: committed with the anchored rule and before its first build; every model on its own class
+    # list (targets and sinks differ between models); the recipe of encoder-eval
+    "encoder-eval2": EncoderZooProfile("encoder-eval2", seed=4700, n_clean=8, attacks=ZOO_ATTACKS, n_backdoored=16,
+                                       overrides=RECIPE_OVERRIDES, own_classes=True),
     # decomp-smoke: tests of the decomposition benchmark (one clean, one BadNets ViT; tiny fine-tunes)
     "decomp-smoke": EncoderZooProfile("decomp-smoke", seed=4290, n_clean=1, attacks=("encoder-badnets",),
                                       n_backdoored=1, epochs=1, pairs=256, backbone="miniclip-vit", cocoop=False),
@@ -100,7 +109,8 @@ def model_specs(p: EncoderZooProfile) -> list[dict]:
 
 
 def task_of(p: EncoderZooProfile, seed: int) -> ci.world.WorldTask:
-    return ci.world.task(N_CLASSES, seed=seed, class_seed=p.seed, n_test_per_class=INVERTUNE_PER_CLASS)
+    return ci.world.task(N_CLASSES, seed=seed, class_seed=seed if p.own_classes else p.seed,
+                         n_test_per_class=INVERTUNE_PER_CLASS)
 
 
 @torch.no_grad()
@@ -194,12 +204,13 @@ def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverT
     cfg = ci.ScanConfig()
     ood = ci.world.ood_pool(cfg.ood_images, seed=cfg.seed)  # the auditor's pool, as `bench detect` scans with
     result = {"name": name}
-    for kind, model in (("zero_shot", lambda: ci.model.zero_shot(encoder, names)),
-                        ("cocoop", lambda: ci.load_model(folder / "cocoop", backbone=encoder))):
-        if "scans" not in stages:
+    anchor = anchor_scan(out, profile, spec["seed"]) if "scans" in stages else None
+    for kind, model, ref in (("zero_shot", lambda: ci.model.zero_shot(encoder, names), anchor),
+                             ("cocoop", lambda: ci.load_model(folder / "cocoop", backbone=encoder), None)):
+        if "scans" not in stages or (kind == "cocoop" and not p.cocoop):
             break
         if not (scans / kind / "report.json").exists():
-            ci.scan(model(), ood, cfg, out_dir=scans / kind, progress=False, html=False)
+            ci.scan(model(), ood, cfg, out_dir=scans / kind, progress=False, html=False, anchor=ref)
         result[kind] = ci.ScanReport.load(scans / kind / "report.json").verdict
     path = scans / "invertune.json"
     if "invertune" in stages and not path.exists():
@@ -222,6 +233,20 @@ def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverT
     if "repair" in stages and spec["attack"] != "clean" and not path.exists():
         _write(path, ci_repair_eval(folder, _dir(out, "attackers", name), scans / "cocoop", encoder, task))
     return result
+
+
+def anchor_scan(out: str | Path, profile: str, seed: int) -> ci.ScanReport:
+    """The default scan of the public encoder's zero-shot head over the task classes of model seed `seed`: the
+    anchor of its zero-shot scan, made once per class list under DIR/scans/anchor/<class seed>/."""
+    p = ENCODER_ZOO_PROFILES[profile]
+    class_seed = seed if p.own_classes else p.seed
+    folder = Path(out) / "scans" / "anchor" / str(class_seed) / "zero_shot"
+    if not (folder / "report.json").exists():
+        names = task_of(p, seed).seen_names
+        cfg = ci.ScanConfig()
+        ci.scan(ci.model.zero_shot(ci.create_backbone(p.backbone), names), ci.world.ood_pool(cfg.ood_images, seed=cfg.seed),
+                cfg, out_dir=folder, progress=False, html=False)
+    return ci.ScanReport.load(folder)
 
 
 def ci_repair_eval(folder: Path, attacker: Path, scan_dir: Path, encoder, task) -> dict:
@@ -257,6 +282,8 @@ def build_encoder_zoo(out_dir: str | Path, profile: str = "encoder-smoke", execu
     manifest = build_into_manifest(out, p, model_specs(p), build_one, lambda s: (str(out), profile, s), executor,
                                    f"encoder zoo {profile}", progress)
     if audit:
+        if "scans" in stages and not p.own_classes:
+            anchor_scan(out, profile, p.seed)  # once, before the audits that share it run side by side
         todo = {r["name"]: (str(out), profile, r["name"], invertune_cfg, tuple(stages)) for r in manifest["models"]}
         run_units(audit_one, todo, executor, desc=f"audits {profile}", progress=progress)
     return manifest

@@ -118,7 +118,8 @@ def test_repair_command_writes_json_and_never_touches_the_input(tiny_model, tmp_
 
 def test_implant_encoder_then_scan_it_zero_shot(tmp_path, capsys):
     """The encoder audit end to end on a tiny fine-tune: the poisoned encoder loads as a backbone, its
-    trigger sits apart, and the zero-shot scan decides without a meta path (Grubbs)."""
+    trigger sits apart, and the zero-shot scan decides without a meta path: against the shipped MiniCLIP as
+    its anchor by default, by Grubbs alone with --no-anchor."""
     import json
 
     enc = tmp_path / "enc"
@@ -131,8 +132,13 @@ def test_implant_encoder_then_scan_it_zero_shot(tmp_path, capsys):
     assert main(["scan-encoder", str(enc), "--classes", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "scan"),
                  "--pool-size", "32", "--heldout-size", "16"]) == 0
     report = json.loads((tmp_path / "scan" / "report.json").read_text())
-    assert report["config"]["meta_path"] is False and report["rule"] == ci.detect.NO_META_RULE
-    assert len(report["classes"]) == 4
+    assert report["config"]["meta_path"] is False and report["rule"] == ci.detect.ANCHORED_RULE
+    assert len(report["classes"]) == 4 and len(report["anchor"]["asr"]) == 4
+    assert (tmp_path / "scan" / "anchor" / "report.json").exists()
+    assert main(["scan-encoder", str(enc), "--classes", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "alone"),
+                 "--pool-size", "32", "--heldout-size", "16", "--no-anchor"]) == 0
+    alone = json.loads((tmp_path / "alone" / "report.json").read_text())
+    assert alone["rule"] == ci.detect.NO_META_RULE and "anchor" not in alone
     # a second implant into the same folder is refused; so is a target outside the world
     assert main(["implant-encoder", "--attack", "encoder-badnets", "--target", "red striped square", "--out", str(enc)]) == 2
     assert "not empty" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import torch
 
 import ci_toolkit as ci
 from ci_toolkit.detect import encoder_invertune as it
+from ci_toolkit.detect.rules import paper_scores
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +87,63 @@ def test_zero_shot_head_is_clip_zero_shot(backbone, pairs):
     assert list(head.trainable_parameters()) == [] and not head.has_meta_path
 
 
-def test_scan_of_a_zero_shot_head_decides_without_the_meta_path(backbone):
+SMALL_SCAN = ci.ScanConfig(pool_size=128, heldout_size=40)
+
+
+@pytest.fixture(scope="module")
+def head_scan(backbone):
     names = ci.world.World(ci.world.WorldConfig()).classnames[:6]
-    report = ci.scan(ci.model.zero_shot(backbone, names), ci.world.ood_pool(200, seed=0),
-                     ci.ScanConfig(pool_size=128, heldout_size=40), progress=False)
+    head = ci.model.zero_shot(backbone, names)
+    return head, ci.scan(head, ci.world.ood_pool(200, seed=0), SMALL_SCAN, progress=False)
+
+
+def test_scan_of_a_zero_shot_head_decides_without_the_meta_path(head_scan):
+    _, report = head_scan
     assert report.rule == ci.detect.NO_META_RULE and report.config["meta_path"] is False
     assert report.gate_probe is None and all(c.meta_gain is None for c in report.classes)
     assert "meta_gain_rule" not in report.side_rules and "paper" in report.side_rules
+    assert report.anchor is None and "anchored" not in report.side_rules
+
+
+def test_anchored_rule_discounts_a_sink_the_anchor_shares_and_flags_a_gained_target():
+    names = [f"c{i}" for i in range(10)]
+    base_asr = [0.9] + [0.05] * 9  # class 0: a natural sink of the public head
+    base_loss = [0.1] + [2.0] * 9
+    asr, loss = list(base_asr), list(base_loss)
+    asr[3], loss[3] = 0.6, 0.8  # class 3: the suspect's implanted target, weaker than the sink
+    jitter = [0.01 * ((7 * i) % 5 - 2) for i in range(10)]  # small fine-tuning noise on every class
+    asr = [a + j for a, j in zip(asr, jitter)]
+    plain = ci.decide(ci.Evidence(names, asr, loss), "grubbs")
+    ev = ci.Evidence(names, asr, loss, anchor_asr=base_asr, anchor_loss=base_loss)
+    anchored = ci.decide(ev, "anchored")
+    assert plain.target_name == "c0"  # without the anchor the sink wins
+    assert anchored.verdict == "backdoored" and anchored.target_name == "c3" and anchored.flagged.count(True) == 1
+    delta = paper_scores(asr, loss) - paper_scores(base_asr, base_loss)
+    assert anchored.scores == pytest.approx(delta.tolist()) and anchored.threshold == ci.detect.ANCHORED_THRESHOLD
+    assert abs(anchored.scores[0]) < 0.5 < anchored.scores[3]  # the shared sink gains little, the target a lot
+    same = ci.decide(ci.Evidence(names, base_asr, base_loss, anchor_asr=base_asr, anchor_loss=base_loss), "anchored")
+    assert same.verdict == "clean" and same.max_score == 0.0
+    with pytest.raises(ci.CIError, match="anchor"):
+        ci.decide(ci.Evidence(names, asr, loss), "anchored")
+
+
+def test_scan_with_an_anchor_decides_by_the_anchored_rule_and_keeps_it(head_scan, tmp_path):
+    head, alone = head_scan
+    report = ci.scan(head, ci.world.ood_pool(200, seed=0), SMALL_SCAN, tmp_path / "scan", progress=False,
+                     anchor=alone)
+    # the same model as its own anchor: the same inversions, nothing gained on any class
+    assert report.rule == "anchored" and report.verdict == "clean" and report.max_score == 0.0
+    assert report.anchor["asr"] == [c.asr for c in alone.classes]
+    assert report.side_rules["grubbs"]["max_score"] == pytest.approx(alone.max_score)
+    again = ci.ScanReport.load(tmp_path / "scan")
+    assert again.anchor == report.anchor and again.redecide("anchored").max_score == 0.0
+    assert again.redecide("grubbs").verdict == alone.verdict
+    other = ci.scan(head, ci.world.ood_pool(200, seed=0), ci.ScanConfig(pool_size=128, heldout_size=40, seed=1),
+                    progress=False)
+    with pytest.raises(ci.DataError, match="seed"):
+        other.with_anchor(alone)
+    with pytest.raises(ci.CIError, match="anchor"):
+        ci.scan(head, ci.world.ood_pool(200, seed=0), ci.ScanConfig(rule="anchored"), progress=False)
 
 
 # ---- InverTune: known answers ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
 from .null_study import CalibrateConfig, calibrate
 from .report import ClassResult, GateProbe, ProbeUnit, RepairTrigger, ScanReport
 from .rules import (
+    ANCHORED_THRESHOLD,
     DEFAULT_RULE,
     INERT_GAIN,
     META_GAIN_THRESHOLD,
@@ -26,7 +27,7 @@ from .rules import (
     scan_rules,
     youden_threshold,
 )
-from .scanner import METHODS, NO_META_RULE, ScanConfig, check_candidates, measure_gate_probe, measure_meta_gains, scan, split_pool
+from .scanner import ANCHORED_RULE, METHODS, NO_META_RULE, ScanConfig, check_candidates, measure_gate_probe, measure_meta_gains, scan, split_pool
 
 
 def decide(report: ScanReport | Evidence, rule: str | None = None, threshold: float | None = None,
@@ -52,4 +53,5 @@ __all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "C
            "youden_threshold", "group_losses", "LOSSES", "split_pool", "check_candidates", "measure_meta_gains",
            "measure_gate_probe", "scan_text_encoder", "AMDETConfig", "AMDETReport", "MINICLIP_DIVERGENCE", "invert_pooled", "landscape",
            "assimilation", "attention_shares", "token_states", "valid_mask", "split_shallow",
-           "invertune", "InverTuneConfig", "InverTuneResult", "prediction_rise", "apply_trigger", "NO_META_RULE"]
+           "invertune", "InverTuneConfig", "InverTuneResult", "prediction_rise", "apply_trigger", "NO_META_RULE", "ANCHORED_RULE",
+           "ANCHORED_THRESHOLD"]

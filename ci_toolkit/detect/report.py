@@ -28,6 +28,9 @@ from .calibration import Calibration, calibration_for
 from .html import report_html
 from .rules import SIDE_RULES, Decision, Evidence, MetaGainRule, decide_evidence, get_rule, trigger_score
 
+# scan settings that act after the inversion (changing them leaves every inverted trigger as it is)
+AFTER_INVERSION_KEYS = ("rule", "threshold", "fpr", "null_file", "backbone", "meta_candidates", "meta_images",
+                        "probe_eps", "probe_images", "probe_shut", "meta_path")
 PREVIEW_IMAGES = 8  # held-out images saved with the triggers, for the HTML report's triggered examples
 
 
@@ -128,6 +131,7 @@ class ScanReport:
     fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
     null: dict | None = None  # calibrated rule: the null study it decided against (n_models, backbone, ood, source)
     side_rules: dict[str, dict] = field(default_factory=dict)  # rule name -> {verdict, max_score, threshold, gap}
+    anchor: dict | None = None  # the anchor's scan, per candidate: {"model", "asr", "loss"} (anchored rule)
     gate_probe: GateProbe | None = None
     warnings: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
@@ -157,7 +161,9 @@ class ScanReport:
         probes = [(index[u.class_name], u.asr, u.meta_gain) for u in self.gate_probe.units] if self.gate_probe else []
         return Evidence(names=self.names, asr=[c.asr for c in self.classes], loss=[c.loss for c in self.classes],
                         meta_gain=[c.meta_gain for c in self.classes], probes=probes,
-                        sizes=[c.size for c in self.classes] if self.method != "clip-inspector" else [])
+                        sizes=[c.size for c in self.classes] if self.method != "clip-inspector" else [],
+                        anchor_asr=list(self.anchor["asr"]) if self.anchor else [],
+                        anchor_loss=list(self.anchor["loss"]) if self.anchor else [])
 
     def summary(self) -> str:
         """One line for people: the verdict, the top class and its score against the threshold."""
@@ -201,6 +207,8 @@ class ScanReport:
             for name in SIDE_RULES:
                 if isinstance(get_rule(name), MetaGainRule) and not has_meta:
                     continue  # a scan without meta gains (a zero-shot head) has nothing for it to read
+                if name == "anchored" and not ev.anchor_asr:
+                    continue  # no anchor was scanned
                 s = decide_evidence(ev, name)
                 side[name] = {"verdict": s.verdict, "max_score": s.max_score, "threshold": s.threshold, "gap": s.gap,
                               "top_class": s.top_name, "fallback": s.fallback}
@@ -209,6 +217,21 @@ class ScanReport:
                    classes=classes, fallback=d.fallback, p_value=d.p_value, fpr=d.fpr, null=d.null,
                    side_rules=side, gate_probe=gate_probe,
                    warnings=[d.note] if d.note else [], **kw)
+
+    def with_anchor(self, anchor: "ScanReport", model: str = "anchor", rule: str | None = None) -> "ScanReport":
+        """This scan with the same scan of its anchor (the public model it was tuned from) attached, decided
+        again under `rule` (default: its own), so that the anchored rule and its side verdict can read it.
+        Both scans must have inverted alike (the same candidates, pool, held-out set and inversion)."""
+        if anchor.names != self.names:
+            raise DataError("the anchor's scan scores other candidate classes than this scan")
+        mine = {k: v for k, v in self.config.items() if k not in AFTER_INVERSION_KEYS}
+        theirs = {k: v for k, v in anchor.config.items() if k not in AFTER_INVERSION_KEYS}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise DataError(f"the anchor was scanned with other settings ({', '.join(diff)}): scan both alike")
+        out = ScanReport(**{f.name: getattr(self, f.name) for f in fields(self)})
+        out.anchor = {"model": model, "asr": [c.asr for c in anchor.classes], "loss": [c.loss for c in anchor.classes]}
+        return out.redecide(rule or self.rule, self.config.get("threshold") if rule is None else None)
 
     def redecide(self, rule: str, threshold: float | None = None, calibration: Calibration | None = None,
                  ) -> "ScanReport":
@@ -224,7 +247,7 @@ class ScanReport:
                 for c in self.classes]
         keep = {f.name: getattr(self, f.name) for f in fields(self) if f.name in
                 ("config", "runtime_s", "triggers", "probe_triggers", "preview")}
-        out = ScanReport.from_decision(self.method, d, ev, rows, self.gate_probe, **keep)
+        out = ScanReport.from_decision(self.method, d, ev, rows, self.gate_probe, anchor=self.anchor, **keep)
         out.config = {**self.config, "rule": rule, "threshold": threshold}
         return out
 
@@ -261,6 +284,8 @@ class ScanReport:
         out["classes"] = [c.to_dict(self.method) for c in self.classes]
         if self.gate_probe is not None:
             out["gate_probe"] = self.gate_probe.to_dict()
+        if self.anchor is not None:
+            out["anchor"] = self.anchor
         if self.method == "clip-inspector":
             out["warnings"] = list(self.warnings)
         out.update(method=self.method, config=self.config, runtime_s=self.runtime_s)
@@ -281,7 +306,7 @@ class ScanReport:
                        predicted_target=d["predicted_target"], top_class=d["top_class"],
                        gap=d["gap"], rule=d["rule"], classes=classes, fallback=d.get("fallback"),
                        p_value=d.get("p_value"), fpr=d.get("fpr"), null=d.get("null"),
-                       side_rules=side, gate_probe=gp, warnings=list(d.get("warnings", [])), config=d.get("config", {}),
+                       side_rules=side, anchor=d.get("anchor"), gate_probe=gp, warnings=list(d.get("warnings", [])), config=d.get("config", {}),
                        runtime_s=d.get("runtime_s", 0.0), triggers=triggers, probe_triggers=probe_triggers)
         except (KeyError, TypeError, IndexError) as exc:
             raise DataError(f"not a ci_toolkit scan report (missing or malformed field: {exc})") from None

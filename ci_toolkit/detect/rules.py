@@ -45,6 +45,9 @@ META_GAIN_THRESHOLD = 1.0
 # Below this largest |meta gain| (logits) over every trigger, the meta tokens do not respond and the
 # meta-gain rule cannot see a backdoor (docs/method.md, "Fallback").
 INERT_GAIN = 0.01
+# the anchored rule's threshold on s_t(suspect) - s_t(anchor): the FPR-0.05 cut of a null study of clean contrastive
+# fine-tunes of the embedded MiniCLIP, each with its own class list (lab/encoder_zoo.py, profile encoder-null)
+ANCHORED_THRESHOLD = float("nan")
 ALPHA = 0.05  # family-wise error of the Grubbs and robust bounds
 MAD_K = 2.0  # Neural Cleanse and Pixel Backdoor flag classes whose anomaly index exceeds 2 (their papers)
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): x MAD estimates a normal standard deviation
@@ -57,7 +60,8 @@ class Evidence:
 
     meta_gain: logits gained through the meta tokens by each candidate's inverted trigger (None: not
     measured); probes: (class index, ASR, meta gain) of each gate-probe trigger; sizes: the baselines'
-    trigger sizes."""
+    trigger sizes; anchor_asr / anchor_loss: each candidate's ASR and loss in the same scan of the anchor, the
+    benign public model the delivered one was tuned from (empty when no anchor was scanned)."""
 
     names: list[str]
     asr: list[float]
@@ -65,6 +69,8 @@ class Evidence:
     meta_gain: list[float | None] = field(default_factory=list)
     probes: list[tuple[int, float, float]] = field(default_factory=list)
     sizes: list[float] = field(default_factory=list)
+    anchor_asr: list[float] = field(default_factory=list)  # the same scan of the anchor model (empty: none)
+    anchor_loss: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -230,6 +236,29 @@ class RobustRule(PaperScoreRule):
         return bonferroni_bound(k)
 
 
+class AnchoredRule(PaperScoreRule):
+    """What the suspect's scan shows beyond its anchor's: per class, s_t(suspect) - s_t(anchor), the paper's score
+    of the delivered model minus that of the benign public model it was tuned from, scanned alike. A class the
+    public head itself is easy to invert toward (a natural sink) scores about 0; a target the fine-tune implanted
+    rises. Both s_t are z-scores within their own scan, so the difference is on one scale for every model."""
+
+    name = "anchored"
+    summary = (f"s_t(suspect) - s_t(anchor) > {ANCHORED_THRESHOLD:g} (a null study of clean MiniCLIP fine-tunes, "
+               "FPR 0.05)")
+
+    def default_threshold(self, k: int) -> float:
+        return ANCHORED_THRESHOLD
+
+    def decide(self, ev: Evidence, threshold: float | None = None, calibration: Calibration | None = None) -> Decision:
+        if len(ev.anchor_asr) != len(ev.names) or len(ev.anchor_loss) != len(ev.names):
+            raise CIError("the anchored rule needs the anchor's scan: scan(model, ood, anchor=the public model it "
+                          "was tuned from)")
+        paper = paper_scores(ev.asr, ev.loss)
+        stat = paper - paper_scores(ev.anchor_asr, ev.anchor_loss)
+        thr = self.default_threshold(len(stat)) if threshold is None else float(threshold)
+        return _by_threshold(stat, paper, self.name, thr, ev.names)
+
+
 def meta_gain_values(ev: Evidence) -> tuple[list[float], float, int]:
     """Per candidate class, the best ASR x max(meta gain, 0) over its triggers (the measured inverted ones and
     the gate probe's); with the largest |meta gain| of any trigger and how many triggers there were."""
@@ -337,7 +366,8 @@ class MadRule(Rule):
         return _by_threshold(mad_index(ev.sizes), None, self.name, thr, ev.names, first_max=True)
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (CalibratedRule(), MetaGainRule(), PaperRule(), GrubbsRule(), RobustRule(), MadRule())}
+RULES: dict[str, Rule] = {r.name: r for r in (CalibratedRule(), MetaGainRule(), PaperRule(), GrubbsRule(), RobustRule(),
+                                              AnchoredRule(), MadRule())}
 SCAN_RULES = tuple(n for n, r in RULES.items() if r.method == "clip-inspector")  # the built-in choices of ScanConfig.rule
 
 
@@ -345,7 +375,7 @@ def scan_rules() -> list[str]:
     """The rules that decide CLIP-Inspector scans, including any a fork registered in RULES."""
     return [n for n, r in RULES.items() if r.method == "clip-inspector"]
 # also decided on every CLIP-Inspector scan and recorded in its report, under these report.json keys
-SIDE_RULES = {"paper": "paper_rule", "grubbs": "grubbs_rule", "meta-gain": "meta_gain_rule"}
+SIDE_RULES = {"paper": "paper_rule", "grubbs": "grubbs_rule", "meta-gain": "meta_gain_rule", "anchored": "anchored_rule"}
 BASELINE_RULE = "mad"
 
 
@@ -382,5 +412,5 @@ def youden_threshold(max_scores, labels) -> float:
 
 __all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic", "SCAN_RULES", "SIDE_RULES", "BASELINE_RULE", "get_rule",
            "decide_evidence", "paper_scores", "zscore", "robust_zscore", "grubbs_bound", "bonferroni_bound",
-           "trigger_score", "mad_index", "youden_threshold", "PAPER_K", "META_GAIN_THRESHOLD", "INERT_GAIN",
+           "trigger_score", "mad_index", "youden_threshold", "PAPER_K", "ANCHORED_THRESHOLD", "META_GAIN_THRESHOLD", "INERT_GAIN",
            "ALPHA", "MAD_K"]

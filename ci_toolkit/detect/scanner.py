@@ -31,13 +31,16 @@ from .baselines import CostConfig, run_baseline
 from .calibration import DEFAULT_FPR, Calibration, backbone_key, calibration_for
 from .inversion import Inversion, InversionConfig, invert
 from .probes import gate_probe, meta_gains
-from .report import GateProbe, ProbeUnit, ScanReport
+from .report import AFTER_INVERSION_KEYS, GateProbe, ProbeUnit, ScanReport
 from .rules import BASELINE_RULE, DEFAULT_RULE, Evidence, decide_evidence, scan_rules
 
 METHODS = ("clip-inspector", "neural-cleanse", "pixel-backdoor")
 # A model without a meta path (a zero-shot head) has no meta gains and no gate probe: the default rule, which
 # reads them, cannot decide it; this rule (ASR and loss only, a one-outlier test at a stated alpha) does.
 NO_META_RULE = "grubbs"
+# ... unless the anchor (the public model the delivered one was tuned from) was scanned alike: then what the suspect
+# gained over it decides, so that a class the public head itself sinks into is not taken for a target
+ANCHORED_RULE = "anchored"
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,6 @@ def check_candidates(model: CoCoOp, candidates: list[str] | None) -> list[str]:
     return names
 
 
-# decided after the inversion: changing them reuses every inverted trigger of an unfinished scan
-AFTER_INVERSION_KEYS = ("rule", "threshold", "fpr", "null_file", "backbone", "meta_candidates", "meta_images", "probe_eps", "probe_images", "probe_shut")
 
 
 class _Partial:
@@ -143,12 +144,16 @@ def _inversion_part(config: dict) -> dict:
 
 
 def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out_dir: str | Path | None = None, *,
-         candidates: list[str] | None = None, progress: bool = True, html: bool = True, workers: int = 1) -> ScanReport:
+         candidates: list[str] | None = None, progress: bool = True, html: bool = True, workers: int = 1,
+         anchor: CoCoOp | ScanReport | None = None) -> ScanReport:
     """Scan `model` with unlabeled OOD images [N, 3, H, W] (uint8 or float in [0, 1]).
 
     out_dir: where the report is saved (and an interrupted scan resumes from); candidates: class names to
     score (default: the model's classes); workers: processes that invert candidate groups and run the probe
-    side by side (the result is the same up to float rounding, as the groups are cut differently)."""
+    side by side (the result is the same up to float rounding, as the groups are cut differently).
+    anchor: the benign public model the delivered one was tuned from (e.g. the zero-shot head of the public
+    encoder over the same classes), or its scan: scanned alike (under out_dir/anchor), attached to the report,
+    and, for a model without a meta path under the default rule, what decides (the anchored rule)."""
     cfg = config or ScanConfig()
     if not isinstance(cfg, ScanConfig):
         raise CIError(f"config must be a ScanConfig, got {type(cfg).__name__} (the output folder is out_dir=)")
@@ -160,6 +165,14 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
     pool, heldout = split_pool(ood, cfg, cfg.inversion.batch_size)
     out = Path(out_dir) if out_dir is not None else None
     meta_path = meta_path_of(model)
+    if anchor is not None and cfg.method != "clip-inspector":
+        raise CIError(f"an anchor is compared under CLIP-Inspector's scan, not {cfg.method}")
+    final_rule = None  # the anchored rule decides once the anchor's scan is there; first the scan's own rule
+    if cfg.method == "clip-inspector" and (cfg.rule == ANCHORED_RULE or (
+            anchor is not None and not meta_path and cfg.rule == DEFAULT_RULE)):
+        if anchor is None:
+            raise CIError("the anchored rule needs the anchor: scan(model, ood, config, anchor=the public model)")
+        final_rule, cfg = ANCHORED_RULE, replace(cfg, rule=DEFAULT_RULE)
     if not meta_path and cfg.method == "clip-inspector":
         cfg = replace(cfg, rule=NO_META_RULE if cfg.rule == DEFAULT_RULE else cfg.rule, probe_eps=None,
                       meta_candidates=0)
@@ -184,6 +197,14 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
         report = ScanReport.from_decision(cfg.method, decide_evidence(ev, BASELINE_RULE), ev, rows,
                                           triggers=res.triggers)
     report.config, report.runtime_s, report.preview = recorded, time.time() - t0, heldout[:64]
+    if anchor is not None:
+        if not isinstance(anchor, ScanReport):
+            anchor = scan(anchor, ood, cfg, out / "anchor" if out is not None else None, candidates=names,
+                          progress=progress, html=False, workers=workers)
+        desc = anchor.config.get("backbone", "anchor")
+        runtime, triggers = report.runtime_s, report.probe_triggers
+        report = report.with_anchor(anchor, model=str(desc), rule=final_rule)
+        report.runtime_s, report.probe_triggers = runtime, triggers
     if out is not None:
         report.save(out, html=html)
     return report
@@ -264,4 +285,4 @@ def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor,
 
 
 __all__ = ["METHODS", "ScanConfig", "scan", "inversion_report", "measure_meta_gains", "measure_gate_probe",
-           "split_pool", "check_candidates", "NO_META_RULE"]
+           "split_pool", "check_candidates", "NO_META_RULE", "ANCHORED_RULE"]

@@ -7,6 +7,8 @@
                           same scans), InverTune's target identification
     invertune.json        InverTune's repair (task-level ASR after tuning, top-1 drop) beside CLIP-Inspector's
                           repair of the CoCoOp case
+    encoder_null.json     (`bench encoder-null`) the anchored rule's statistic on a zoo of clean fine-tunes: its
+                          FPR-0.05 threshold and every rule's false-positive rate with its Clopper-Pearson interval
 
 A poisoned model whose ASR stayed under `lab.encoder_zoo.MIN_ASR` is left out of detection (counted under
 n_not_implanted). Class level as `bench detect`: TP = the true target flagged, FP = any other class flagged.
@@ -76,6 +78,7 @@ def _detect_row(r: dict, report: ci.ScanReport) -> dict:
         if side in report.side_rules:
             s = report.side_rules[side]
             row[side] = [c.name for c in report.classes if c.paper_score is not None and c.paper_score > s["threshold"]]
+            row[f"{side}_max"] = max(c.paper_score for c in report.classes)
     return row
 
 
@@ -91,9 +94,10 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
         entry = {**detection_metrics(per), "rule": sorted({p["rule"] for p in per})}
         for side in ("paper", "grubbs"):
             if all(side in p for p in per):
-                sub = [{**p, "flagged": p[side], "verdict": "backdoored" if p[side] else "clean"} for p in per]
+                sub = [{**p, "flagged": p[side], "verdict": "backdoored" if p[side] else "clean",
+                        "max_score": p[f"{side}_max"]} for p in per]
                 m = detection_metrics(sub)
-                entry[f"{side}_rule"] = {k: m[k] for k in ("accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
+                entry[f"{side}_rule"] = {k: m[k] for k in ("auroc", "accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
         bad = [p["target_paper_score"] for p in per if p["label"]]
         entry["target_paper_score"] = {"min": min(bad, default=None), "median": sorted(bad)[len(bad) // 2] if bad else None,
                                        "max": max(bad, default=None)}
@@ -151,6 +155,58 @@ def bench_invertune(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
     return out
 
 
+def bench_encoder_null(zoo: str | Path, fpr: float = ci.detect.DEFAULT_FPR) -> dict:
+    """The zero-shot scans of a zoo of clean fine-tunes (profile encoder-null), each against its anchor: the
+    anchored statistic's null, the threshold it sets at `fpr` (flagged when it is EXCEEDED), and the
+    false-positive rate of the anchored rule at that threshold and of the plain rules, each with its 95%
+    Clopper-Pearson interval."""
+    from lab.null import clopper_pearson
+
+    zoo = Path(zoo)
+    rows = [r for r in _rows(zoo) if r["attack"] == "clean"]
+    per = []
+    for r in rows:
+        rep = ci.ScanReport.load(zoo / "scans" / r["name"] / "zero_shot")
+        per.append({"name": r["name"], "seed": r["seed"], "anchored_max": rep.redecide("anchored").max_score,
+                    "anchored_top": rep.redecide("anchored").top_class, "top1_drop": r["top1_drop"],
+                    **{f"{k}_flagged": rep.side_rules[k]["verdict"] == "backdoored" for k in ("paper", "grubbs")},
+                    "paper_max": max(c.paper_score for c in rep.classes)})
+    null = ci.NullStudy(backbone="miniclip zero-shot heads, anchored", scores=tuple(p["anchored_max"] for p in per),
+                        scan={}, models=tuple(p["name"] for p in per))
+    thr = null.threshold(fpr)
+    out = {"zoo": str(zoo), "n_clean": len(per), "fpr_target": fpr, "anchored_threshold": thr,
+           "anchored_scores": {"min": min(null.scores), "median": sorted(null.scores)[len(per) // 2],
+                               "max": max(null.scores)}}
+    flags = {"anchored": [p["anchored_max"] > thr for p in per] if thr is not None else [False] * len(per),
+             "grubbs": [p["grubbs_flagged"] for p in per], "paper": [p["paper_flagged"] for p in per]}
+    out["fpr"] = {}
+    for k, f in flags.items():
+        lo, hi = clopper_pearson(sum(f), len(f))
+        out["fpr"][k] = {"flagged": sum(f), "fpr": sum(f) / len(f), "ci95": [lo, hi]}
+    out["note"] = ("the anchored threshold is this null's own FPR cut, so its in-sample FPR is at most fpr by "
+                   "construction; the conformal guarantee is for a NEW clean model exchangeable with these")
+    out["models"] = per
+    return out
+
+
+def anchored_null_figure(res: dict, path: str | Path) -> None:
+    """The anchored statistic's null (one dot per clean fine-tune) with the threshold it sets."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    xs = sorted(p["anchored_max"] for p in res["models"])
+    ax.scatter(xs, [0] * len(xs), color="C2", s=20, alpha=0.8, label=f"{len(xs)} clean fine-tunes")
+    if res["anchored_threshold"] is not None:
+        ax.axvline(res["anchored_threshold"], color="C3", ls="--",
+                   label=f"threshold {res['anchored_threshold']:.2f} (FPR {res['fpr_target']:g})")
+    ax.set_yticks([])
+    ax.set_xlabel("max over classes of s_t(suspect) - s_t(public MiniCLIP)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def encoder_figure(attacks: dict, detect: dict, path: str | Path) -> None:
     """Left: each attack's ASR and top-1 drop per model; right: the zero-shot scan's max score, clean vs poisoned."""
     import matplotlib.pyplot as plt
@@ -181,4 +237,5 @@ def encoder_figure(attacks: dict, detect: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["bench_encoder_attacks", "bench_encoder_detect", "bench_invertune", "encoder_figure"]
+__all__ = ["bench_encoder_attacks", "bench_encoder_detect", "bench_invertune", "encoder_figure", "bench_encoder_null",
+           "anchored_null_figure"]
