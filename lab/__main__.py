@@ -84,6 +84,8 @@ def cmd_bench_encoder(args) -> None:
     write_json(out / "encoder_detect.json", detect)
     encoder_figure(attacks, detect, out / "encoder_detect.png")
     for key in ("clip_inspector_zero_shot", "clip_inspector_cocoop"):
+        if key not in detect:
+            continue
         d = detect[key]
         print(f"{key}: AUROC {d['auroc']:.3f}, F1 {d['f1']:.3f}, FPR {d['fpr']:.3f}, TPR {d['tpr']:.3f} "
               f"({detect['n_backdoored']} poisoned, {detect['n_clean']} clean)")
@@ -281,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="units run in parallel")
     s.add_argument("--no-audit", action="store_true", help="build only")
     s.add_argument("--stages", default=",".join(AUDIT_STAGES),
-                   help="audits to run, comma-separated (scans, invertune, repair); each skips what is on disk")
+                   help="audits to run, comma-separated (zero_shot, cocoop, invertune, repair; scans = both "
+                        "scans); each skips what is on disk")
     add_executor_args(s)
     s.set_defaults(func=cmd_encoder_zoo)
 
@@ -465,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench_crossed)
 
     s = bsub.add_parser("invertune-calib", help="choose InverTune's tuning lr for MiniCLIP on a calibration zoo",
-                        description="InverTune with each lr of lab.encoder_zoo.TUNE_LRS on every poisoned model of an "
+                        description="InverTune with each lr of lab.encoder_zoo.TUNE_LRS on the BadNets models of an "
                                     "`encoder-zoo --profile encoder-calib` build; the lowest ASR within the top-1 bound. "
                                     "Resumable: the (lr, model) runs in OUT are kept.")
     s.add_argument("--zoo", required=True)

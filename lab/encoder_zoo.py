@@ -36,7 +36,12 @@ EVAL_PAIRS = 1000  # held-out pretraining-domain images for the 300-class ASR an
 EVAL_PAIR_SEED = 888_001
 EVAL_PER_CLASS = 25  # task-domain labelled images per base class for the task-level ASR and top-1 (seed EVAL_SEED)
 EVAL_SEED = 990_000
-INVERTUNE_PER_CLASS = 20  # the defender's labelled clean set for InverTune: the task's test split, base classes
+INVERTUNE_PER_CLASS = 20  # the task's test split per class (the CoCoOp's held-out set)
+# InverTune's defender set D (INVERTUNE.md section 4: the 300-class vocabulary, generated images from seeds apart
+# from the poisoning's and the evaluation's): 2,000 labelled pretraining-domain images, a fifth of the spec's 10K
+# for this CPU (stage 1 draws 500 batches of 64 whatever D's size)
+INVERTUNE_POOL = 2000
+INVERTUNE_SEED = 555_000
 MIN_ASR = 0.5  # a poisoned model counts as implanted (and enters detection) at this 300-class ASR
 
 
@@ -184,16 +189,18 @@ def _write(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=1, default=float))
 
 
-AUDIT_STAGES = ("scans", "invertune", "repair")
+AUDIT_STAGES = ("zero_shot", "cocoop", "invertune", "repair")
+STAGE_ALIASES = {"scans": ("zero_shot", "cocoop")}  # both CLIP-Inspector scans
 
 
 def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverTuneConfig | None = None,
               stages: tuple[str, ...] = AUDIT_STAGES) -> dict:
-    """The audits of one delivered model, each written as it finishes (a rerun skips those on disk). scans:
-    CLIP-Inspector's default scan (its world OOD pool) of the zero-shot head and of the clean CoCoOp;
-    invertune: InverTune on the task's labelled test split, its tuning measured with the true trigger (on a
-    clean control only stages 1-2 run: nothing is measured on its tuned copy); repair: CLIP-Inspector's repair
-    of the CoCoOp case."""
+    """The audits of one delivered model, each written as it finishes (a rerun skips those on disk). zero_shot /
+    cocoop ("scans": both): CLIP-Inspector's default scan (its world OOD pool) of the zero-shot head, against
+    the public MiniCLIP's head as its anchor, and of the clean CoCoOp; invertune: InverTune on its defender set
+    (`invertune_set`), its tuning measured with the true trigger (on a clean control only stages 1-2 run:
+    nothing is measured on its tuned copy); repair: CLIP-Inspector's repair of the CoCoOp case."""
+    stages = tuple(s for stage in stages for s in STAGE_ALIASES.get(stage, (stage,)))
     p = ENCODER_ZOO_PROFILES[profile]
     spec = next(s for s in model_specs(p) if s["name"] == name)
     scans = _dir(out, "scans", name)
@@ -204,18 +211,18 @@ def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverT
     cfg = ci.ScanConfig()
     ood = ci.world.ood_pool(cfg.ood_images, seed=cfg.seed)  # the auditor's pool, as `bench detect` scans with
     result = {"name": name}
-    anchor = anchor_scan(out, profile, spec["seed"]) if "scans" in stages else None
+    anchor = anchor_scan(out, profile, spec["seed"]) if "zero_shot" in stages else None
     for kind, model, ref in (("zero_shot", lambda: ci.model.zero_shot(encoder, names), anchor),
                              ("cocoop", lambda: ci.load_model(folder / "cocoop", backbone=encoder), None)):
-        if "scans" not in stages or (kind == "cocoop" and not p.cocoop):
-            break
+        if kind not in stages or (kind == "cocoop" and not p.cocoop):
+            continue
         if not (scans / kind / "report.json").exists():
             ci.scan(model(), ood, cfg, out_dir=scans / kind, progress=False, html=False, anchor=ref)
         result[kind] = ci.ScanReport.load(scans / kind / "report.json").verdict
     path = scans / "invertune.json"
     if "invertune" in stages and not path.exists():
-        x, y = task.split("test", "seen")
-        res = ci.detect.invertune(encoder, names, x, y, invertune_cfg, tune=spec["attack"] != "clean", progress=False)
+        res = ci.detect.invertune(encoder, *invertune_set(), invertune_cfg, tune=spec["attack"] != "clean",
+                                  progress=False)
         evaluation = {}
         if spec["attack"] != "clean":
             attack = ci.load_attack(_dir(out, "attackers", name))
@@ -233,6 +240,13 @@ def audit_one(out: str, profile: str, name: str, invertune_cfg: ci.detect.InverT
     if "repair" in stages and spec["attack"] != "clean" and not path.exists():
         _write(path, ci_repair_eval(folder, _dir(out, "attackers", name), scans / "cocoop", encoder, task))
     return result
+
+
+def invertune_set() -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """InverTune's vocabulary (the 300 world classes) and its labelled defender set D."""
+    w = ci.world.World(ci.world.WorldConfig())
+    x, y = w.sample(INVERTUNE_POOL, seed=INVERTUNE_SEED, domain="pretrain")
+    return w.classnames, x, y
 
 
 def anchor_scan(out: str | Path, profile: str, seed: int) -> ci.ScanReport:
@@ -282,52 +296,51 @@ def build_encoder_zoo(out_dir: str | Path, profile: str = "encoder-smoke", execu
     manifest = build_into_manifest(out, p, model_specs(p), build_one, lambda s: (str(out), profile, s), executor,
                                    f"encoder zoo {profile}", progress)
     if audit:
-        if "scans" in stages and not p.own_classes:
+        if {"scans", "zero_shot"} & set(stages) and not p.own_classes:
             anchor_scan(out, profile, p.seed)  # once, before the audits that share it run side by side
         todo = {r["name"]: (str(out), profile, r["name"], invertune_cfg, tuple(stages)) for r in manifest["models"]}
         run_units(audit_one, todo, executor, desc=f"audits {profile}", progress=progress)
     return manifest
 
 
-# tuning learning rates tried on the calibration zoo: the paper's RN50 value (8e-6) and larger ones up to 1e-4, where
-# the BadNets model's clean top-1 already fell 12 points
-TUNE_LRS = (8e-6, 2e-5, 4e-5, 1e-4)
-MAX_ACC_DROP = 0.03  # the issue's bound on InverTune's clean top-1 drop
+# tuning learning rates tried on the calibration zoo: INVERTUNE.md section 4's grid, the paper's RN50 value 8e-6 and
+# x10 steps up to 1e-3
+TUNE_LRS = (8e-6, 8e-5, 8e-4)
+MAX_ACC_DROP = 0.03  # the issue's bound on InverTune's clean top-1 drop (300-class zero-shot, the spec's CA)
 
 
 def calibrate_invertune(zoo: str | Path, out: str | Path, lrs=TUNE_LRS) -> dict:
-    """InverTune's tuning lr for MiniCLIP, chosen on a built calibration zoo (every poisoned model in it): for
-    each lr the task-level ASR of the true trigger and the top-1 after tuning. Each (lr, model) result is written
-    to `out` as it finishes and kept on a rerun. The choice is the lr with the lowest mean ASR among those
-    whose largest top-1 drop stays within MAX_ACC_DROP."""
+    """InverTune's tuning lr for MiniCLIP, chosen on the BadNets models of a built calibration zoo (INVERTUNE.md
+    section 4: a planted BadNets model): for each lr the true trigger's 300-class ASR and the 300-class top-1
+    after tuning. Each (lr, model) result is written to `out` as it finishes and kept on a rerun. The choice is
+    the lr with the lowest mean ASR among those whose largest top-1 drop stays within MAX_ACC_DROP."""
     zoo, out = Path(zoo), Path(out)
     manifest = json.loads((zoo / "manifest.json").read_text())
     p = ENCODER_ZOO_PROFILES[manifest["profile"]["name"]]
     world_names = ci.world.WorldConfig().classnames()
-    rows = [r for r in manifest["models"] if r["attack"] != "clean"]
+    rows = [r for r in manifest["models"] if r["attack"] == "encoder-badnets"]
     done = json.loads(out.read_text())["runs"] if out.exists() else []
+    vocab, dx, dy = invertune_set()
     for lr in lrs:
         for r in rows:
             if any(d["tune_lr"] == lr and d["name"] == r["name"] for d in done):
                 continue
             encoder = ci.create_backbone(p.backbone, weights_file=_dir(zoo, "models", r["name"]) / "encoder")
             task = task_of(p, r["seed"])
-            x, y = task.split("test", "seen")
-            res = ci.detect.invertune(encoder, task.seen_names, x, y, ci.detect.InverTuneConfig(tune_lr=lr),
-                                      progress=False)
+            res = ci.detect.invertune(encoder, vocab, dx, dy, ci.detect.InverTuneConfig(tune_lr=lr), progress=False)
             attack = ci.load_attack(_dir(zoo, "attackers", r["name"]))
             before = measure(encoder, attack, r["target"], task.seen_names, world_names)
             after = measure(res.backbone, attack, r["target"], task.seen_names, world_names)
             done.append({"tune_lr": lr, "name": r["name"], "attack": r["attack"],
-                         "identified": res.target_name == r["target"], "asr_task_before": before["asr_task"],
-                         "asr_task_after": after["asr_task"], "acc_drop": before["top1_task"] - after["top1_task"],
-                         "seconds": res.seconds})
+                         "identified": res.target_name == r["target"], "asr_before": before["asr"],
+                         "asr_after": after["asr"], "asr_task_after": after["asr_task"],
+                         "acc_drop": before["top1"] - after["top1"], "seconds": res.seconds})
             print(done[-1], flush=True)
             _write(out, {"zoo": str(zoo), "runs": done})
     trials = []
     for lr in sorted({d["tune_lr"] for d in done}):
         per = [d for d in done if d["tune_lr"] == lr]
-        trials.append({"tune_lr": lr, "n_models": len(per), "asr_after": sum(m["asr_task_after"] for m in per) / len(per),
+        trials.append({"tune_lr": lr, "n_models": len(per), "asr_after": sum(m["asr_after"] for m in per) / len(per),
                        "acc_drop_max": max(m["acc_drop"] for m in per)})
     complete = [t for t in trials if t["n_models"] == len(rows)]
     ok = [t for t in complete if t["acc_drop_max"] <= MAX_ACC_DROP] or complete

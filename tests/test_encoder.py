@@ -1,6 +1,8 @@
 """Image-encoder backdoors: the poisoning attacks, the zero-shot head CLIP-Inspector scans, and InverTune's
 pieces with known answers (INVERTUNE.md section 5)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -224,3 +226,18 @@ def test_invertune_runs_end_to_end_and_reports(backbone, pairs):
     d = res.to_dict()
     assert "backbone" not in d and d["rise"][0]["name"] == res.target_name and "summary" not in d
     assert "target" in res.summary()
+
+
+def test_stage_one_linf_stays_in_its_bound_and_both_forms_pick_the_larger_rise(backbone, pairs):
+    x, y, names = pairs
+    text = ci.model.class_text_features(backbone.clip, names)
+    delta = it.universal_linf(backbone, text, x, it.predict(backbone, text, x), SMALL)
+    assert delta.shape == (3, 48, 48) and float(delta.abs().max()) <= SMALL.uap_eps + 1e-7
+    res = ci.detect.invertune(backbone, names, x, y, SMALL, tune=False, progress=False)
+    assert set(res.uap_top) == {"patch", "linf"} and res.uap_form in res.uap_top
+    assert res.uap_top[res.uap_form]["rise"] == max(v["rise"] for v in res.uap_top.values())
+    assert res.rise[0]["rise"] == res.uap_top[res.uap_form]["rise"]
+    one = ci.detect.invertune(backbone, names, x, y, replace(SMALL, uap="patch"), tune=False, progress=False)
+    assert set(one.uap_top) == {"patch"} and one.uap_form == "patch"
+    with pytest.raises(ci.CIError, match="universal perturbation"):
+        it.InverTuneConfig(uap="gaussian")

@@ -4,8 +4,8 @@
     result.target, result.inverted_asr, result.critical_layers
     fixed = result.backbone                                      # the tuned copy; `backbone` is unchanged
 
-Stage 1 (Eq. 1): an untargeted universal patch on the defender pool D; the target is the class whose share of
-predictions rises most. Stage 2 (Eq. 2-7): a mask m and pattern p (3 x H x W) with x~ = m p + (1 - m) x,
+Stage 1 (Eq. 1): an untargeted universal patch (or, as an option, an L-inf perturbation of the whole image) on the
+defender pool D; the target is the class whose share of predictions rises most. Stage 2 (Eq. 2-7): a mask m and pattern p (3 x H x W) with x~ = m p + (1 - m) x,
 inverted toward the target (alignment + embedding + SSIM + L1 mask). Stage 3 (Eq. 8-11): layers whose clean vs
 triggered mean activations differ by more than mean + std are critical; 2-means on per-channel differences picks
 the neurons; only those channels' output rows are tuned to make triggered activations equal clean ones while
@@ -31,13 +31,19 @@ from ..model.miniclip import class_text_features
 
 # INVERTUNE.md section 4: ResNet stage outputs are the candidate layers (open_clip's ModifiedResNet)
 RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+UAP_FORMS = ("patch", "linf", "both")  # stage 1's universal perturbation (INVERTUNE.md section 6.1)
 
 
 @dataclass(frozen=True)
 class InverTuneConfig:
     """INVERTUNE.md sections 2 and 4 (exact values there; *reconstructed* ones marked so)."""
 
-    # stage 1: the universal patch (reconstructed: AdvCLIP's patch objective without its GAN terms)
+    # stage 1: the universal perturbation (reconstructed: AdvCLIP's patch objective without its GAN terms).
+    # uap "patch": a square patch (the spec's default); "linf": a full-image perturbation within uap_eps (its
+    # option); "both": each, and the one whose top class rose more names the target (on encoder-calib the patch
+    # found the BadNets target, rise 0.99 against 0.01, and the L-inf form the Blended one, 0.92 against 0.01)
+    uap: str = "both"
+    uap_eps: float = 8 / 255
     uap_area: float = 0.03  # patch side = floor(sqrt(uap_area H W)): 8 px at 48 px
     uap_margin: float = 14 / 224  # distance from the bottom and right edges, a fraction of H: 3 px at 48 px
     uap_steps: int = 500
@@ -60,6 +66,8 @@ class InverTuneConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.uap not in UAP_FORMS:
+            raise CIError(f"unknown universal perturbation {self.uap!r}; choose one of {list(UAP_FORMS)}")
         if len(self.lambdas) != 4:
             raise CIError("lambdas are four weights: (align, emb, sim, mask)")
 
@@ -168,6 +176,30 @@ def universal_patch(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, 
         with torch.no_grad():
             patch.clamp_(0, 1)
     return patch.detach(), (r, c)
+
+
+def universal_linf(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, pred: torch.Tensor,
+                   cfg: InverTuneConfig) -> torch.Tensor:
+    """Stage 1's option: an untargeted full-image perturbation d [3, H, W] with |d| <= uap_eps, the patch's loss
+    on x + d (clamped to [0, 1]); Adam, projected after every step."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    delta = ((torch.rand(pool.shape[1:], generator=g) * 2 - 1) * cfg.uap_eps).requires_grad_(True)
+    opt = torch.optim.Adam([delta], lr=cfg.uap_lr * cfg.uap_eps)  # steps a fixed share of the bound
+    for _ in range(cfg.uap_steps):
+        idx = torch.randint(len(pool), (cfg.uap_batch,), generator=g)
+        x = pool[idx]
+        xa = (x + delta).clamp(0, 1)
+        with torch.no_grad():
+            e_clean = _embed(backbone, x)
+        e_adv = _embed(backbone, xa)
+        loss = -10 * (_nce(e_adv, e_clean, cfg.nce_temperature) + 5 * _nce(e_adv, text[pred[idx]], cfg.nce_temperature))
+        loss = loss + F.mse_loss(xa, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            delta.clamp_(-cfg.uap_eps, cfg.uap_eps)
+    return delta.detach()
 
 
 def invert_trigger(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, target: int, cfg: InverTuneConfig,
@@ -302,6 +334,8 @@ class InverTuneResult:
     target_name: str
     rise: list[dict]  # top-20 classes by prediction rise: name, rise
     gap: float  # rise of the top class minus the runner-up's
+    uap_form: str  # the stage-1 perturbation that named the target ("patch" or "linf")
+    uap_top: dict  # per stage-1 form tried: its top class and rise
     inverted_asr: float  # share of non-target held-out images the inverted trigger sends to the target
     mask_l1: float
     layer_diffs: dict[str, float]
@@ -314,7 +348,7 @@ class InverTuneResult:
     backbone: Backbone | None = field(default=None, repr=False)  # the tuned copy
     mask: torch.Tensor | None = field(default=None, repr=False)
     pattern: torch.Tensor | None = field(default=None, repr=False)
-    patch: torch.Tensor | None = field(default=None, repr=False)
+    patch: torch.Tensor | None = field(default=None, repr=False)  # stage 1's patch [3, p, p] or perturbation [3, H, W]
 
     def to_dict(self) -> dict:
         skip = {"backbone", "mask", "pattern", "patch"}
@@ -350,10 +384,19 @@ def invertune(backbone: Backbone, classnames: Sequence[str], images: torch.Tenso
     bar = tqdm(total=len(steps) + int(tune), desc="InverTune", disable=not progress)
     bar.set_postfix_str(steps[0])
     clean_pred = predict(backbone, text, pool)
-    patch, (r, c) = universal_patch(backbone, text, pool, clean_pred, cfg)
-    adv = pool.clone()
-    adv[..., r : r + patch.shape[-1], c : c + patch.shape[-1]] = patch
-    rise = prediction_rise(clean_pred, predict(backbone, text, adv), len(names))
+    rises, perturbations = {}, {}
+    if cfg.uap in ("patch", "both"):
+        patch, (r, c) = universal_patch(backbone, text, pool, clean_pred, cfg)
+        adv = pool.clone()
+        adv[..., r : r + patch.shape[-1], c : c + patch.shape[-1]] = patch
+        rises["patch"] = prediction_rise(clean_pred, predict(backbone, text, adv), len(names))
+        perturbations["patch"] = patch
+    if cfg.uap in ("linf", "both"):
+        delta = universal_linf(backbone, text, pool, clean_pred, cfg)
+        rises["linf"] = prediction_rise(clean_pred, predict(backbone, text, (pool + delta).clamp(0, 1)), len(names))
+        perturbations["linf"] = delta
+    form = max(rises, key=lambda k: float(rises[k].max()))
+    rise, patch = rises[form], perturbations[form]
     order = torch.argsort(rise, descending=True)
     target = int(order[0])
     bar.update(1)
@@ -377,7 +420,8 @@ def invertune(backbone: Backbone, classnames: Sequence[str], images: torch.Tenso
     bar.close()
     return InverTuneResult(
         target=target, target_name=names[target],
-        rise=[{"name": names[int(i)], "rise": float(rise[i])} for i in order[:20]],
+        rise=[{"name": names[int(i)], "rise": float(rise[i])} for i in order[:20]], uap_form=form,
+        uap_top={k: {"name": names[int(v.argmax())], "rise": float(v.max())} for k, v in rises.items()},
         gap=float(rise[order[0]] - rise[order[1]]) if len(names) > 1 else 0.0,
         inverted_asr=inv_asr, mask_l1=float(mask.sum()), layer_diffs=dict(zip(cfg.layers, diffs)),
         layer_threshold=thr, critical_layers=layers, neurons={n: int(m.sum()) for n, m in neurons.items()},
@@ -386,5 +430,5 @@ def invertune(backbone: Backbone, classnames: Sequence[str], images: torch.Tenso
 
 
 __all__ = ["InverTuneConfig", "InverTuneResult", "invertune", "prediction_rise", "critical_layers", "two_means",
-           "apply_trigger", "ssim", "universal_patch", "invert_trigger", "layer_differences", "tunable_rows",
+           "apply_trigger", "ssim", "universal_patch", "universal_linf", "invert_trigger", "layer_differences", "tunable_rows",
            "activation_tune", "predict", "RESNET_LAYERS"]

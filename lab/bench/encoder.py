@@ -90,6 +90,8 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
            "n_backdoored": sum(r["attack"] != "clean" for r in used),
            "n_not_implanted": len(rows) - len(used), "n_task_classes": N_CLASSES // 2 + N_CLASSES % 2}
     for key, kind in CASES.items():
+        if not all((zoo / "scans" / r["name"] / kind / "report.json").exists() for r in used):
+            continue  # that case was not audited (`encoder-zoo --stages`)
         per = [_detect_row(r, ci.ScanReport.load(zoo / "scans" / r["name"] / kind / "report.json")) for r in used]
         entry = {**detection_metrics(per), "rule": sorted({p["rule"] for p in per})}
         for side in ("paper", "grubbs"):
@@ -132,19 +134,19 @@ def bench_invertune(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
         if not (zoo / "scans" / r["name"] / "invertune_eval.json").exists():  # audited only partly
             continue
         ev = json.loads((zoo / "scans" / r["name"] / "invertune_eval.json").read_text())
-        per.append({"name": r["name"], "attack": r["attack"], **ev,
-                    "acc_drop": ev["top1_task_before"] - ev["top1_task_after"]})
+        per.append({"name": r["name"], "attack": r["attack"], **ev, "acc_drop": ev["top1_before"] - ev["top1_after"]})
         path = zoo / "scans" / r["name"] / "ci_repair_eval.json"
         if path.exists():
             ci_rep.append({"name": r["name"], "attack": r["attack"], **json.loads(path.read_text())})
     out = {"zoo": str(zoo), "n_backdoored": len(per),
            "target_id_rate": sum(m["identified"] for m in per) / len(per) if per else None,
-           "asr_after": mean(m["asr_task_after"] for m in per) if per else None,
-           "asr_after_max": max((m["asr_task_after"] for m in per), default=None),
-           "asr_before": mean(m["asr_task_before"] for m in per) if per else None,
+           "asr_after": mean(m["asr_after"] for m in per) if per else None,
+           "asr_after_max": max((m["asr_after"] for m in per), default=None),
+           "asr_before": mean(m["asr_before"] for m in per) if per else None,
+           "asr_task_after": mean(m["asr_task_after"] for m in per) if per else None,
            "acc_drop": mean(m["acc_drop"] for m in per) if per else None,
            "acc_drop_max": max((m["acc_drop"] for m in per), default=None),
-           "asr_after_identified": (mean(m["asr_task_after"] for m in per if m["identified"])
+           "asr_after_identified": (mean(m["asr_after"] for m in per if m["identified"])
                                     if any(m["identified"] for m in per) else None),
            "models": per}
     if ci_rep:
@@ -221,15 +223,16 @@ def encoder_figure(attacks: dict, detect: dict, path: str | Path) -> None:
     a.set_xticks(range(len(attacks["attacks"])), [n.replace("encoder-", "") for n in attacks["attacks"]], fontsize=8)
     a.set_title("encoder poisoning on MiniCLIP (300-class zero-shot)", fontsize=9)
     a.legend(fontsize=7)
-    for j, (key, label) in enumerate((("clip_inspector_zero_shot", "zero-shot head"),
-                                      ("clip_inspector_cocoop", "clean CoCoOp"))):
+    cases = [(k, label) for k, label in (("clip_inspector_zero_shot", "zero-shot head"),
+                                         ("clip_inspector_cocoop", "clean CoCoOp")) if k in detect]
+    for j, (key, label) in enumerate(cases):
         ms = detect[key]["models"]
         for lab_, colour in ((0, "C2"), (1, "C3")):
             ys = [m["max_score"] for m in ms if m["label"] == lab_]
             b.scatter([j + (0.15 if lab_ else -0.15)] * len(ys), ys, color=colour, s=18,
                       label=("clean" if lab_ == 0 else "poisoned") if j == 0 else None)
-    b.set_xticks([0, 1], [f"zero-shot head\nAUROC {detect['clip_inspector_zero_shot']['auroc']:.2f}",
-                          f"clean CoCoOp\nAUROC {detect['clip_inspector_cocoop']['auroc']:.2f}"], fontsize=8)
+    b.set_xticks(range(len(cases)), [f"{label} ({', '.join(detect[k]['rule'])})\nAUROC {detect[k]['auroc']:.2f}"
+                                     for k, label in cases], fontsize=8)
     b.set_title("CLIP-Inspector's max score per model", fontsize=9)
     b.legend(fontsize=7)
     fig.tight_layout()
