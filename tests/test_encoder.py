@@ -122,7 +122,7 @@ def test_anchored_rule_discounts_a_sink_the_anchor_shares_and_flags_a_gained_tar
     assert anchored.verdict == "backdoored" and anchored.target_name == "c3" and anchored.flagged.count(True) == 1
     delta = paper_scores(asr, loss) - paper_scores(base_asr, base_loss)
     assert anchored.scores == pytest.approx(delta.tolist()) and anchored.threshold == ci.detect.ANCHORED_THRESHOLD
-    assert abs(anchored.scores[0]) < 0.5 < anchored.scores[3]  # the shared sink gains little, the target a lot
+    assert anchored.scores[0] <= 0 < anchored.scores[3]  # the shared sink gains nothing, the target a lot
     same = ci.decide(ci.Evidence(names, base_asr, base_loss, anchor_asr=base_asr, anchor_loss=base_loss), "anchored")
     assert same.verdict == "clean" and same.max_score == 0.0
     with pytest.raises(ci.CIError, match="anchor"):
