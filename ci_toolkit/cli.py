@@ -29,6 +29,7 @@ from .detect import (
     ScanConfig,
     ScanReport,
     calibrate,
+    get_rule,
     invertune,
     landscape,
     scan,
@@ -279,6 +280,8 @@ def cmd_scan_encoder(args) -> None:
     if args.method == "clip-inspector":
         cfg = scan_config(args)
         anchor = None
+        if args.no_anchor and args.anchor_weights:
+            raise CIError("--anchor-weights and --no-anchor contradict each other: give one")
         if not args.no_anchor:
             if args.anchor_weights is None and args.backbone != "miniclip":
                 raise CIError(f"scan-encoder --backbone {args.backbone} needs the public encoder it was tuned from "
@@ -290,6 +293,8 @@ def cmd_scan_encoder(args) -> None:
         for w in report.warnings:
             print(f"warning: {w}")
         return
+    if args.anchor_weights or args.no_anchor:
+        raise CIError("--anchor-weights / --no-anchor belong to the clip-inspector scan, not to --method invertune")
     size = encoder.preprocess.image_size
     if args.labelled == "world":
         x, y = world.labelled(names, INVERTUNE_PER_CLASS, seed=args.seed, image_size=size)
@@ -420,19 +425,21 @@ def cmd_repair(args) -> None:
           f"{after['acc']:.3f} (trigger weight {result.trigger_weight:g}); repaired model in {out / 'model'}")
 
 
-def add_scan_options(s, method_choice: bool = True) -> None:
-    """The scan's options (ScanConfig); shared with the lab's benchmarks."""
+def add_scan_options(s, method_choice: bool = True, anchor: bool = False) -> None:
+    """The scan's options (ScanConfig); shared with the lab's benchmarks. anchor: the command scans an anchor
+    beside the suspect, so the rules that read one are offered too."""
     d, inv = ScanConfig(), InversionConfig()
     if method_choice:
         s.add_argument("--method", default=d.method, choices=METHODS)
     s.add_argument("--eps", type=float, default=inv.eps * 255,
                    help=f"trigger bound in 1/255 pixel units (default {inv.eps * 255:g})")
     s.add_argument("--loss", default=inv.loss, choices=LOSSES, help=f"inversion loss (default {inv.loss})")
-    s.add_argument("--rule", default=d.rule, choices=scan_rules(),
+    s.add_argument("--rule", default=d.rule, choices=[r for r in scan_rules() if anchor or not get_rule(r).needs_anchor],
                    help="decision rule (docs/method.md): calibrated (default; the meta-gain score against a null "
                         "study of clean models, flagged at --fpr), meta-gain (do the triggers work through the prompt "
-                        "learner, fixed threshold), paper (max s_t > 2), grubbs (Grubbs' one-outlier bound) or robust "
-                        "(median/MAD)")
+                        "learner, fixed threshold), paper (max s_t > 2), grubbs (Grubbs' one-outlier bound), robust "
+                        "(median/MAD)" + (" or anchored (s_t beyond the anchor's; a zero-shot head's default with an "
+                                          "anchor)" if anchor else ""))
     s.add_argument("--threshold", type=float, default=None, help="override the rule's threshold")
     s.add_argument("--fpr", type=float, default=d.fpr,
                    help=f"calibrated rule: the false-positive rate to flag at (default {d.fpr:g})")
@@ -543,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "learner, so no meta path) on unlabeled OOD images, beside the same scan of the "
                                    "public encoder it was tuned from (the anchor; default: the shipped MiniCLIP); the "
                                    "anchored rule decides on what the suspect shows beyond it. invertune: "
-                                   "universal patch -> target, trigger inversion, activation tuning on labelled "
+                                   "universal patch or L-inf perturbation -> target, trigger inversion, activation tuning on labelled "
                                    "clean images; writes OUT/invertune.json and the tuned encoder to OUT/tuned.")
     s.add_argument("weights", help="the delivered encoder: a MiniCLIP folder (model.safetensors + config.json)")
     s.add_argument("--out", required=True)
@@ -558,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "tuned from (default: the shipped MiniCLIP)")
     s.add_argument("--no-anchor", action="store_true", help="clip-inspector: no anchor; Grubbs' test on the "
                                                             "suspect's scores decides")
-    add_scan_options(s, method_choice=False)
+    add_scan_options(s, method_choice=False, anchor=True)
     s.add_argument("--method", default="clip-inspector", choices=("clip-inspector", "invertune"))
     s.set_defaults(func=cmd_scan_encoder)
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ci_toolkit as ci
-from ci_toolkit.detect import SCAN_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
+from ci_toolkit.detect import SOLO_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
 
 from .bench.detect import WallLog, ood_images
 from .executors import Executor, run_units
@@ -35,7 +35,7 @@ NULL_SEED = 700
 # models' class lists differ from the zoos' and from each other's.
 NULL_CLASS_SEED = 1
 CONFIDENCE = 0.95  # of the Clopper-Pearson interval on each false-positive rate
-FIXED_RULES = tuple(r for r in SCAN_RULES if r != "calibrated")  # rules a null model's own scan decides alone
+FIXED_RULES = tuple(r for r in SOLO_RULES if r != "calibrated")  # rules a null model's own scan decides alone
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
     default rule's at the top level. The calibrated rule is judged leave-one-out (`loo_calibrated`)."""
     per_rule = {}
     rows = [{**r, "rules": {**r["rules"], "calibrated": v}} for r, v in zip(rows, loo_calibrated(rows, cfg.fpr).values())]
-    for rule in SCAN_RULES:
+    for rule in SOLO_RULES:
         flagged = [r for r in rows if r["rules"][rule]["verdict"] == "backdoored"]
         lo, hi = clopper_pearson(len(flagged), len(rows)) if rows else (float("nan"), float("nan"))
         scores = sorted(r["rules"][rule]["max_score"] for r in rows)

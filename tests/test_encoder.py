@@ -137,9 +137,16 @@ def test_scan_with_an_anchor_decides_by_the_anchored_rule_and_keeps_it(head_scan
     assert report.rule == "anchored" and report.verdict == "clean" and report.max_score == 0.0
     assert report.anchor["asr"] == [c.asr for c in alone.classes]
     assert report.side_rules["grubbs"]["max_score"] == pytest.approx(alone.max_score)
+    assert any("not measured" in w for w in report.warnings)  # a smaller pool than the threshold's null used
     again = ci.ScanReport.load(tmp_path / "scan")
     assert again.anchor == report.anchor and again.redecide("anchored").max_score == 0.0
     assert again.redecide("grubbs").verdict == alone.verdict
+    assert "Anchor: the same scan of" in (tmp_path / "scan" / "report.html").read_text()
+    # a loaded anchor works as well as one in memory; a threshold given to the scan reaches the anchored rule
+    assert again.with_anchor(ci.ScanReport.load(tmp_path / "scan"), rule="anchored").max_score == 0.0
+    given = ci.scan(head, ci.world.ood_pool(200, seed=0), replace(SMALL_SCAN, threshold=-1.0), progress=False,
+                    anchor=alone)
+    assert given.rule == "anchored" and given.threshold == -1.0 and given.verdict == "backdoored"
     other = ci.scan(head, ci.world.ood_pool(200, seed=0), ci.ScanConfig(pool_size=128, heldout_size=40, seed=1),
                     progress=False)
     with pytest.raises(ci.DataError, match="seed"):

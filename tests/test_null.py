@@ -69,7 +69,7 @@ def test_a_tiny_null_study_runs_and_resumes(tmp_path):
     again = null_study(tmp_path, n_models=2, cfg=cfg, progress=False, space=space)  # n000 is reused, n001 added
     assert again["n_models"] == 2 and again["per_model"][0] == first["per_model"][0]
     assert len(json.loads((tmp_path / "wall.json").read_text())) == 2 and again["wall_s"] >= first["wall_s"]
-    assert set(again["rules"]) == set(ci.detect.SCAN_RULES)
+    assert set(again["rules"]) == set(ci.detect.SOLO_RULES)
     partial = null_study(tmp_path, n_models=3, cfg=cfg, progress=False, space=space, build=False)
     assert partial["n_models"] == 2 and not partial["complete"] and again["complete"]
     assert not (tmp_path / "models" / "n002").exists()  # nothing built

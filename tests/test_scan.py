@@ -335,11 +335,13 @@ def test_repair_trigger_is_the_trigger_behind_the_top_score(tiny_model, ood, tmp
 
 def test_rule_registry_drives_the_config_and_the_cli():
     from ci_toolkit.cli import build_parser
-    from ci_toolkit.detect.rules import SCAN_RULES
+    from ci_toolkit.detect.rules import SCAN_RULES, SOLO_RULES
 
-    assert set(SCAN_RULES) == {"calibrated", "meta-gain", "paper", "grubbs", "robust"} and set(ci.RULES) == set(SCAN_RULES) | {"mad"}
-    scan_parser = build_parser()._subparsers._group_actions[0].choices["scan"]
-    rule_action = next(a for a in scan_parser._actions if a.dest == "rule")
-    assert tuple(rule_action.choices) == SCAN_RULES
+    assert set(SCAN_RULES) == {"calibrated", "meta-gain", "paper", "grubbs", "robust", "anchored"}
+    assert set(ci.RULES) == set(SCAN_RULES) | {"mad"} and set(SOLO_RULES) == set(SCAN_RULES) - {"anchored"}
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command, rules in (("scan", SOLO_RULES), ("scan-encoder", SCAN_RULES)):  # only scan-encoder has an anchor
+        rule_action = next(a for a in commands[command]._actions if a.dest == "rule")
+        assert tuple(rule_action.choices) == rules
     with pytest.raises(CIError, match="unknown decision rule"):
         ci.decide(Evidence(["a", "b", "c"], [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]), "youden")

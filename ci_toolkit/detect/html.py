@@ -99,6 +99,16 @@ def _trigger_cell(row) -> str:
     return f"{t['source']} (ASR {t['asr']:.2f}, gain {gain})"
 
 
+def anchor_words(report) -> str:
+    """What the anchored rule compared, in words (empty without an anchor)."""
+    if not report.anchor:
+        return ""
+    return (f"Anchor: the same scan of {report.anchor['model']}, the public model this one was tuned from. Under the "
+            "anchored rule a class's score is its s_t here minus its s_t there: a class the public model is itself "
+            "easy to invert toward scores about 0, a class the fine-tune made reachable rises. The anchor's held-out "
+            "ASR per class: " + ", ".join(f"{n} {a:.2f}" for n, a in zip(report.names, report.anchor["asr"])) + ".")
+
+
 def calibration_words(report) -> str:
     """The verdict's false-positive rate in words."""
     if report.p_value is None:
@@ -156,6 +166,7 @@ tr.flag{{background:#fdd}} table{{border-collapse:collapse}} tr:nth-child(even){
 against threshold {report.threshold:.2f}; top-1 minus top-2 gap {report.gap:.2f};
 {len(report.classes)} candidate classes; {report.runtime_s:.0f} s.</p>
 {f"<p><b>{e(calibrated)}</b></p>" if calibrated else ""}
+{f"<p>{e(anchor_words(report))}</p>" if report.anchor else ""}
 <p>{e(HOW_TO_READ if report.method == "clip-inspector" else HOW_TO_READ_BASELINE)}</p>
 {ssim_line}
 {figures}

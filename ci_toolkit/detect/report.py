@@ -218,20 +218,26 @@ class ScanReport:
                    side_rules=side, gate_probe=gate_probe,
                    warnings=[d.note] if d.note else [], **kw)
 
-    def with_anchor(self, anchor: "ScanReport", model: str = "anchor", rule: str | None = None) -> "ScanReport":
+    def with_anchor(self, anchor: "ScanReport", model: str = "anchor", rule: str | None = None,
+                    threshold: float | None = None) -> "ScanReport":
         """This scan with the same scan of its anchor (the public model it was tuned from) attached, decided
-        again under `rule` (default: its own), so that the anchored rule and its side verdict can read it.
-        Both scans must have inverted alike (the same candidates, pool, held-out set and inversion)."""
+        again under `rule` and `threshold` (default: its own), so that the anchored rule and its side verdict
+        can read it. Both scans must have inverted alike (the same candidates, pool and held-out sizes, seed and
+        inversion; checked) on the same OOD images (not checked: the caller gives both the same images)."""
+        if self.method != "clip-inspector" or anchor.method != "clip-inspector":
+            raise CIError("an anchor is compared under CLIP-Inspector's scan, not a baseline's")
         if anchor.names != self.names:
             raise DataError("the anchor's scan scores other candidate classes than this scan")
-        mine = {k: v for k, v in self.config.items() if k not in AFTER_INVERSION_KEYS}
-        theirs = {k: v for k, v in anchor.config.items() if k not in AFTER_INVERSION_KEYS}
+        mine = json.loads(json.dumps({k: v for k, v in self.config.items() if k not in AFTER_INVERSION_KEYS}))
+        theirs = json.loads(json.dumps({k: v for k, v in anchor.config.items() if k not in AFTER_INVERSION_KEYS}))
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise DataError(f"the anchor was scanned with other settings ({', '.join(diff)}): scan both alike")
         out = ScanReport(**{f.name: getattr(self, f.name) for f in fields(self)})
         out.anchor = {"model": model, "asr": [c.asr for c in anchor.classes], "loss": [c.loss for c in anchor.classes]}
-        return out.redecide(rule or self.rule, self.config.get("threshold") if rule is None else None)
+        if rule is None:
+            rule, threshold = self.rule, self.config.get("threshold")
+        return out.redecide(rule, threshold)
 
     def redecide(self, rule: str, threshold: float | None = None, calibration: Calibration | None = None,
                  ) -> "ScanReport":

@@ -20,7 +20,10 @@ Rules for CLIP-Inspector scans (`ScanConfig.rule`, `ci-toolkit scan --rule`):
 - "paper": max_t s_t > PAPER_K (= 2), the paper's rule.
 - "grubbs": max_t s_t against the critical value of Grubbs' one-outlier test for K values.
 - "robust": a_t standardised by median and MAD, against the Bonferroni normal bound over K.
-Every CLIP-Inspector report also records the verdicts of `SIDE_RULES` on the same scan.
+- "anchored": s_t of the suspect minus s_t of its anchor (the public model it was tuned from, scanned alike:
+  `scan(..., anchor=...)`), against ANCHORED_THRESHOLD; the default of a zero-shot head scanned with an anchor.
+Every CLIP-Inspector report also records the verdicts of `SIDE_RULES` on the same scan (anchored: when it
+has an anchor).
 
 Rule for the baselines (Neural Cleanse, Pixel Backdoor): "mad", the anomaly index of the trigger sizes.
 
@@ -45,9 +48,9 @@ META_GAIN_THRESHOLD = 1.0
 # Below this largest |meta gain| (logits) over every trigger, the meta tokens do not respond and the
 # meta-gain rule cannot see a backdoor (docs/method.md, "Fallback").
 INERT_GAIN = 0.01
-# the anchored rule's threshold on s_t(suspect) - s_t(anchor): the FPR-0.05 cut (the largest of 24) of a null study of
+# the anchored rule's threshold on s_t(suspect) - s_t(anchor): the FPR-0.05 cut (the largest of 24, 0.48107) of a null study of
 # clean contrastive fine-tunes of the embedded MiniCLIP, each on its own class list (benchmarks/encoder_null.json)
-ANCHORED_THRESHOLD = 0.481
+ANCHORED_THRESHOLD = 0.4811
 ALPHA = 0.05  # family-wise error of the Grubbs and robust bounds
 MAD_K = 2.0  # Neural Cleanse and Pixel Backdoor flag classes whose anomaly index exceeds 2 (their papers)
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): x MAD estimates a normal standard deviation
@@ -185,6 +188,7 @@ class Rule:
     name = "rule"
     method = "clip-inspector"  # the scan method whose evidence it reads
     summary = ""
+    needs_anchor = False  # whether it reads the anchor's scan beside the suspect's (scan(..., anchor=...))
 
     def default_threshold(self, k: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -243,6 +247,7 @@ class AnchoredRule(PaperScoreRule):
     rises. Both s_t are z-scores within their own scan, so the difference is on one scale for every model."""
 
     name = "anchored"
+    needs_anchor = True
     summary = (f"s_t(suspect) - s_t(anchor) > {ANCHORED_THRESHOLD:g} (a null study of clean MiniCLIP fine-tunes, "
                "FPR 0.05)")
 
@@ -369,6 +374,7 @@ class MadRule(Rule):
 RULES: dict[str, Rule] = {r.name: r for r in (CalibratedRule(), MetaGainRule(), PaperRule(), GrubbsRule(), RobustRule(),
                                               AnchoredRule(), MadRule())}
 SCAN_RULES = tuple(n for n, r in RULES.items() if r.method == "clip-inspector")  # the built-in choices of ScanConfig.rule
+SOLO_RULES = tuple(n for n in SCAN_RULES if not RULES[n].needs_anchor)  # those that decide a scan on its own
 
 
 def scan_rules() -> list[str]:
@@ -410,7 +416,7 @@ def youden_threshold(max_scores, labels) -> float:
     return (t + max(below)) / 2 if below else t - 1e-9
 
 
-__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic", "SCAN_RULES", "SIDE_RULES", "BASELINE_RULE", "get_rule",
+__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic", "SCAN_RULES", "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE", "get_rule",
            "decide_evidence", "paper_scores", "zscore", "robust_zscore", "grubbs_bound", "bonferroni_bound",
            "trigger_score", "mad_index", "youden_threshold", "PAPER_K", "ANCHORED_THRESHOLD", "META_GAIN_THRESHOLD", "INERT_GAIN",
            "ALPHA", "MAD_K"]

@@ -201,10 +201,14 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
         if not isinstance(anchor, ScanReport):
             anchor = scan(anchor, ood, cfg, out / "anchor" if out is not None else None, candidates=names,
                           progress=progress, html=False, workers=workers)
-        desc = anchor.config.get("backbone", "anchor")
-        runtime, triggers = report.runtime_s, report.probe_triggers
-        report = report.with_anchor(anchor, model=str(desc), rule=final_rule)
-        report.runtime_s, report.probe_triggers = runtime, triggers
+        report = report.with_anchor(anchor, model=str(anchor.config.get("backbone", "anchor")), rule=final_rule,
+                                    threshold=cfg.threshold)
+        if report.rule == ANCHORED_RULE and cfg.threshold is None and (
+                not str(anchor.config.get("backbone", "")).startswith("miniclip:miniclip:")
+                or any(getattr(cfg, k) != getattr(ScanConfig(), k) for k in ("inversion", "pool_size", "heldout_size"))):
+            report.warnings.append("the anchored rule's threshold was set on MiniCLIP fine-tunes scanned with the "
+                                   "default settings; for this anchor or these settings its false-positive rate is "
+                                   "not measured (give a threshold from your own null)")
     if out is not None:
         report.save(out, html=html)
     return report

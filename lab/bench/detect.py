@@ -176,7 +176,8 @@ def model_row(m: dict, method: str, report: ScanReport, min_asr: float) -> dict:
             if side == "meta-gain":  # flags its top class only
                 flags = [s["top_class"]] if s["verdict"] == "backdoored" else []
             else:
-                flags = [c.name for c in report.classes if c.paper_score is not None and c.paper_score > s["threshold"]]
+                d = ci.decide(report, side)
+                flags = [n for n, f in zip(d.names, d.flagged) if f]
             row[row_key] = {**s, "flagged": flags}
     return row
 

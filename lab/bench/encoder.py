@@ -68,6 +68,11 @@ def _profile(zoo: Path):
     return ENCODER_ZOO_PROFILES[json.loads((zoo / "manifest.json").read_text())["profile"]["name"]]
 
 
+def _redecided(folder: Path) -> ci.ScanReport:
+    report = ci.ScanReport.load(folder)
+    return report.redecide(report.rule, report.config.get("threshold"))
+
+
 def _detect_row(r: dict, report: ci.ScanReport) -> dict:
     flagged = [c.name for c in report.classes if c.flagged]
     row = {"name": r["name"], "attack": r["attack"], "label": int(r["attack"] != "clean"), "target": r["target"],
@@ -92,7 +97,8 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
     for key, kind in CASES.items():
         if not all((zoo / "scans" / r["name"] / kind / "report.json").exists() for r in used):
             continue  # that case was not audited (`encoder-zoo --stages`)
-        per = [_detect_row(r, ci.ScanReport.load(zoo / "scans" / r["name"] / kind / "report.json")) for r in used]
+        # decided again under each report's own rule, so that the rules' current constants apply
+        per = [_detect_row(r, _redecided(zoo / "scans" / r["name"] / kind)) for r in used]
         entry = {**detection_metrics(per), "rule": sorted({p["rule"] for p in per})}
         for side in ("paper", "grubbs"):
             if all(side in p for p in per):
