@@ -106,6 +106,12 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
                         "max_score": p[f"{side}_max"]} for p in per]
                 m = detection_metrics(sub)
                 entry[f"{side}_rule"] = {k: m[k] for k in ("auroc", "accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
+        # the rule flags every class over its threshold; reading only its top class as the named target (as the
+        # meta-gain rule does) changes the class-level count, not the model-level verdicts
+        top = [{**p, "flagged": [p["top_class"]] if p["verdict"] == "backdoored" else []} for p in per]
+        m = detection_metrics(top)
+        entry["top_class_only"] = {k: m[k] for k in ("accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
+        entry["target_is_top_class"] = sum(p["top_class"] == p["target"] for p in per if p["label"])
         bad = [p["target_paper_score"] for p in per if p["label"]]
         entry["target_paper_score"] = {"min": min(bad, default=None), "median": sorted(bad)[len(bad) // 2] if bad else None,
                                        "max": max(bad, default=None)}
