@@ -25,6 +25,7 @@ from sklearn.metrics import roc_auc_score
 import ci_toolkit as ci
 from lab.bench.detect import detection_metrics
 from lab.encoder_zoo import ENCODER_ZOO_PROFILES, MIN_ASR, N_CLASSES, measure, task_of
+from lab.null import clopper_pearson
 
 CASES = {"clip_inspector_zero_shot": "zero_shot", "clip_inspector_cocoop": "cocoop"}
 
@@ -174,8 +175,6 @@ def bench_encoder_null(zoo: str | Path, fpr: float = ci.detect.DEFAULT_FPR) -> d
     anchored statistic's null, the threshold it sets at `fpr` (flagged when it is EXCEEDED), and the
     false-positive rate of the anchored rule at that threshold and of the plain rules, each with its 95%
     Clopper-Pearson interval."""
-    from lab.null import clopper_pearson
-
     zoo = Path(zoo)
     rows = [r for r in _rows(zoo) if r["attack"] == "clean"]
     per = []
