@@ -79,6 +79,7 @@ def _detect_row(r: dict, report: ci.ScanReport) -> dict:
     row = {"name": r["name"], "attack": r["attack"], "label": int(r["attack"] != "clean"), "target": r["target"],
            "asr": r.get("asr"), "verdict": report.verdict, "max_score": report.max_score, "flagged": flagged,
            "top_class": report.top_class, "rule": report.rule, "fallback": report.fallback,
+           "threshold": report.threshold,
            "target_paper_score": (report.row(r["target"]).paper_score if r["target"] else None)}
     for side in ("paper", "grubbs"):
         if side in report.side_rules:
@@ -234,16 +235,26 @@ def encoder_figure(attacks: dict, detect: dict, path: str | Path) -> None:
     a.set_xticks(range(len(attacks["attacks"])), [n.replace("encoder-", "") for n in attacks["attacks"]], fontsize=8)
     a.set_title("encoder poisoning on MiniCLIP (300-class zero-shot)", fontsize=9)
     a.legend(fontsize=7)
-    cases = [(k, label) for k, label in (("clip_inspector_zero_shot", "zero-shot head"),
-                                         ("clip_inspector_cocoop", "clean CoCoOp")) if k in detect]
-    for j, (key, label) in enumerate(cases):
-        ms = detect[key]["models"]
+    columns = []  # (label, per-model (label, score), threshold or None)
+    for key, label in (("clip_inspector_zero_shot", "zero-shot head"), ("clip_inspector_cocoop", "clean CoCoOp")):
+        if key not in detect:
+            continue
+        ms, entry = detect[key]["models"], detect[key]
+        thr = ms[0].get("threshold") if ms and len(set(m["rule"] for m in ms)) == 1 else None
+        columns.append((f"{label} ({', '.join(entry['rule'])})\nAUROC {entry['auroc']:.2f}",
+                        [(m["label"], m["max_score"]) for m in ms], thr))
+        if key == "clip_inspector_zero_shot" and all("grubbs_max" in m for m in ms) and "grubbs_rule" in entry:
+            columns.append((f"same scans, plain s_t\n(Grubbs) AUROC {entry['grubbs_rule']['auroc']:.2f}",
+                            [(m["label"], m["grubbs_max"]) for m in ms], None))
+    for j, (_, points, thr) in enumerate(columns):
         for lab_, colour in ((0, "C2"), (1, "C3")):
-            ys = [m["max_score"] for m in ms if m["label"] == lab_]
-            b.scatter([j + (0.15 if lab_ else -0.15)] * len(ys), ys, color=colour, s=18,
+            ys = [v for lb, v in points if lb == lab_]
+            b.scatter([j + (0.12 if lab_ else -0.12)] * len(ys), ys, color=colour, s=18, alpha=0.8,
                       label=("clean" if lab_ == 0 else "poisoned") if j == 0 else None)
-    b.set_xticks(range(len(cases)), [f"{label} ({', '.join(detect[k]['rule'])})\nAUROC {detect[k]['auroc']:.2f}"
-                                     for k, label in cases], fontsize=8)
+        if thr is not None:
+            b.hlines(thr, j - 0.3, j + 0.3, color="k", ls="--", lw=1, label="threshold" if j == 0 else None)
+    b.set_xticks(range(len(columns)), [c[0] for c in columns], fontsize=8)
+    b.set_xlim(-0.6, len(columns) - 0.4)
     b.set_title("CLIP-Inspector's max score per model", fontsize=9)
     b.legend(fontsize=7)
     fig.tight_layout()
