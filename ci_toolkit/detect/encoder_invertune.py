@@ -159,22 +159,13 @@ def universal_patch(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, 
     r = c = H - margin - p if corner == "bottom-right" else margin
     g = torch.Generator().manual_seed(cfg.seed)
     patch = torch.rand(3, p, p, generator=g).requires_grad_(True)
-    opt = torch.optim.Adam([patch], lr=cfg.uap_lr)
-    for _ in range(cfg.uap_steps):
-        idx = torch.randint(len(pool), (cfg.uap_batch,), generator=g)
-        x = pool[idx]
+
+    def paste(x):
         xa = x.clone()
         xa[..., r : r + p, c : c + p] = patch
-        with torch.no_grad():
-            e_clean = _embed(backbone, x)
-        e_adv = _embed(backbone, xa)
-        loss = -10 * (_nce(e_adv, e_clean, cfg.nce_temperature) + 5 * _nce(e_adv, text[pred[idx]], cfg.nce_temperature))
-        loss = loss + F.mse_loss(xa, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            patch.clamp_(0, 1)
+        return xa
+
+    _optimise_universal(backbone, text, pool, pred, cfg, g, patch, cfg.uap_lr, paste, lambda: patch.clamp_(0, 1))
     return patch.detach(), (r, c)
 
 
@@ -184,11 +175,21 @@ def universal_linf(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, p
     on x + d (clamped to [0, 1]); Adam, projected after every step."""
     g = torch.Generator().manual_seed(cfg.seed)
     delta = ((torch.rand(pool.shape[1:], generator=g) * 2 - 1) * cfg.uap_eps).requires_grad_(True)
-    opt = torch.optim.Adam([delta], lr=cfg.uap_lr * cfg.uap_eps)  # steps a fixed share of the bound
+    _optimise_universal(backbone, text, pool, pred, cfg, g, delta,
+                        cfg.uap_lr * cfg.uap_eps,  # steps a fixed share of the bound
+                        lambda x: (x + delta).clamp(0, 1), lambda: delta.clamp_(-cfg.uap_eps, cfg.uap_eps))
+    return delta.detach()
+
+
+def _optimise_universal(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, pred: torch.Tensor,
+                        cfg: InverTuneConfig, g: torch.Generator, param: torch.Tensor, lr: float, apply, project) -> None:
+    """Stage 1's loop, shared by both forms: `apply(x)` puts the perturbation `param` on a batch, `project()`
+    keeps it admissible after each Adam step; batches of uap_batch drawn from the pool with `g`."""
+    opt = torch.optim.Adam([param], lr=lr)
     for _ in range(cfg.uap_steps):
         idx = torch.randint(len(pool), (cfg.uap_batch,), generator=g)
         x = pool[idx]
-        xa = (x + delta).clamp(0, 1)
+        xa = apply(x)
         with torch.no_grad():
             e_clean = _embed(backbone, x)
         e_adv = _embed(backbone, xa)
@@ -198,8 +199,7 @@ def universal_linf(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, p
         loss.backward()
         opt.step()
         with torch.no_grad():
-            delta.clamp_(-cfg.uap_eps, cfg.uap_eps)
-    return delta.detach()
+            project()
 
 
 def invert_trigger(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, target: int, cfg: InverTuneConfig,
