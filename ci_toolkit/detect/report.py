@@ -30,7 +30,7 @@ from .rules import SIDE_RULES, Decision, Evidence, MetaGainRule, decide_evidence
 
 # scan settings that act after the inversion (changing them leaves every inverted trigger as it is)
 AFTER_INVERSION_KEYS = ("rule", "threshold", "fpr", "null_file", "backbone", "meta_candidates", "meta_images",
-                        "probe_eps", "probe_images", "probe_shut", "meta_path")
+                        "probe_eps", "probe_images", "probe_shut")
 PREVIEW_IMAGES = 8  # held-out images saved with the triggers, for the HTML report's triggered examples
 
 

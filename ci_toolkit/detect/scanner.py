@@ -105,8 +105,6 @@ def check_candidates(model: CoCoOp, candidates: list[str] | None) -> list[str]:
     return names
 
 
-
-
 class _Partial:
     """Per-group results on disk, so that an interrupted scan resumes (same inversion settings only)."""
 
