@@ -1,14 +1,15 @@
 """A zoo of MiniCLIP encoders, clean fine-tunes and poisoned ones, and the audits on it: CLIP-Inspector with the
 zero-shot head, CLIP-Inspector on a clean CoCoOp tuned over the delivered encoder, and InverTune.
 
-    python -m lab encoder-zoo --profile encoder-eval --out runs/encoder_eval --workers 2   # build, then audit
-    python -m lab bench encoder --zoo runs/encoder_eval --out-dir benchmarks
+    python -m lab encoder-zoo --profile encoder-eval2 --out runs/encoder_eval2 --workers 2   # build, then audit
+    python -m lab bench encoder --zoo runs/encoder_eval2 --out-dir benchmarks
 
 Layout, as the other zoos: DIR/models/mNNN/encoder/ is the delivered encoder (model.safetensors + config.json,
 loadable by `create_backbone("miniclip", weights_file=...)`) and DIR/models/mNNN/cocoop/ the organisation's clean
 prompt learner over it; DIR/attackers/mNNN/ the attacker's trigger; DIR/manifest.json the truth and the attack's
 measurements; DIR/scans/mNNN/ the audits' reports (zero_shot/, cocoop/, invertune.json) and what
-InverTune's repair measured against the true trigger (invertune_eval.json).
+InverTune's repair measured against the true trigger (invertune_eval.json); DIR/scans/anchor/SEED/ the public
+MiniCLIP's zero-shot scan over each class list, the zero-shot scans' anchor.
 
 Every fine-tune (clean or poisoned) sees the same number of world image-caption pairs of the pretraining
 domain over all 300 classes; the organisation's task is `N_CLASSES` world classes (class list seeded by the
