@@ -4,8 +4,9 @@
     result.target, result.inverted_asr, result.critical_layers
     fixed = result.backbone                                      # the tuned copy; `backbone` is unchanged
 
-Stage 1 (Eq. 1): an untargeted universal patch (or, as an option, an L-inf perturbation of the whole image) on the
-defender pool D; the target is the class whose share of predictions rises most. Stage 2 (Eq. 2-7): a mask m and pattern p (3 x H x W) with x~ = m p + (1 - m) x,
+Stage 1 (Eq. 1): untargeted universal perturbations on the defender pool D, by default both a patch and an L-inf
+perturbation of the whole image (InverTuneConfig.uap); the target is the class whose share of predictions rises
+most under either. Stage 2 (Eq. 2-7): a mask m and pattern p (3 x H x W) with x~ = m p + (1 - m) x,
 inverted toward the target (alignment + embedding + SSIM + L1 mask). Stage 3 (Eq. 8-11): layers whose clean vs
 triggered mean activations differ by more than mean + std are critical; 2-means on per-channel differences picks
 the neurons; only those channels' output rows are tuned to make triggered activations equal clean ones while
@@ -380,7 +381,7 @@ def invertune(backbone: Backbone, classnames: Sequence[str], images: torch.Tenso
     images, labels = images[order], labels[order]  # a labelled set often comes sorted by class
     n_hold = max(1, len(images) // 5)
     pool, held, held_y = images[:-n_hold], images[-n_hold:], labels[-n_hold:]
-    steps = ["stage 1: universal patch", "stage 2: trigger inversion", "stage 3: layers and neurons"]
+    steps = ["stage 1: universal perturbation", "stage 2: trigger inversion", "stage 3: layers and neurons"]
     bar = tqdm(total=len(steps) + int(tune), desc="InverTune", disable=not progress)
     bar.set_postfix_str(steps[0])
     clean_pred = predict(backbone, text, pool)

@@ -5,7 +5,7 @@
     encoder_detect.json   CLIP-Inspector with the zero-shot head and on the clean CoCoOp (AUROC of the report's
                           max score, accuracy, class-level F1, FPR, TPR; the paper's k = 2 and Grubbs from the
                           same scans), InverTune's target identification
-    invertune.json        InverTune's repair (task-level ASR after tuning, top-1 drop) beside CLIP-Inspector's
+    invertune.json        InverTune's repair (300-class ASR after tuning, top-1 drop) beside CLIP-Inspector's
                           repair of the CoCoOp case
     encoder_null.json     (`bench encoder-null`) the anchored rule's statistic on a zoo of clean fine-tunes: its
                           FPR-0.05 threshold and every rule's false-positive rate with its Clopper-Pearson interval
@@ -181,10 +181,10 @@ def bench_encoder_null(zoo: str | Path, fpr: float = ci.detect.DEFAULT_FPR) -> d
     per = []
     for r in rows:
         rep = ci.ScanReport.load(zoo / "scans" / r["name"] / "zero_shot")
-        per.append({"name": r["name"], "seed": r["seed"], "anchored_max": rep.redecide("anchored").max_score,
-                    "anchored_top": rep.redecide("anchored").top_class, "top1_drop": r["top1_drop"],
-                    **{f"{k}_flagged": rep.side_rules[k]["verdict"] == "backdoored" for k in ("paper", "grubbs")},
-                    "paper_max": max(c.paper_score for c in rep.classes)})
+        anchored = ci.decide(rep, "anchored")
+        per.append({"name": r["name"], "seed": r["seed"], "anchored_max": anchored.max_score,
+                    "anchored_top": anchored.top_name, "top1_drop": r["top1_drop"],
+                    **{f"{k}_flagged": rep.side_rules[k]["verdict"] == "backdoored" for k in ("paper", "grubbs")}})
     null = ci.NullStudy(backbone="miniclip zero-shot heads, anchored", scores=tuple(p["anchored_max"] for p in per),
                         scan={}, models=tuple(p["name"] for p in per))
     thr = null.threshold(fpr)
