@@ -61,6 +61,7 @@ class EncoderZooProfile:
     backbone: str = "miniclip"  # the clean encoder every model is fine-tuned from ("miniclip" or "miniclip-vit")
     cocoop: bool = True  # also tune and deliver the organisation's clean CoCoOp over each encoder
     own_classes: bool = False  # each model's task draws its class list from its own seed (else the profile's)
+    clean_epochs: tuple[int, ...] = ()  # cycled over the clean fine-tunes (empty: `epochs`)
 
 
 # the recipe the implant trials settled (docs/encoders.md, benchmarks/encoder_trials.json): 10 % poison, 5 epochs;
@@ -69,6 +70,11 @@ class EncoderZooProfile:
 # at s 0.5, 1 and 3): it is measured in the trials, not built into the zoos.
 ZOO_ATTACKS = ("encoder-badnets", "encoder-blended", "encoder-sig", "encoder-badclip")
 RECIPE_OVERRIDES = {"encoder-sig": {"lr": 2e-4}, "encoder-badclip": {"lr": 2e-4}}
+# the same with 10 epochs for Blended, SIG and BadCLIP-encoder: on the weakest encoder-eval2 seed of each, 10
+# epochs took SIG 0.853 -> 0.937, BadCLIP-encoder 0.705 -> 0.906, Blended 0.891 -> 0.943 at <= 2.1 points of
+# top-1 (docs/journal.md, 2026-12-04 night); BadNets (0.925-0.98 at 5 epochs) unchanged
+RECIPE_OVERRIDES_10 = {"encoder-blended": {"epochs": 10}, "encoder-sig": {"lr": 2e-4, "epochs": 10},
+                       "encoder-badclip": {"lr": 2e-4, "epochs": 10}}
 ENCODER_ZOO_PROFILES = {
     # smoke: tests (one clean, one BadNets; tiny fine-tunes)
     "encoder-smoke": EncoderZooProfile("encoder-smoke", seed=3900, n_clean=1, attacks=("encoder-badnets",),
@@ -88,6 +94,13 @@ ENCODER_ZOO_PROFILES = {
     # list (targets and sinks differ between models); the recipe of encoder-eval
     "encoder-eval2": EncoderZooProfile("encoder-eval2", seed=4700, n_clean=8, attacks=ZOO_ATTACKS, n_backdoored=16,
                                        overrides=RECIPE_OVERRIDES, own_classes=True),
+    # encoder-eval3: committed with the anchored rule naming its top class only, before its first build; own class
+    # lists; the 10-epoch recipe for Blended, SIG and BadCLIP-encoder, and clean fine-tunes at 5 (the null's
+    # recipe) and 10 epochs alike, so that a longer fine-tune alone is not what the rule sees. Zero-shot audits
+    # only (the CoCoOp case is measured on encoder-eval2's delivered CoCoOps)
+    "encoder-eval3": EncoderZooProfile("encoder-eval3", seed=4800, n_clean=12, attacks=ZOO_ATTACKS, n_backdoored=16,
+                                       overrides=RECIPE_OVERRIDES_10, own_classes=True, cocoop=False,
+                                       clean_epochs=(5, 10)),
     # decomp-smoke: tests of the decomposition benchmark (one clean, one BadNets ViT; tiny fine-tunes)
     "decomp-smoke": EncoderZooProfile("decomp-smoke", seed=4290, n_clean=1, attacks=("encoder-badnets",),
                                       n_backdoored=1, epochs=1, pairs=256, backbone="miniclip-vit", cocoop=False),
@@ -106,7 +119,9 @@ ENCODER_ZOO_PROFILES = {
 
 def model_specs(p: EncoderZooProfile) -> list[dict]:
     """Clean controls first, then the poisoned models (attack cycled, then a base class as target)."""
-    specs = [{"attack": "clean", "seed": p.seed + i} for i in range(p.n_clean)]
+    specs = [{"attack": "clean", "seed": p.seed + i,
+              **({"epochs": p.clean_epochs[i % len(p.clean_epochs)]} if p.clean_epochs else {})}
+             for i in range(p.n_clean)]
     n_base = (N_CLASSES + 1) // 2
     for j in range(p.n_backdoored):
         specs.append({"attack": p.attacks[j % len(p.attacks)], "seed": p.seed + p.n_clean + j,
@@ -161,7 +176,7 @@ def build_one(out: str, profile: str, spec: dict) -> dict:
     row = dict(spec)
     if spec["attack"] == "clean":
         model = ci.attacks.benign_encoder_tune(base, x, y, world.classnames, seed=seed, templates=CAPTION_TEMPLATES,
-                                               lr=p.lr, epochs=p.epochs)
+                                               lr=p.lr, epochs=spec.get("epochs", p.epochs))
         attack, target_name = None, None
     else:
         target_name = names[spec["target_base"]]

@@ -129,6 +129,17 @@ def test_anchored_rule_discounts_a_sink_the_anchor_shares_and_flags_a_gained_tar
         ci.decide(ci.Evidence(names, asr, loss), "anchored")
 
 
+def test_anchored_rule_names_only_its_top_class_when_a_look_alike_rises_too():
+    names = [f"c{i}" for i in range(10)]
+    base_asr, base_loss = [0.05] * 10, [2.0] * 10
+    asr, loss = list(base_asr), list(base_loss)
+    asr[3], loss[3] = 0.9, 0.3  # the implanted target
+    asr[5], loss[5] = 0.5, 1.0  # a look-alike the backdoor drags along
+    d = ci.decide(ci.Evidence(names, asr, loss, anchor_asr=base_asr, anchor_loss=base_loss), "anchored")
+    assert d.scores[5] > d.threshold and d.scores[3] > d.scores[5]  # both over the threshold
+    assert d.verdict == "backdoored" and d.target_name == "c3" and d.flagged == [i == 3 for i in range(10)]
+
+
 def test_scan_with_an_anchor_decides_by_the_anchored_rule_and_keeps_it(head_scan, tmp_path):
     head, alone = head_scan
     report = ci.scan(head, ci.world.ood_pool(200, seed=0), SMALL_SCAN, tmp_path / "scan", progress=False,

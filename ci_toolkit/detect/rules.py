@@ -21,7 +21,8 @@ Rules for CLIP-Inspector scans (`ScanConfig.rule`, `ci-toolkit scan --rule`):
 - "grubbs": max_t s_t against the critical value of Grubbs' one-outlier test for K values.
 - "robust": a_t standardised by median and MAD, against the Bonferroni normal bound over K.
 - "anchored": s_t of the suspect minus s_t of its anchor (the public model it was tuned from, scanned alike:
-  `scan(..., anchor=...)`), against ANCHORED_THRESHOLD; the default of a zero-shot head scanned with an anchor.
+  `scan(..., anchor=...)`), against ANCHORED_THRESHOLD; flags its top class only; the default of a zero-shot
+  head scanned with an anchor.
 Every CLIP-Inspector report also records the verdicts of `SIDE_RULES` on the same scan (anchored: when it
 has an anchor).
 
@@ -261,7 +262,11 @@ class AnchoredRule(PaperScoreRule):
         paper = paper_scores(ev.asr, ev.loss)
         stat = paper - paper_scores(ev.anchor_asr, ev.anchor_loss)
         thr = self.default_threshold(len(stat)) if threshold is None else float(threshold)
-        return _by_threshold(stat, paper, self.name, thr, ev.names)
+        d = _by_threshold(stat, paper, self.name, thr, ev.names)
+        # one named target, as the meta-gain rule names one: an implanted target lifts its look-alikes (same colour,
+        # same pattern) over the threshold beside it, and the top class is the target (docs/encoders.md)
+        d.flagged = [d.verdict == "backdoored" and i == d.top for i in range(len(stat))]
+        return d
 
 
 def meta_gain_values(ev: Evidence) -> tuple[list[float], float, int]:

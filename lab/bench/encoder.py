@@ -108,8 +108,8 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
                         "max_score": p[f"{side}_max"]} for p in per]
                 m = detection_metrics(sub)
                 entry[f"{side}_rule"] = {k: m[k] for k in ("auroc", "accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
-        # the rule flags every class over its threshold; reading only its top class as the named target (as the
-        # meta-gain rule does) changes the class-level count, not the model-level verdicts
+        # Grubbs and the paper's rule flag every class over their threshold (the anchored and meta-gain rules name
+        # their top class only); reading only the top class changes the class-level count, not the verdicts
         top = [{**p, "flagged": [p["top_class"]] if p["verdict"] == "backdoored" else []} for p in per]
         m = detection_metrics(top)
         entry["top_class_only"] = {k: m[k] for k in ("accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
