@@ -80,7 +80,7 @@ def cmd_bench_encoder(args) -> None:
               f"on the clean control {a['asr_clean_control']:.3f}")
     if args.attacks_only:
         return
-    detect = bench_encoder_detect(args.zoo, args.min_asr)
+    detect = bench_encoder_detect(args.zoo, args.min_asr, args.cocoop_zoo)
     write_json(out / "encoder_detect.json", detect)
     encoder_figure(attacks, detect, out / "encoder_detect.png")
     for key in ("clip_inspector_zero_shot", "clip_inspector_cocoop"):
@@ -90,6 +90,9 @@ def cmd_bench_encoder(args) -> None:
         print(f"{key}: AUROC {d['auroc']:.3f}, F1 {d['f1']:.3f}, FPR {d['fpr']:.3f}, TPR {d['tpr']:.3f} "
               f"({detect['n_backdoored']} poisoned, {detect['n_clean']} clean)")
     it = bench_invertune(args.zoo, args.min_asr)
+    if not it["n_backdoored"]:  # a zoo audited without InverTune leaves invertune.json as it was
+        print(f"no InverTune audits in {args.zoo}: {out / 'invertune.json'} not written")
+        return
     write_json(out / "invertune.json", it)
     if it["n_backdoored"]:
         print(f"InverTune: target identified {it['target_id_rate']:.3f}; ASR after {it['asr_after']:.3f} "
@@ -437,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--zoo", required=True)
     s.add_argument("--out-dir", default="benchmarks")
     s.add_argument("--attacks-only", action="store_true", help="only encoder_attacks.json (before the audits ran)")
+    s.add_argument("--cocoop-zoo", default=None,
+                   help="the clean-CoCoOp case from this build instead (one whose delivered CoCoOps were scanned)")
     s.add_argument("--min-asr", type=float, default=ENCODER_MIN_ASR,
                    help=f"poisoned models below this ASR are left out of detection (default {ENCODER_MIN_ASR})")
     s.set_defaults(func=cmd_bench_encoder)

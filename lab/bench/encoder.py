@@ -89,19 +89,29 @@ def _detect_row(r: dict, report: ci.ScanReport) -> dict:
     return row
 
 
-def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
+def _used(zoo: Path, min_asr: float) -> list[dict]:
+    return [r for r in _rows(zoo) if r["attack"] == "clean" or r["asr"] >= min_asr]
+
+
+def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, cocoop_zoo: str | Path | None = None) -> dict:
+    """Detection on `zoo`'s audits; the clean-CoCoOp case from `cocoop_zoo` instead when given (a build whose
+    delivered CoCoOps were scanned), with its own counts under that case's key."""
     zoo = Path(zoo)
     rows = _rows(zoo)
-    used = [r for r in rows if r["attack"] == "clean" or r["asr"] >= min_asr]
+    used = _used(zoo, min_asr)
     out = {"zoo": str(zoo), "min_asr": min_asr, "n_clean": sum(r["attack"] == "clean" for r in used),
            "n_backdoored": sum(r["attack"] != "clean" for r in used),
            "n_not_implanted": len(rows) - len(used), "n_task_classes": N_CLASSES // 2 + N_CLASSES % 2}
     for key, kind in CASES.items():
-        if not all((zoo / "scans" / r["name"] / kind / "report.json").exists() for r in used):
+        source = Path(cocoop_zoo) if kind == "cocoop" and cocoop_zoo is not None else zoo
+        case_used = used if source == zoo else _used(source, min_asr)
+        if not all((source / "scans" / r["name"] / kind / "report.json").exists() for r in case_used):
             continue  # that case was not audited (`encoder-zoo --stages`)
         # decided again under each report's own rule, so that the rules' current constants apply
-        per = [_detect_row(r, _redecided(zoo / "scans" / r["name"] / kind)) for r in used]
+        per = [_detect_row(r, _redecided(source / "scans" / r["name"] / kind)) for r in case_used]
         entry = {**detection_metrics(per), "rule": sorted({p["rule"] for p in per})}
+        if source != zoo:
+            entry.update(zoo=str(source), n_clean=sum(1 - p["label"] for p in per), n_backdoored=sum(p["label"] for p in per))
         for side in ("paper", "grubbs"):
             if all(side in p for p in per):
                 sub = [{**p, "flagged": p[side], "verdict": "backdoored" if p[side] else "clean",
