@@ -80,7 +80,7 @@ def cmd_bench_encoder(args) -> None:
               f"on the clean control {a['asr_clean_control']:.3f}")
     if args.attacks_only:
         return
-    detect = bench_encoder_detect(args.zoo, args.min_asr, args.cocoop_zoo)
+    detect = bench_encoder_detect(args.zoo, args.min_asr, args.rest_from)
     write_json(out / "encoder_detect.json", detect)
     encoder_figure(attacks, detect, out / "encoder_detect.png")
     for key in ("clip_inspector_zero_shot", "clip_inspector_cocoop"):
@@ -90,7 +90,9 @@ def cmd_bench_encoder(args) -> None:
         print(f"{key}: AUROC {d['auroc']:.3f}, F1 {d['f1']:.3f}, FPR {d['fpr']:.3f}, TPR {d['tpr']:.3f} "
               f"({detect['n_backdoored']} poisoned, {detect['n_clean']} clean)")
     it = bench_invertune(args.zoo, args.min_asr)
-    if not it["n_backdoored"]:  # a zoo audited without InverTune leaves invertune.json as it was
+    if not it["n_backdoored"] and args.rest_from:
+        it = bench_invertune(args.rest_from, args.min_asr)
+    if not it["n_backdoored"]:  # no InverTune audits to read: invertune.json stays as it was
         print(f"no InverTune audits in {args.zoo}: {out / 'invertune.json'} not written")
         return
     write_json(out / "invertune.json", it)
@@ -440,8 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--zoo", required=True)
     s.add_argument("--out-dir", default="benchmarks")
     s.add_argument("--attacks-only", action="store_true", help="only encoder_attacks.json (before the audits ran)")
-    s.add_argument("--cocoop-zoo", default=None,
-                   help="the clean-CoCoOp case from this build instead (one whose delivered CoCoOps were scanned)")
+    s.add_argument("--rest-from", default=None, metavar="ZOO",
+                   help="the audits ZOO has and --zoo lacks (the clean-CoCoOp case; InverTune and the repairs, "
+                        "invertune.json) from this build")
     s.add_argument("--min-asr", type=float, default=ENCODER_MIN_ASR,
                    help=f"poisoned models below this ASR are left out of detection (default {ENCODER_MIN_ASR})")
     s.set_defaults(func=cmd_bench_encoder)

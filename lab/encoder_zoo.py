@@ -64,10 +64,9 @@ class EncoderZooProfile:
     clean_epochs: tuple[int, ...] = ()  # cycled over the clean fine-tunes (empty: `epochs`)
 
 
-# the recipe the implant trials settled (docs/encoders.md, benchmarks/encoder_trials.json): 10 % poison, 5 epochs;
-# lr 5e-4 for the patch and the blend (2.5x the spec's 2e-4: BadNets 0.59 -> 0.92), the spec's 2e-4 for SIG and
-# BadCLIP-encoder (at 5e-4 their ASR fell and top-1 dropped 6-9 points). WaNet implanted in no trial (ASR <= 0.05
-# at s 0.5, 1 and 3): it is measured in the trials, not built into the zoos.
+# the first zoos' recipe (docs/encoders.md): 10 % poison, 5 epochs; lr 5e-4 for the patch and the blend (2.5x the
+# spec's 2e-4), the spec's 2e-4 for SIG and BadCLIP-encoder. WaNet implants on no trial (300-class ASR <= 0.18 at
+# s 0.5-3, benchmarks/encoder_recipe_trials.json): it is measured in the trials, not built into the zoos.
 ZOO_ATTACKS = ("encoder-badnets", "encoder-blended", "encoder-sig", "encoder-badclip")
 RECIPE_OVERRIDES = {"encoder-sig": {"lr": 2e-4}, "encoder-badclip": {"lr": 2e-4}}
 # the same with 10 epochs for Blended, SIG and BadCLIP-encoder: on the weakest encoder-eval2 seed of each, 10

@@ -93,9 +93,9 @@ def _used(zoo: Path, min_asr: float) -> list[dict]:
     return [r for r in _rows(zoo) if r["attack"] == "clean" or r["asr"] >= min_asr]
 
 
-def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, cocoop_zoo: str | Path | None = None) -> dict:
-    """Detection on `zoo`'s audits; the clean-CoCoOp case from `cocoop_zoo` instead when given (a build whose
-    delivered CoCoOps were scanned), with its own counts under that case's key."""
+def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, rest_from: str | Path | None = None) -> dict:
+    """Detection on `zoo`'s audits; a case `zoo` was not audited for (the clean CoCoOp) from `rest_from` when given,
+    with that build's name and counts under the case's key."""
     zoo = Path(zoo)
     rows = _rows(zoo)
     used = _used(zoo, min_asr)
@@ -103,8 +103,9 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, cocoop_zoo: 
            "n_backdoored": sum(r["attack"] != "clean" for r in used),
            "n_not_implanted": len(rows) - len(used), "n_task_classes": N_CLASSES // 2 + N_CLASSES % 2}
     for key, kind in CASES.items():
-        source = Path(cocoop_zoo) if kind == "cocoop" and cocoop_zoo is not None else zoo
-        case_used = used if source == zoo else _used(source, min_asr)
+        source, case_used = zoo, used
+        if rest_from is not None and not all((zoo / "scans" / r["name"] / kind / "report.json").exists() for r in used):
+            source, case_used = Path(rest_from), _used(Path(rest_from), min_asr)
         if not all((source / "scans" / r["name"] / kind / "report.json").exists() for r in case_used):
             continue  # that case was not audited (`encoder-zoo --stages`)
         # decided again under each report's own rule, so that the rules' current constants apply
@@ -129,9 +130,11 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, cocoop_zoo: 
                                        "max": max(bad, default=None)}
         entry["models"] = per
         out[key] = entry
-    it = []
-    for r in used:
-        path = zoo / "scans" / r["name"] / "invertune.json"
+    it, it_zoo, it_used = [], zoo, used
+    if rest_from is not None and not any((zoo / "scans" / r["name"] / "invertune.json").exists() for r in used):
+        it_zoo, it_used = Path(rest_from), _used(Path(rest_from), min_asr)
+    for r in it_used:
+        path = it_zoo / "scans" / r["name"] / "invertune.json"
         if not path.exists():  # audited only partly (`encoder-zoo --stages`)
             continue
         res = json.loads(path.read_text())
@@ -141,7 +144,7 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, cocoop_zoo: 
     bad = [m for m in it if m["label"]]
     labels = [m["label"] for m in it]
     out["invertune"] = {
-        "n_clean": len(it) - len(bad), "n_backdoored": len(bad),
+        "zoo": str(it_zoo), "n_clean": len(it) - len(bad), "n_backdoored": len(bad),
         "target_id_rate": sum(m["identified"] == m["target"] for m in bad) / len(bad) if bad else None,
         "auroc_inverted_asr": roc_auc_score(labels, [m["inverted_asr"] for m in it]) if len(set(labels)) == 2 else None,
         "auroc_rise": roc_auc_score(labels, [m["rise"] for m in it]) if len(set(labels)) == 2 else None,
