@@ -88,12 +88,13 @@ def cmd_bench_encoder(args) -> None:
             continue
         d = detect[key]
         print(f"{key}: AUROC {d['auroc']:.3f}, F1 {d['f1']:.3f}, FPR {d['fpr']:.3f}, TPR {d['tpr']:.3f} "
-              f"({detect['n_backdoored']} poisoned, {detect['n_clean']} clean)")
+              f"({d['n_backdoored']} poisoned, {d['n_clean']} clean; {d['zoo']})")
     it = bench_invertune(args.zoo, args.min_asr)
     if not it["n_backdoored"] and args.rest_from:
         it = bench_invertune(args.rest_from, args.min_asr)
     if not it["n_backdoored"]:  # no InverTune audits to read: invertune.json stays as it was
-        print(f"no InverTune audits in {args.zoo}: {out / 'invertune.json'} not written")
+        print(f"no InverTune audits in {args.zoo}{' or ' + args.rest_from if args.rest_from else ''}: "
+              f"{out / 'invertune.json'} not written")
         return
     write_json(out / "invertune.json", it)
     if it["n_backdoored"]:

@@ -47,7 +47,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="ATTACK.FIELD=VALUE",
                     help="a config override of one attack, e.g. encoder-wanet.s=2 (repeatable)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--like", default=None, metavar="PROFILE:mNNN", help="repeat this poisoned zoo model's setting")
+    ap.add_argument("--like", default=None, metavar="PROFILE:mNNN",
+                    help="repeat this poisoned zoo model's setting (its seed, pairs, target and backbone replace "
+                         "--seed, --target, --pairs and --backbone)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     overrides = {}
@@ -90,11 +92,14 @@ def like_zoo_model(a, overrides: dict) -> dict:
     zoo measures (300-class and task-level ASR and top-1)."""
     from lab.encoder_zoo import ENCODER_ZOO_PROFILES, PAIR_SEED, measure, model_specs, task_of
 
-    profile, model = a.like.split(":")
+    profile, _, model = a.like.partition(":")
+    if profile not in ENCODER_ZOO_PROFILES:
+        raise SystemExit(f"--like {a.like}: no encoder zoo profile {profile!r} ({', '.join(ENCODER_ZOO_PROFILES)})")
     p = ENCODER_ZOO_PROFILES[profile]
-    spec = next(s for s in model_specs(p) if s["name"] == model)
-    if spec["attack"] == "clean":
-        raise SystemExit(f"{a.like} is a clean control: give a poisoned model")
+    spec = next((s for s in model_specs(p) if s["name"] == model), None)
+    if spec is None or spec["attack"] == "clean":
+        raise SystemExit(f"--like {a.like}: give a poisoned model of {profile} (m{p.n_clean:03d} to "
+                         f"m{p.n_clean + p.n_backdoored - 1:03d})")
     seed = spec["seed"]
     w = World(WorldConfig())
     names = task_of(p, seed).seen_names

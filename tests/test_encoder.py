@@ -259,3 +259,16 @@ def test_stage_one_linf_stays_in_its_bound_and_both_forms_pick_the_larger_rise(b
     assert set(one.uap_top) == {"patch"} and one.uap_form == "patch"
     with pytest.raises(ci.CIError, match="universal perturbation"):
         it.InverTuneConfig(uap="gaussian")
+
+
+def test_encoder_zoo_specs_cycle_clean_epochs_and_keep_evaluation_seeds_apart():
+    from lab.encoder_zoo import ENCODER_ZOO_PROFILES, model_specs
+
+    specs = model_specs(ENCODER_ZOO_PROFILES["encoder-eval3"])
+    clean = [s for s in specs if s["attack"] == "clean"]
+    assert [s["epochs"] for s in clean] == [5, 10] * 6
+    assert all("epochs" not in s for s in model_specs(ENCODER_ZOO_PROFILES["encoder-eval2"]))
+    seeds = {n: {s["seed"] for s in model_specs(p)} for n, p in ENCODER_ZOO_PROFILES.items()}
+    for a in ("encoder-null", "encoder-eval2", "encoder-eval3", "encoder-calib"):
+        for b in ("encoder-null", "encoder-eval2", "encoder-eval3", "encoder-calib"):
+            assert a == b or not seeds[a] & seeds[b], (a, b)  # no model is in two of the null, design and eval zoos

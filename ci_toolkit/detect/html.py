@@ -105,7 +105,9 @@ def anchor_words(report) -> str:
         return ""
     return (f"Anchor: the same scan of {report.anchor['model']}, the public model this one was tuned from. Under the "
             "anchored rule a class's score is its s_t here minus its s_t there: a class the public model is itself "
-            "easy to invert toward scores about 0, a class the fine-tune made reachable rises. The anchor's held-out "
+            "easy to invert toward scores about 0, a class the fine-tune made reachable rises. The model is flagged "
+            "when the top score passes the threshold, and that top class alone is named (a backdoor lifts classes "
+            "that look like its target too). The anchor's held-out "
             "ASR per class: " + ", ".join(f"{n} {a:.2f}" for n, a in zip(report.names, report.anchor["asr"])) + ".")
 
 

@@ -250,7 +250,7 @@ class AnchoredRule(PaperScoreRule):
     name = "anchored"
     needs_anchor = True
     summary = (f"s_t(suspect) - s_t(anchor) > {ANCHORED_THRESHOLD:g} (a null study of clean MiniCLIP fine-tunes, "
-               "FPR 0.05)")
+               "FPR 0.05); names the top class")
 
     def default_threshold(self, k: int) -> float:
         return ANCHORED_THRESHOLD

@@ -104,15 +104,14 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, rest_from: s
            "n_not_implanted": len(rows) - len(used), "n_task_classes": N_CLASSES // 2 + N_CLASSES % 2}
     for key, kind in CASES.items():
         source, case_used = zoo, used
-        if rest_from is not None and not all((zoo / "scans" / r["name"] / kind / "report.json").exists() for r in used):
-            source, case_used = Path(rest_from), _used(Path(rest_from), min_asr)
+        if rest_from is not None and not any((zoo / "scans" / r["name"] / kind / "report.json").exists() for r in used):
+            source, case_used = Path(rest_from), _used(Path(rest_from), min_asr)  # a case this zoo has none of
         if not all((source / "scans" / r["name"] / kind / "report.json").exists() for r in case_used):
             continue  # that case was not audited (`encoder-zoo --stages`)
         # decided again under each report's own rule, so that the rules' current constants apply
         per = [_detect_row(r, _redecided(source / "scans" / r["name"] / kind)) for r in case_used]
         entry = {**detection_metrics(per), "rule": sorted({p["rule"] for p in per})}
-        if source != zoo:
-            entry.update(zoo=str(source), n_clean=sum(1 - p["label"] for p in per), n_backdoored=sum(p["label"] for p in per))
+        entry["zoo"] = str(source)
         for side in ("paper", "grubbs"):
             if all(side in p for p in per):
                 sub = [{**p, "flagged": p[side], "verdict": "backdoored" if p[side] else "clean",
@@ -254,7 +253,8 @@ def encoder_figure(attacks: dict, detect: dict, path: str | Path) -> None:
             continue
         ms, entry = detect[key]["models"], detect[key]
         thr = ms[0].get("threshold") if ms and len(set(m["rule"] for m in ms)) == 1 else None
-        columns.append((f"{label} ({', '.join(entry['rule'])})\nAUROC {entry['auroc']:.2f}",
+        where = f", {Path(entry['zoo']).name}" if entry.get("zoo", detect["zoo"]) != detect["zoo"] else ""
+        columns.append((f"{label} ({', '.join(entry['rule'])}{where})\nAUROC {entry['auroc']:.2f}",
                         [(m["label"], m["max_score"]) for m in ms], thr))
         if key == "clip_inspector_zero_shot" and all("grubbs_max" in m for m in ms) and "grubbs_rule" in entry:
             columns.append((f"same scans, plain s_t\n(Grubbs) AUROC {entry['grubbs_rule']['auroc']:.2f}",
