@@ -11,7 +11,8 @@
                           FPR-0.05 threshold and every rule's false-positive rate with its Clopper-Pearson interval
 
 A poisoned model whose ASR stayed under `lab.encoder_zoo.MIN_ASR` is left out of detection (counted under
-n_not_implanted). Class level as `bench detect`: TP = the true target flagged, FP = any other class flagged.
+n_not_implanted); the CoCoOp case also reports (`through_cocoop`) the poisoned encoders whose trigger still
+reaches MIN_ASR through the organisation's clean CoCoOp (`asr_cocoop`). Class level as `bench detect`: TP = the true target flagged, FP = any other class flagged.
 """
 
 from __future__ import annotations
@@ -118,6 +119,15 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, rest_from: s
                         "max_score": p[f"{side}_max"]} for p in per]
                 m = detection_metrics(sub)
                 entry[f"{side}_rule"] = {k: m[k] for k in ("auroc", "accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
+                if kind == "cocoop":  # only the poisoned encoders whose trigger still works through the CoCoOp
+                    through = [q for q, r in zip(sub, case_used) if not q["label"] or (r.get("asr_cocoop") or 0) >= min_asr]
+                    m = detection_metrics(through)
+                    entry[f"{side}_rule"]["through_cocoop"] = {k: m[k] for k in ("auroc", "f1", "fpr", "tpr", "tp", "fn")}
+        if kind == "cocoop":
+            through = [p for p, r in zip(per, case_used) if not p["label"] or (r.get("asr_cocoop") or 0) >= min_asr]
+            m = detection_metrics(through)
+            entry["through_cocoop"] = {"n_backdoored": sum(p["label"] for p in through),
+                                       **{k: m[k] for k in ("auroc", "f1", "fpr", "tpr", "tp", "fn")}}
         # Grubbs and the paper's rule flag every class over their threshold (the anchored and meta-gain rules name
         # their top class only); reading only the top class changes the class-level count, not the verdicts
         top = [{**p, "flagged": [p["top_class"]] if p["verdict"] == "backdoored" else []} for p in per]
@@ -237,7 +247,7 @@ def encoder_figure(attacks: dict, detect: dict, path: str | Path) -> None:
     """Left: each attack's ASR and top-1 drop per model; right: the zero-shot scan's max score, clean vs poisoned."""
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, entry) in enumerate(attacks["attacks"].items()):
         a.scatter([i] * len(entry["models"]), [m["asr"] for m in entry["models"]], color="C3", s=18,
                   label="ASR" if i == 0 else None)
@@ -254,10 +264,10 @@ def encoder_figure(attacks: dict, detect: dict, path: str | Path) -> None:
         ms, entry = detect[key]["models"], detect[key]
         thr = ms[0].get("threshold") if ms and len(set(m["rule"] for m in ms)) == 1 else None
         where = f", {Path(entry['zoo']).name}" if entry.get("zoo", detect["zoo"]) != detect["zoo"] else ""
-        columns.append((f"{label} ({', '.join(entry['rule'])}{where})\nAUROC {entry['auroc']:.2f}",
+        columns.append((f"{label}\n({', '.join(entry['rule'])}{where})\nAUROC {entry['auroc']:.2f}",
                         [(m["label"], m["max_score"]) for m in ms], thr))
         if key == "clip_inspector_zero_shot" and all("grubbs_max" in m for m in ms) and "grubbs_rule" in entry:
-            columns.append((f"same scans, plain s_t\n(Grubbs) AUROC {entry['grubbs_rule']['auroc']:.2f}",
+            columns.append((f"same scans, plain s_t\n(Grubbs)\nAUROC {entry['grubbs_rule']['auroc']:.2f}",
                             [(m["label"], m["grubbs_max"]) for m in ms], None))
     for j, (_, points, thr) in enumerate(columns):
         for lab_, colour in ((0, "C2"), (1, "C3")):
