@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = bsub.add_parser("encoder-null", help="the anchored rule's null: clean fine-tunes' zero-shot scans against "
                                              "the public MiniCLIP's, the threshold at an FPR",
                         description="Needs: python -m lab encoder-zoo --profile encoder-null --out DIR --stages scans.")
-    s.add_argument("--zoo", required=True)
+    s.add_argument("--zoo", required=True, nargs="+", help="one or more builds of clean fine-tunes, pooled")
     s.add_argument("--out", default="benchmarks/encoder_null.json")
     s.add_argument("--fpr", type=float, default=0.05)
     s.set_defaults(func=cmd_bench_encoder_null)

@@ -98,6 +98,11 @@ ENCODER_ZOO_PROFILES = {
     "encoder-eval3": EncoderZooProfile("encoder-eval3", seed=4800, n_clean=12, attacks=ZOO_ATTACKS, n_backdoored=16,
                                        overrides=RECIPE_OVERRIDES_10, own_classes=True, cocoop=False,
                                        clean_epochs=(5, 10)),
+    # encoder-null2: clean fine-tunes of 5, 10 and 15 epochs (8 each), own class lists, zero-shot scans: a null
+    # across the fine-tune lengths a provider may choose (10-epoch clean fine-tunes crossed the 5-epoch null's
+    # threshold on encoder-eval3); pooled with encoder-null by `bench encoder-null --zoo A B`
+    "encoder-null2": EncoderZooProfile("encoder-null2", seed=4900, n_clean=24, attacks=(), n_backdoored=0,
+                                       cocoop=False, own_classes=True, clean_epochs=(5, 10, 15)),
     # decomp-smoke: tests of the decomposition benchmark (one clean, one BadNets ViT; tiny fine-tunes)
     "decomp-smoke": EncoderZooProfile("decomp-smoke", seed=4290, n_clean=1, attacks=("encoder-badnets",),
                                       n_backdoored=1, epochs=1, pairs=256, backbone="miniclip-vit", cocoop=False),

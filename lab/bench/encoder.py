@@ -193,26 +193,33 @@ def bench_invertune(zoo: str | Path, min_asr: float = MIN_ASR) -> dict:
     return out
 
 
-def bench_encoder_null(zoo: str | Path, fpr: float = ci.detect.DEFAULT_FPR) -> dict:
-    """The zero-shot scans of a zoo of clean fine-tunes (profile encoder-null), each against its anchor: the
-    anchored statistic's null, the threshold it sets at `fpr` (flagged when it is EXCEEDED), and the
-    false-positive rate of the anchored rule at that threshold and of the plain rules, each with its 95%
-    Clopper-Pearson interval."""
-    zoo = Path(zoo)
-    rows = [r for r in _rows(zoo) if r["attack"] == "clean"]
+def bench_encoder_null(zoo: str | Path | list, fpr: float = ci.detect.DEFAULT_FPR) -> dict:
+    """The zero-shot scans of a zoo of clean fine-tunes (profile encoder-null; several zoos pool into one null),
+    each against its anchor: the anchored statistic's null, the threshold it sets at `fpr` (flagged when it is
+    EXCEEDED), and the false-positive rate of the anchored rule at that threshold and of the plain rules, each
+    with its 95% Clopper-Pearson interval; per fine-tune length too."""
+    zoos = [Path(z) for z in (zoo if isinstance(zoo, (list, tuple)) else [zoo])]
     per = []
-    for r in rows:
-        rep = ci.ScanReport.load(zoo / "scans" / r["name"] / "zero_shot")
-        anchored = ci.decide(rep, "anchored")
-        per.append({"name": r["name"], "seed": r["seed"], "anchored_max": anchored.max_score,
-                    "anchored_top": anchored.top_name, "top1_drop": r["top1_drop"],
-                    **{f"{k}_flagged": rep.side_rules[k]["verdict"] == "backdoored" for k in ("paper", "grubbs")}})
+    for z in zoos:
+        epochs = json.loads((z / "manifest.json").read_text())["profile"].get("epochs", 5)
+        for r in (r for r in _rows(z) if r["attack"] == "clean"):
+            rep = ci.ScanReport.load(z / "scans" / r["name"] / "zero_shot")
+            anchored = ci.decide(rep, "anchored")
+            per.append({"zoo": str(z), "name": r["name"], "seed": r["seed"], "epochs": r.get("epochs", epochs),
+                        "anchored_max": anchored.max_score,
+                        "anchored_top": anchored.top_name, "top1_drop": r["top1_drop"],
+                        **{f"{k}_flagged": rep.side_rules[k]["verdict"] == "backdoored" for k in ("paper", "grubbs")}})
     null = ci.NullStudy(backbone="miniclip zero-shot heads, anchored", scores=tuple(p["anchored_max"] for p in per),
-                        scan={}, models=tuple(p["name"] for p in per))
+                        scan={}, models=tuple(f"{Path(p['zoo']).name}/{p['name']}" for p in per))
     thr = null.threshold(fpr)
-    out = {"zoo": str(zoo), "n_clean": len(per), "fpr_target": fpr, "anchored_threshold": thr,
+    out = {"zoo": str(zoos[0]) if len(zoos) == 1 else [str(z) for z in zoos], "n_clean": len(per), "fpr_target": fpr,
+           "anchored_threshold": thr,
            "anchored_scores": {"min": min(null.scores), "median": sorted(null.scores)[len(per) // 2],
-                               "max": max(null.scores)}}
+                               "max": max(null.scores)},
+           "by_epochs": {str(e): {"n": len(v), "min": min(v), "max": max(v),
+                                  "over_shipped_threshold": sum(x > ci.detect.ANCHORED_THRESHOLD for x in v)}
+                         for e in sorted({p["epochs"] for p in per})
+                         for v in [[p["anchored_max"] for p in per if p["epochs"] == e]]}}
     flags = {"anchored": [p["anchored_max"] > thr for p in per] if thr is not None else [False] * len(per),
              "grubbs": [p["grubbs_flagged"] for p in per], "paper": [p["paper_flagged"] for p in per]}
     out["fpr"] = {}
