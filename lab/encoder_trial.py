@@ -23,6 +23,7 @@ import torch
 
 import ci_toolkit as ci
 from ci_toolkit.world import CAPTION_TEMPLATES, World, WorldConfig
+from lab.encoder_zoo import ENCODER_ZOO_PROFILES, PAIR_SEED, measure, model_specs, task_of
 
 
 @torch.no_grad()
@@ -90,8 +91,6 @@ def main(argv=None) -> dict:
 def like_zoo_model(a, overrides: dict) -> dict:
     """Each of `a.attacks` implanted as the zoo would build model `a.like` (seed, pairs, target), measured as the
     zoo measures (300-class and task-level ASR and top-1)."""
-    from lab.encoder_zoo import ENCODER_ZOO_PROFILES, PAIR_SEED, measure, model_specs, task_of
-
     profile, _, model = a.like.partition(":")
     if profile not in ENCODER_ZOO_PROFILES:
         raise SystemExit(f"--like {a.like}: no encoder zoo profile {profile!r} ({', '.join(ENCODER_ZOO_PROFILES)})")
