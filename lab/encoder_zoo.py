@@ -69,7 +69,8 @@ class EncoderZooProfile:
 # s 0.5-3, benchmarks/encoder_recipe_trials.json): it is measured in the trials, not built into the zoos.
 ZOO_ATTACKS = ("encoder-badnets", "encoder-blended", "encoder-sig", "encoder-badclip")
 RECIPE_OVERRIDES = {"encoder-sig": {"lr": 2e-4}, "encoder-badclip": {"lr": 2e-4}}
-# 10 epochs for Blended, SIG and BadCLIP-encoder (their weakest encoder-eval2 models: benchmarks/encoder_recipe_trials.json)
+# 10 epochs for Blended, SIG and BadCLIP-encoder (on their weakest encoder-eval2 models:
+# benchmarks/encoder_recipe_trials.json)
 RECIPE_OVERRIDES_10 = {"encoder-blended": {"epochs": 10}, "encoder-sig": {"lr": 2e-4, "epochs": 10},
                        "encoder-badclip": {"lr": 2e-4, "epochs": 10}}
 ENCODER_ZOO_PROFILES = {

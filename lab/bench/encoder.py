@@ -12,7 +12,8 @@
 
 A poisoned model whose ASR stayed under `lab.encoder_zoo.MIN_ASR` is left out of detection (counted under
 n_not_implanted); the CoCoOp case also reports (`through_cocoop`) the poisoned encoders whose trigger still
-reaches MIN_ASR through the organisation's clean CoCoOp (`asr_cocoop`). Class level as `bench detect`: TP = the true target flagged, FP = any other class flagged.
+reaches MIN_ASR through the organisation's clean CoCoOp (`asr_cocoop`). Class level as `bench detect`: TP = the
+true target flagged, FP = any other class flagged.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lab.encoder_zoo import ENCODER_ZOO_PROFILES, MIN_ASR, N_CLASSES, measure, t
 from lab.null import clopper_pearson
 
 CASES = {"clip_inspector_zero_shot": "zero_shot", "clip_inspector_cocoop": "cocoop"}
+THROUGH_KEYS = ("auroc", "f1", "fpr", "tpr", "tp", "fn")  # what `through_cocoop` reports
 
 
 def _rows(zoo: Path) -> list[dict]:
@@ -94,6 +96,11 @@ def _used(zoo: Path, min_asr: float) -> list[dict]:
     return [r for r in _rows(zoo) if r["attack"] == "clean" or r["asr"] >= min_asr]
 
 
+def _through(per: list[dict], rows: list[dict], min_asr: float) -> list[dict]:
+    """The clean models and the poisoned ones whose trigger reaches `min_asr` through the delivered CoCoOp."""
+    return [p for p, r in zip(per, rows) if not p["label"] or (r.get("asr_cocoop") or 0) >= min_asr]
+
+
 def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, rest_from: str | Path | None = None) -> dict:
     """Detection on `zoo`'s audits; a case `zoo` was not audited for (the clean CoCoOp) from `rest_from` when given,
     with that build's name and counts under the case's key."""
@@ -120,14 +127,13 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, rest_from: s
                 m = detection_metrics(sub)
                 entry[f"{side}_rule"] = {k: m[k] for k in ("auroc", "accuracy", "f1", "fpr", "tpr", "tp", "fp", "fn")}
                 if kind == "cocoop":  # only the poisoned encoders whose trigger still works through the CoCoOp
-                    through = [q for q, r in zip(sub, case_used) if not q["label"] or (r.get("asr_cocoop") or 0) >= min_asr]
-                    m = detection_metrics(through)
-                    entry[f"{side}_rule"]["through_cocoop"] = {k: m[k] for k in ("auroc", "f1", "fpr", "tpr", "tp", "fn")}
+                    m = detection_metrics(_through(sub, case_used, min_asr))
+                    entry[f"{side}_rule"]["through_cocoop"] = {k: m[k] for k in THROUGH_KEYS}
         if kind == "cocoop":
-            through = [p for p, r in zip(per, case_used) if not p["label"] or (r.get("asr_cocoop") or 0) >= min_asr]
+            through = _through(per, case_used, min_asr)
             m = detection_metrics(through)
             entry["through_cocoop"] = {"n_backdoored": sum(p["label"] for p in through),
-                                       **{k: m[k] for k in ("auroc", "f1", "fpr", "tpr", "tp", "fn")}}
+                                       **{k: m[k] for k in THROUGH_KEYS}}
         # Grubbs and the paper's rule flag every class over their threshold (the anchored and meta-gain rules name
         # their top class only); reading only the top class changes the class-level count, not the verdicts
         top = [{**p, "flagged": [p["top_class"]] if p["verdict"] == "backdoored" else []} for p in per]
