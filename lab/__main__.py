@@ -97,9 +97,8 @@ def cmd_bench_encoder(args) -> None:
               f"{out / 'invertune.json'} not written")
         return
     write_json(out / "invertune.json", it)
-    if it["n_backdoored"]:
-        print(f"InverTune: target identified {it['target_id_rate']:.3f}; ASR after {it['asr_after']:.3f} "
-              f"(max {it['asr_after_max']:.3f}); top-1 drop {it['acc_drop']:.3f}")
+    print(f"InverTune: target identified {it['target_id_rate']:.3f}; ASR after {it['asr_after']:.3f} "
+          f"(max {it['asr_after_max']:.3f}); top-1 drop {it['acc_drop']:.3f}")
 
 
 def cmd_bench_encoder_null(args) -> None:
