@@ -269,7 +269,29 @@ def test_encoder_zoo_specs_cycle_clean_epochs_and_keep_evaluation_seeds_apart():
     assert [s["epochs"] for s in clean] == [5, 10] * 6
     assert all("epochs" not in s for s in model_specs(ENCODER_ZOO_PROFILES["encoder-eval2"]))
     seeds = {n: {s["seed"] for s in model_specs(p)} for n, p in ENCODER_ZOO_PROFILES.items()}
-    kept_apart = ("encoder-null", "encoder-null2", "encoder-eval2", "encoder-eval3", "encoder-calib")
+    kept_apart = ("encoder-null", "encoder-null2", "encoder-eval2", "encoder-eval3", "encoder-eval4", "encoder-calib")
     for a in kept_apart:
         for b in kept_apart:
             assert a == b or not seeds[a] & seeds[b], (a, b)  # no model is in two of the null, design and eval zoos
+
+
+def test_encoder_zoo_refuses_an_unknown_model_before_building(tmp_path):
+    from lab.encoder_zoo import build_encoder_zoo
+
+    with pytest.raises(ci.CIError, match="no model m999 in the profile encoder-smoke"):
+        build_encoder_zoo(tmp_path / "zoo", "encoder-smoke", models=("m000", "m999"), progress=False)
+    assert not (tmp_path / "zoo").exists()  # nothing was built
+
+
+def test_a_blend_or_patch_trigger_is_read_off_as_mask_and_pattern_and_an_additive_one_is_not():
+    from lab.invertune_stage3 import trigger_as_mask
+
+    x = torch.rand(6, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    badnets = ci.create_attack("encoder-badnets", target=1)
+    mask, pattern = trigger_as_mask(badnets, x)
+    assert set(mask.unique().tolist()) == {0.0, 1.0} and mask.mean() < 0.05  # a small patch, fully replaced
+    blended = ci.create_attack("encoder-blended", target=1)
+    mask, pattern = trigger_as_mask(blended, x)
+    assert torch.allclose(mask, torch.full_like(mask, blended.config.alpha), atol=1e-5)
+    assert torch.allclose(ci.detect.apply_trigger(x, mask, pattern), blended(x).clamp(0, 1), atol=1e-4)
+    assert trigger_as_mask(ci.create_attack("encoder-sig", target=1), x) is None  # x + delta sin(...): additive

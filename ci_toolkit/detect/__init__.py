@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from .amdet import MINICLIP_DIVERGENCE, AMDETConfig, AMDETReport, assimilation, attention_shares, invert_pooled, landscape, scan_text_encoder, split_shallow, token_states, valid_mask
 from .calibration import DEFAULT_FPR, Calibration, NullStudy, backbone_key, calibration_for, scan_settings, shipped_null
-from .encoder_invertune import InverTuneConfig, InverTuneResult, apply_trigger, invertune, prediction_rise
+from .encoder_invertune import (InverTuneConfig, InverTuneResult, StageOutputs, activation_tune, apply_trigger,
+                                critical_layers, invertune, layer_differences, prediction_rise, tunable_rows, two_means)
 from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
 from .null_study import CalibrateConfig, calibrate
 from .report import ClassResult, GateProbe, ProbeUnit, RepairTrigger, ScanReport
@@ -54,5 +55,6 @@ __all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "C
            "youden_threshold", "group_losses", "LOSSES", "split_pool", "check_candidates", "measure_meta_gains",
            "measure_gate_probe", "scan_text_encoder", "AMDETConfig", "AMDETReport", "MINICLIP_DIVERGENCE", "invert_pooled", "landscape",
            "assimilation", "attention_shares", "token_states", "valid_mask", "split_shallow",
-           "invertune", "InverTuneConfig", "InverTuneResult", "prediction_rise", "apply_trigger", "NO_META_RULE", "ANCHORED_RULE",
-           "ANCHORED_THRESHOLD"]
+           "invertune", "InverTuneConfig", "InverTuneResult", "prediction_rise", "apply_trigger", "activation_tune",
+           "critical_layers", "layer_differences", "tunable_rows", "two_means", "StageOutputs", "NO_META_RULE",
+           "ANCHORED_RULE", "ANCHORED_THRESHOLD"]

@@ -234,7 +234,7 @@ def invert_trigger(backbone: Backbone, text: torch.Tensor, pool: torch.Tensor, t
     return mask.detach(), pattern.detach(), curve
 
 
-class _Activations:
+class StageOutputs:
     """Forward hooks that keep the named stages' outputs of the image tower."""
 
     def __init__(self, visual, layers: Sequence[str]):
@@ -254,7 +254,7 @@ class _Activations:
 def layer_differences(backbone: Backbone, clean: torch.Tensor, triggered: torch.Tensor, layers: Sequence[str]):
     """Per layer: ||mu_c - mu_t|| / ||mu_c|| of the batch-mean outputs, and the per-channel scores mean over
     positions of |mu_c - mu_t| [C]."""
-    hooks = _Activations(backbone.clip.visual, layers)
+    hooks = StageOutputs(backbone.clip.visual, layers)
     try:
         with torch.no_grad():
             _embed(backbone, clean)
@@ -300,7 +300,7 @@ def activation_tune(backbone: Backbone, text: torch.Tensor, x: torch.Tensor, y: 
     t_y = text[y]
     with torch.no_grad():
         cos_orig = (_embed(backbone, x) * t_y).sum(-1)
-    hooks = _Activations(visual, layers)
+    hooks = StageOutputs(visual, layers)
     curve = []
     try:
         for step in range(cfg.tune_steps):
@@ -432,4 +432,4 @@ def invertune(backbone: Backbone, classnames: Sequence[str], images: torch.Tenso
 
 __all__ = ["InverTuneConfig", "InverTuneResult", "invertune", "prediction_rise", "critical_layers", "two_means",
            "apply_trigger", "ssim", "universal_patch", "universal_linf", "invert_trigger", "layer_differences", "tunable_rows",
-           "activation_tune", "predict", "RESNET_LAYERS"]
+           "activation_tune", "predict", "RESNET_LAYERS", "StageOutputs"]

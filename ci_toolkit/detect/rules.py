@@ -49,9 +49,10 @@ META_GAIN_THRESHOLD = 1.0
 # Below this largest |meta gain| (logits) over every trigger, the meta tokens do not respond and the
 # meta-gain rule cannot see a backdoor (docs/method.md, "Fallback").
 INERT_GAIN = 0.01
-# the anchored rule's threshold on s_t(suspect) - s_t(anchor): the FPR-0.05 cut (the largest of 24, 0.48107) of a null study of
-# clean contrastive fine-tunes of the embedded MiniCLIP, each on its own class list (benchmarks/encoder_null.json)
-ANCHORED_THRESHOLD = 0.4811
+# the anchored rule's threshold on s_t(suspect) - s_t(anchor): the conformal FPR-0.05 cut (the 47th of 48, 0.80999) of
+# clean contrastive fine-tunes of the embedded MiniCLIP of 5, 10 and 15 epochs, each on its own class list
+# (benchmarks/encoder_null_pooled.json: encoder-null and encoder-null2 pooled)
+ANCHORED_THRESHOLD = 0.8100
 ALPHA = 0.05  # family-wise error of the Grubbs and robust bounds
 MAD_K = 2.0  # Neural Cleanse and Pixel Backdoor flag classes whose anomaly index exceeds 2 (their papers)
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): x MAD estimates a normal standard deviation
