@@ -60,7 +60,8 @@ def cmd_text_zoo(args) -> None:
 
 def cmd_encoder_zoo(args) -> None:
     manifest = build_encoder_zoo(args.out, args.profile, executor=executor_from(args), audit=not args.no_audit,
-                                 stages=tuple(args.stages.split(",")))
+                                 stages=tuple(args.stages.split(",")),
+                                 models=tuple(args.models.split(",")) if args.models else None)
     print(f"{len(manifest['models'])} encoders -> {args.out}/manifest.json (audits in {args.out}/scans/)")
 
 
@@ -89,13 +90,16 @@ def cmd_bench_encoder(args) -> None:
         d = detect[key]
         print(f"{key}: AUROC {d['auroc']:.3f}, F1 {d['f1']:.3f}, FPR {d['fpr']:.3f}, TPR {d['tpr']:.3f} "
               f"({d['n_backdoored']} poisoned, {d['n_clean']} clean; {d['zoo']})")
-    it = bench_invertune(args.zoo, args.min_asr)
-    if not it["n_backdoored"] and args.rest_from:
-        it = bench_invertune(args.rest_from, args.min_asr)
-    if not it["n_backdoored"]:  # no InverTune audits to read: invertune.json stays as it was
-        print(f"no InverTune audits in {args.zoo}{' or ' + args.rest_from if args.rest_from else ''}: "
-              f"{out / 'invertune.json'} not written")
+    builds = [(zoo, bench_invertune(zoo, args.min_asr)) for zoo in [args.zoo, *args.rest_from]]
+    it = next((res for _, res in builds if res["n_backdoored"]), None)  # the first build with InverTune audits
+    if it is None:  # no InverTune audits to read: invertune.json stays as it was
+        print(f"no InverTune audits in {', '.join([args.zoo, *args.rest_from])}: {out / 'invertune.json'} not written")
         return
+    key = "clip_inspector_repair_cocoop"  # CLIP-Inspector's repair of the CoCoOp case, from the first build with it
+    if key not in it:
+        zoo, rep = next(((z, r[key]) for z, r in builds if key in r), (None, None))
+        if rep is not None:
+            it[key] = {"zoo": str(zoo), **rep}
     write_json(out / "invertune.json", it)
     print(f"InverTune: target identified {it['target_id_rate']:.3f}; ASR after {it['asr_after']:.3f} "
           f"(max {it['asr_after_max']:.3f}); top-1 drop {it['acc_drop']:.3f}")
@@ -290,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stages", default=",".join(AUDIT_STAGES),
                    help="audits to run, comma-separated (zero_shot, cocoop, invertune, repair; scans = both "
                         "scans); each skips what is on disk")
+    s.add_argument("--models", default="", help="audit only these models, comma-separated (mNNN; default: all); "
+                                                "every model is still built")
     add_executor_args(s)
     s.set_defaults(func=cmd_encoder_zoo)
 
@@ -442,9 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--zoo", required=True)
     s.add_argument("--out-dir", default="benchmarks")
     s.add_argument("--attacks-only", action="store_true", help="only encoder_attacks.json (before the audits ran)")
-    s.add_argument("--rest-from", default=None, metavar="ZOO",
-                   help="the audits ZOO has and --zoo lacks (the clean-CoCoOp case; InverTune and the repairs, "
-                        "invertune.json) from this build")
+    s.add_argument("--rest-from", nargs="+", default=[], metavar="ZOO",
+                   help="the audits --zoo lacks (the clean-CoCoOp case; InverTune and the repairs, invertune.json), "
+                        "each from the first of these builds that has it")
     s.add_argument("--min-asr", type=float, default=ENCODER_MIN_ASR,
                    help=f"poisoned models below this ASR are left out of detection (default {ENCODER_MIN_ASR})")
     s.set_defaults(func=cmd_bench_encoder)

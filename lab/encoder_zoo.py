@@ -1,8 +1,9 @@
 """A zoo of MiniCLIP encoders, clean fine-tunes and poisoned ones, and the audits on it: CLIP-Inspector with the
 zero-shot head, CLIP-Inspector on a clean CoCoOp tuned over the delivered encoder, and InverTune.
 
-    python -m lab encoder-zoo --profile encoder-eval3 --out runs/encoder_eval3 --workers 2 --stages zero_shot
-    python -m lab bench encoder --zoo runs/encoder_eval3 --rest-from runs/encoder_eval2 --out-dir benchmarks
+    python -m lab encoder-zoo --profile encoder-eval4 --out runs/encoder_eval4 --workers 2 --stages zero_shot
+    python -m lab bench encoder --zoo runs/encoder_eval4 --rest-from runs/encoder_eval3 runs/encoder_eval2 \
+        --out-dir benchmarks
 
 Layout, as the other zoos: DIR/models/mNNN/encoder/ is the delivered encoder (model.safetensors + config.json,
 loadable by `create_backbone("miniclip", weights_file=...)`) and DIR/models/mNNN/cocoop/ the organisation's clean
@@ -73,6 +74,12 @@ RECIPE_OVERRIDES = {"encoder-sig": {"lr": 2e-4}, "encoder-badclip": {"lr": 2e-4}
 # benchmarks/encoder_recipe_trials.json)
 RECIPE_OVERRIDES_10 = {"encoder-blended": {"epochs": 10}, "encoder-sig": {"lr": 2e-4, "epochs": 10},
                        "encoder-badclip": {"lr": 2e-4, "epochs": 10}}
+# encoder-eval4's recipe: 10 epochs for every attack, BadCLIP-encoder's patch 8 px (1/6 of the side); on the
+# weakest encoder-eval3 seeds BadNets 0.888 -> 0.955 and BadCLIP-encoder 0.057 -> 0.967, at most 1.6 points of top-1
+# (benchmarks/encoder_recipe_trials.json)
+RECIPE_OVERRIDES_EVAL4 = {"encoder-badnets": {"epochs": 10}, "encoder-blended": {"epochs": 10},
+                          "encoder-sig": {"lr": 2e-4, "epochs": 10},
+                          "encoder-badclip": {"lr": 2e-4, "epochs": 10, "patch_frac": 1 / 6}}
 ENCODER_ZOO_PROFILES = {
     # smoke: tests (one clean, one BadNets; tiny fine-tunes)
     "encoder-smoke": EncoderZooProfile("encoder-smoke", seed=3900, n_clean=1, attacks=("encoder-badnets",),
@@ -85,7 +92,7 @@ ENCODER_ZOO_PROFILES = {
     "encoder-eval": EncoderZooProfile("encoder-eval", seed=4100, n_clean=6, attacks=ZOO_ATTACKS,
                                       n_backdoored=16, overrides=RECIPE_OVERRIDES),
     # encoder-null: clean fine-tunes only, each on its own class list, scanned with the zero-shot head against the
-    # public MiniCLIP's: the null study that sets the anchored rule's threshold (ci.detect.ANCHORED_THRESHOLD)
+    # public MiniCLIP's: a null study of the anchored rule (ci.detect.ANCHORED_THRESHOLD: pooled with encoder-null2)
     "encoder-null": EncoderZooProfile("encoder-null", seed=4600, n_clean=24, attacks=(), n_backdoored=0,
                                       cocoop=False, own_classes=True),
     # encoder-eval2: committed with the anchored rule and before its first build; every model on its own class
@@ -104,6 +111,12 @@ ENCODER_ZOO_PROFILES = {
     # threshold on encoder-eval3); pooled with encoder-null by `bench encoder-null --zoo A B`
     "encoder-null2": EncoderZooProfile("encoder-null2", seed=4900, n_clean=24, attacks=(), n_backdoored=0,
                                        cocoop=False, own_classes=True, clean_epochs=(5, 10, 15)),
+    # encoder-eval4: committed with the anchored threshold of the pooled 48-model null (5, 10 and 15 epochs) before
+    # its first build: 15 clean fine-tunes of 5, 10 and 15 epochs, 16 poisoned with RECIPE_OVERRIDES_EVAL4, own
+    # class lists, zero-shot audits (and InverTune)
+    "encoder-eval4": EncoderZooProfile("encoder-eval4", seed=5000, n_clean=15, attacks=ZOO_ATTACKS, n_backdoored=16,
+                                       overrides=RECIPE_OVERRIDES_EVAL4, own_classes=True, cocoop=False,
+                                       clean_epochs=(5, 10, 15)),
     # decomp-smoke: tests of the decomposition benchmark (one clean, one BadNets ViT; tiny fine-tunes)
     "decomp-smoke": EncoderZooProfile("decomp-smoke", seed=4290, n_clean=1, attacks=("encoder-badnets",),
                                       n_backdoored=1, epochs=1, pairs=256, backbone="miniclip-vit", cocoop=False),
@@ -307,17 +320,21 @@ def ci_repair_eval(folder: Path, attacker: Path, scan_dir: Path, encoder, task) 
 def build_encoder_zoo(out_dir: str | Path, profile: str = "encoder-smoke", executor: Executor | None = None,
                       progress: bool = True, audit: bool = True,
                       invertune_cfg: ci.detect.InverTuneConfig | None = None,
-                      stages: tuple[str, ...] = AUDIT_STAGES) -> dict:
-    """Build (or resume) an encoder zoo, then run the audits not yet on disk. Returns the manifest
-    {"profile", "models": [...]}."""
+                      stages: tuple[str, ...] = AUDIT_STAGES, models: tuple[str, ...] | None = None) -> dict:
+    """Build (or resume) an encoder zoo, then run the audits not yet on disk (of `models` only, when given).
+    Returns the manifest {"profile", "models": [...]}."""
     p = ENCODER_ZOO_PROFILES[profile]
     out = Path(out_dir)
+    unknown = sorted(set(models or ()) - {s["name"] for s in model_specs(p)})
+    if unknown:
+        raise ci.CIError(f"no model {', '.join(unknown)} in the profile {profile}")
     manifest = build_into_manifest(out, p, model_specs(p), build_one, lambda s: (str(out), profile, s), executor,
                                    f"encoder zoo {profile}", progress)
     if audit:
         if {"scans", "zero_shot"} & set(stages) and not p.own_classes:
             anchor_scan(out, profile, p.seed)  # once, before the audits that share it run side by side
-        todo = {r["name"]: (str(out), profile, r["name"], invertune_cfg, tuple(stages)) for r in manifest["models"]}
+        todo = {r["name"]: (str(out), profile, r["name"], invertune_cfg, tuple(stages)) for r in manifest["models"]
+                if models is None or r["name"] in models}
         run_units(audit_one, todo, executor, desc=f"audits {profile}", progress=progress)
     return manifest
 

@@ -101,19 +101,29 @@ def _through(per: list[dict], rows: list[dict], min_asr: float) -> list[dict]:
     return [p for p, r in zip(per, rows) if not p["label"] or (r.get("asr_cocoop") or 0) >= min_asr]
 
 
-def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, rest_from: str | Path | None = None) -> dict:
-    """Detection on `zoo`'s audits; a case `zoo` was not audited for (the clean CoCoOp) from `rest_from` when given,
-    with that build's name and counts under the case's key."""
+def _first_with(zoos: list[Path], file: str, min_asr: float) -> tuple[Path, list[dict]]:
+    """The first of `zoos` where some model in detection has scans/<name>/<file>, with those models (else the
+    first zoo's)."""
+    for z in zoos:
+        used = _used(z, min_asr)
+        if any((z / "scans" / r["name"] / file).exists() for r in used):
+            return z, used
+    return zoos[0], _used(zoos[0], min_asr)
+
+
+def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR,
+                         rest_from: str | Path | list[str | Path] | None = None) -> dict:
+    """Detection on `zoo`'s audits; a case `zoo` was not audited for (the clean CoCoOp, InverTune) from the first
+    build of `rest_from` that has it, with that build's name and counts under the case's key."""
     zoo = Path(zoo)
+    zoos = [zoo] + [Path(z) for z in ([rest_from] if isinstance(rest_from, (str, Path)) else rest_from or [])]
     rows = _rows(zoo)
     used = _used(zoo, min_asr)
     out = {"zoo": str(zoo), "min_asr": min_asr, "n_clean": sum(r["attack"] == "clean" for r in used),
            "n_backdoored": sum(r["attack"] != "clean" for r in used),
            "n_not_implanted": len(rows) - len(used), "n_task_classes": N_CLASSES // 2 + N_CLASSES % 2}
     for key, kind in CASES.items():
-        source, case_used = zoo, used
-        if rest_from is not None and not any((zoo / "scans" / r["name"] / kind / "report.json").exists() for r in used):
-            source, case_used = Path(rest_from), _used(Path(rest_from), min_asr)  # a case this zoo has none of
+        source, case_used = _first_with(zoos, f"{kind}/report.json", min_asr)
         if not all((source / "scans" / r["name"] / kind / "report.json").exists() for r in case_used):
             continue  # that case was not audited (`encoder-zoo --stages`)
         # decided again under each report's own rule, so that the rules' current constants apply
@@ -145,9 +155,8 @@ def bench_encoder_detect(zoo: str | Path, min_asr: float = MIN_ASR, rest_from: s
                                        "max": max(bad, default=None)}
         entry["models"] = per
         out[key] = entry
-    it, it_zoo, it_used = [], zoo, used
-    if rest_from is not None and not any((zoo / "scans" / r["name"] / "invertune.json").exists() for r in used):
-        it_zoo, it_used = Path(rest_from), _used(Path(rest_from), min_asr)
+    it = []
+    it_zoo, it_used = _first_with(zoos, "invertune.json", min_asr)
     for r in it_used:
         path = it_zoo / "scans" / r["name"] / "invertune.json"
         if not path.exists():  # audited only partly (`encoder-zoo --stages`)
