@@ -105,9 +105,10 @@ def _check_09(m):
     assert m["asr"] >= 0.7 and m["asr_clean"] <= 0.1, m
     assert m["top1_clean"] - m["top1_poisoned"] <= 0.05, m
     # CLIP-Inspector on the zero-shot head: no meta path; the clean MiniCLIP (the anchor) is decided by Grubbs and
-    # not accused, the poisoned encoder by the anchored rule, whose top class is the attacker's target
+    # not accused, the poisoned encoder by the anchored rule, which flags it and names the attacker's target
     assert m["meta_path"] is False and m["ci_rule"] == {"clean MiniCLIP": "grubbs", "poisoned": "anchored"}, m
-    assert m["ci_verdict"]["clean MiniCLIP"] == "clean" and m["ci_top_anchored"] == m["target"], m
+    assert m["ci_verdict"] == {"clean MiniCLIP": "clean", "poisoned": "backdoored"}, m
+    assert m["ci_top_anchored"] == m["target"], m
     # InverTune names the target (with a far larger rise than anything on the clean MiniCLIP); its tuning at the
     # calibrated rate keeps the clean accuracy (and, on MiniCLIP, the backdoor: the notebook says so)
     assert m["invertune_target"]["poisoned"] == m["target"], m
