@@ -130,6 +130,13 @@ ENCODER_ZOO_PROFILES = {
     "decomp-vit-patch4": EncoderZooProfile("decomp-vit-patch4", seed=4400, n_clean=1, attacks=("encoder-badnets",),
                                            n_backdoored=3, backbone="miniclip-vit", cocoop=False,
                                            overrides={"encoder-badnets": {"patch_frac": 4 / 48, "place": "random"}}),
+    # decomp-vit-patch4b: committed with the patch-map detector (ci.decomp.PatchMapDetector, designed on
+    # decomp-vit-patch4) before its first build: its evaluation. Patch-style attacks only: BadNets as in
+    # decomp-vit-patch4 and BadCLIP-encoder (its 6 px optimised patch at the corner), three targets each
+    "decomp-vit-patch4b": EncoderZooProfile("decomp-vit-patch4b", seed=4500, n_clean=1,
+                                            attacks=("encoder-badnets", "encoder-badclip"), n_backdoored=6,
+                                            backbone="miniclip-vit", cocoop=False,
+                                            overrides={"encoder-badnets": {"patch_frac": 4 / 48, "place": "random"}}),
 }
 
 

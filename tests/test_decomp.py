@@ -11,12 +11,15 @@ from ci_toolkit.decomp import (
     DecompConfig,
     DecompDefense,
     Decomposition,
+    PatchMapDetector,
     Prototypes,
     ablate,
     decompose,
     layer_mask,
     mlp_mask,
     mmd,
+    patch_shares,
+    token_shares,
 )
 from ci_toolkit.model import Backbone, BackboneSpec, Preprocess
 
@@ -167,3 +170,42 @@ def test_decompose_refuses_what_it_cannot_decompose():
         decompose(ci.create_backbone("miniclip"), torch.rand(3, 48, 48))
     with pytest.raises(ci.CIError, match="centring"):
         decompose(ci.create_backbone("miniclip"), torch.rand(1, 3, 48, 48), centring="none")
+
+
+def _shares(n_images, planted=None, L=3, H=4, N=16, seed=0):
+    """Token shares [B, L, H, N] near uniform; `planted` = (l, h, n): that head puts 0.9 on token n."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(n_images, L, H, N, generator=g) + 1.0
+    if planted is not None:
+        l, h, n = planted
+        s[:, l, h] = 0.1 / (N - 1)
+        s[:, l, h, n] = 0.9
+    return s / s.sum(-1, keepdim=True)
+
+
+def test_a_head_that_looks_at_one_token_is_flagged_and_located():
+    det = PatchMapDetector.fit(_shares(200), fpr=0.05)
+    clean, planted = _shares(50, seed=1), _shares(50, planted=(2, 1, 11), seed=2)
+    truth = [0] * 50 + [1] * 50
+    assert roc_auc_score(truth, torch.cat([det.score(clean), det.score(planted)]).tolist()) == 1.0
+    assert bool(det.detect(planted).all())
+    assert det.locate(planted).tolist() == [11] * 50
+
+
+def test_the_patch_map_threshold_flags_fpr_of_its_clean_images():
+    clean = _shares(400)
+    for fpr in (0.05, 0.2):
+        det = PatchMapDetector.fit(clean, fpr=fpr)
+        assert abs(float(det.detect(clean).float().mean()) - fpr) <= 0.01
+    with pytest.raises(ci.CIError, match="fpr"):
+        PatchMapDetector.fit(clean, fpr=0.0)
+
+
+def test_token_shares_sum_to_one_per_head_and_need_the_token_terms():
+    bb = _vit(layerscale=False)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    s = patch_shares(bb, x, batch_size=2)
+    assert s.shape == (3, 2, 3, 16)
+    assert torch.allclose(s.sum(-1), torch.ones(3, 2, 3), atol=1e-5)
+    with pytest.raises(ci.CIError, match="tokens=True"):
+        token_shares(decompose(bb, x))

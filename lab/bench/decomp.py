@@ -24,6 +24,7 @@ import ci_toolkit as ci
 from ci_toolkit.decomp import (
     DecompConfig,
     DecompDefense,
+    PatchMapDetector,
     Prototypes,
     StripConfig,
     ablate,
@@ -31,6 +32,7 @@ from ci_toolkit.decomp import (
     layer_mask,
     mlp_mask,
     mmd,
+    patch_shares,
     strip_scores,
 )
 
@@ -107,7 +109,8 @@ def audit_model(zoo: Path, row: dict, backbone_name: str, n_images: int = EVAL_P
         attack = ci.load_attack(zoo / "attackers" / row["name"])
         target = names.index(row["target"])
         keep = y_ev != target
-        trig = decompose(bb, attack(x[ev][keep]).clamp(0, 1))
+        trig_x = attack(x[ev][keep]).clamp(0, 1)
+        trig = decompose(bb, trig_x)
         res["asr"] = _asr(trig.total(), text, target)
     res["ablate_all_heads"] = both(lambda d: ablate(d, protos, all_heads))
     res["ablate_all_mlps"] = both(lambda d: ablate(d, protos, None, all_mlps))
@@ -121,6 +124,10 @@ def audit_model(zoo: Path, row: dict, backbone_name: str, n_images: int = EVAL_P
     for mode in ("heads", "mlps", "both"):
         res[f"repair_{mode}"] = both(lambda d, m=mode: defense.repair(d, m))
     res["flagged_clean"] = float(defense.count(dec_clean).float().mean())
+    # the patch-map detector (ci.decomp.PatchMapDetector): where each head looks, every layer
+    patch_map = PatchMapDetector.fit(patch_shares(bb, x[val]))
+    pm_clean = patch_map.score(patch_shares(bb, x[ev]))
+    res["patchmap_flagged_clean"] = float((pm_clean > patch_map.threshold).float().mean())
     res["eps_sweep"] = []
     for q in EPS_QUANTILES:
         d_q = DecompDefense.fit(dec_val, DecompConfig(eps_quantile=q))
@@ -132,6 +139,12 @@ def audit_model(zoo: Path, row: dict, backbone_name: str, n_images: int = EVAL_P
         res["det_auroc"] = float(roc_auc_score(labels, torch.cat([n_clean, n_trig]).tolist()))
         res["det_tpr"] = float((n_trig > defense.zeta).float().mean())
         res["det_fpr"] = float((n_clean > defense.zeta).float().mean())
+        shares_trig = patch_shares(bb, trig_x)
+        pm_trig = patch_map.score(shares_trig)
+        res["det_patchmap_auroc"] = float(roc_auc_score(labels, torch.cat([pm_clean, pm_trig]).tolist()))
+        res["det_patchmap_tpr"] = float((pm_trig > patch_map.threshold).float().mean())
+        res["det_patchmap_fpr"] = res["patchmap_flagged_clean"]
+        res["patchmap_located"] = _located(trig_x, x[ev][keep], patch_map.locate(shares_trig), trig.grid)
         # random heads of the last layer, as many as Decomp-Rep flags on triggered images (DECOMP.md, Table 3)
         k = max(1, round(res["flagged_triggered"]))
         rand = []
@@ -156,8 +169,19 @@ def audit_model(zoo: Path, row: dict, backbone_name: str, n_images: int = EVAL_P
         res["strip_auroc"] = float(roc_auc_score(sub, s.tolist()))
         res["det_auroc_strip_subset"] = float(roc_auc_score(
             sub, torch.cat([n_clean[:strip_images], n_trig[:len(xb)]]).tolist()))
+        res["det_patchmap_auroc_strip_subset"] = float(roc_auc_score(
+            sub, torch.cat([pm_clean[:strip_images], pm_trig[:len(xb)]]).tolist()))
     res["seconds"] = round(time.time() - t0, 1)
     return res
+
+
+def _located(triggered: torch.Tensor, clean: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int]) -> float:
+    """Share of triggered images whose located patch token covers pixels the trigger changed."""
+    changed = (triggered - clean).abs().sum(1) > 0  # [B, H, W]
+    rows, cols = grid
+    ph, pw = changed.shape[1] // rows, changed.shape[2] // cols
+    per_token = changed[:, :rows * ph, :cols * pw].reshape(len(changed), rows, ph, cols, pw).any(4).any(2)
+    return float(per_token.flatten(1)[torch.arange(len(changed)), tokens].float().mean())
 
 
 def _mean(values):
@@ -201,6 +225,11 @@ def bench_decomp(zoo: str | Path, out: str | Path, min_asr: float = 0.5, n_image
                 "asr_random_heads": _mean([m["random_heads"]["asr"] for m in group]),
                 "det_auroc": _mean([m["det_auroc"] for m in group]),
                 "det_auroc_strip_subset": _mean([m["det_auroc_strip_subset"] for m in group]),
+                "det_patchmap_auroc": _mean([m.get("det_patchmap_auroc") for m in group]),
+                "det_patchmap_tpr": _mean([m.get("det_patchmap_tpr") for m in group]),
+                "det_patchmap_fpr": _mean([m.get("det_patchmap_fpr") for m in group]),
+                "det_patchmap_auroc_strip_subset": _mean([m.get("det_patchmap_auroc_strip_subset") for m in group]),
+                "patchmap_located": _mean([m.get("patchmap_located") for m in group]),
                 "strip_auroc": _mean([m["strip_auroc"] for m in group])}
 
     result = {
@@ -225,6 +254,12 @@ def bench_decomp(zoo: str | Path, out: str | Path, min_asr: float = 0.5, n_image
     result["det_auroc"] = result["findings"]["patch"]["det_auroc"]
     result["det_auroc_min"] = min((m["det_auroc"] for m in patch), default=None)
     result["strip_auroc"] = result["findings"]["patch"]["strip_auroc"]
+    # the patch-map detector (not the paper's Decomp-Det; det_auroc above is the paper's)
+    result["det_patchmap_auroc"] = result["findings"]["patch"]["det_patchmap_auroc"]
+    result["det_patchmap_auroc_min"] = min((m["det_patchmap_auroc"] for m in patch if "det_patchmap_auroc" in m),
+                                           default=None)
+    result["det_patchmap_tpr"] = result["findings"]["patch"]["det_patchmap_tpr"]
+    result["det_patchmap_fpr"] = result["findings"]["patch"]["det_patchmap_fpr"]
     result["wall_s"] = round(time.time() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float))
@@ -233,12 +268,13 @@ def bench_decomp(zoo: str | Path, out: str | Path, min_asr: float = 0.5, n_image
 
 
 def decomp_figure(result: dict, path: Path) -> None:
-    """Three panels: ASR with all heads vs all MLPs ablated per model; ASR with the heads / MLPs of layers l..L
-    ablated (backward), patch vs blend means; Decomp-Rep's eps sweep (ASR and CACC)."""
+    """Four panels: ASR with all heads vs all MLPs ablated per model; ASR with the heads / MLPs of layers l..L
+    ablated (backward), patch vs blend means; Decomp-Rep's eps sweep (ASR); input-detection AUROC per model
+    (Decomp-Det, the patch map, STRIP on its subset)."""
     import matplotlib.pyplot as plt
 
     models = [m for m in result["models"] if m["attack"] != "clean"]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    fig, ax = plt.subplots(1, 4, figsize=(20, 4))
     idx = range(len(models))
     ax[0].bar([i - 0.2 for i in idx], [m["asr"] for m in models], 0.2, label="no ablation", color="grey")
     ax[0].bar(list(idx), [m["ablate_all_heads"]["asr"] for m in models], 0.2, label="all heads ablated")
@@ -270,6 +306,15 @@ def decomp_figure(result: dict, path: Path) -> None:
     ax[2].set_ylabel("ASR after Decomp-Rep")
     ax[2].set_title("Decomp-Rep's eps")
     ax[2].legend(fontsize=6)
+    for off, key, label in ((-0.25, "det_auroc", "Decomp-Det (paper)"), (0, "det_patchmap_auroc", "patch map"),
+                            (0.25, "strip_auroc", "STRIP (subset)")):
+        ax[3].bar([i + off for i in idx], [m.get(key) or 0 for m in models], 0.25, label=label)
+    ax[3].axhline(0.9, color="k", lw=0.8, ls=":")
+    ax[3].set_xticks(list(idx), [f"{m['name']}\n{m['attack'].removeprefix('encoder-')}" for m in models], fontsize=7)
+    ax[3].set_ylim(0, 1.05)
+    ax[3].set_ylabel("input AUROC (triggered vs clean)")
+    ax[3].set_title("detecting triggered inputs")
+    ax[3].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
