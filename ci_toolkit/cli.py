@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from . import course, world
 from .attacks import ENCODER_LR, create_attack, list_attacks, load_attack, save_attack
 from .data import load_image_folder
-from .decomp import DecompConfig, DecompDefense, decompose
+from .decomp import DecompConfig, DecompDefense, PatchMapDetector, decompose, patch_shares
 from .demo import DemoConfig, run_demo
 from .detect import (
     LOSSES,
@@ -329,17 +329,26 @@ def cmd_decomp(args) -> None:
     text = torch.nn.functional.normalize(class_text_features(encoder.clip, names), dim=-1)
     before, after = (dec.total() @ text.T).argmax(-1), (defense.repair(dec) @ text.T).argmax(-1)
     counts, rejected = defense.count(dec), defense.detect(dec)
+    patch_map = PatchMapDetector.fit(patch_shares(encoder, clean))
+    shares = patch_shares(encoder, x)
+    pm_score, pm_token = patch_map.score(shares), patch_map.locate(shares)
+    cols = dec.grid[1]
     rows = [{"file": f, "flagged_heads": int(n), "rejected": bool(r), "prediction": names[int(b)],
-             "prediction_repaired": names[int(a)]} for f, n, r, b, a in zip(data.files, counts, rejected, before, after)]
+             "prediction_repaired": names[int(a)], "patch_map_score": float(s),
+             "patch_map_rejected": bool(s > patch_map.threshold), "patch_map_token": [int(t) // cols, int(t) % cols]}
+            for f, n, r, b, a, s, t in zip(data.files, counts, rejected, before, after, pm_score, pm_token)]
     summary = {"defense": repr(defense), "images": len(rows), "rejected": int(rejected.sum()),
                "changed_by_repair": int((before != after).sum()), "clean_images": len(clean),
-               "config": asdict(config), "eps": defense.eps, "zeta": defense.zeta, "weights": args.weights}
+               "config": asdict(config), "eps": defense.eps, "zeta": defense.zeta, "weights": args.weights,
+               "patch_map_threshold": patch_map.threshold, "patch_map_fpr": patch_map.fpr,
+               "patch_map_rejected": int((pm_score > patch_map.threshold).sum())}
     _write_json(out / "decomp.json", {"summary": summary, "images": rows})
     head_similarity_figure(defense.similarity(dec)[: args.figure_rows], defense.eps,
                            [Path(f).name for f in data.files[: args.figure_rows]], out / "heads.png")
     print(f"{summary['rejected']} of {len(rows)} images rejected by Decomp-Det (more than {defense.zeta:g} of "
           f"{dec.n_heads} last-layer heads flagged); Decomp-Rep ({args.mode}) changed {summary['changed_by_repair']} "
-          f"predictions -> {out / 'decomp.json'}, {out / 'heads.png'}")
+          f"predictions; {summary['patch_map_rejected']} rejected by the patch map (its clean FPR "
+          f"{patch_map.fpr:g}) -> {out / 'decomp.json'}, {out / 'heads.png'}")
 
 
 def _lines(path: str) -> list[str]:
@@ -528,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("decomp", help="screen images through a ViT encoder's decomposition: Decomp-Det and Decomp-Rep",
                        description="Head prototypes and eps from clean images; for each image in --images, how many "
                                    "last-layer heads stray from their prototypes (Decomp-Det rejects above zeta) and "
-                                   "its zero-shot prediction before and after Decomp-Rep. Writes OUT/decomp.json and "
+                                   "its zero-shot prediction before and after Decomp-Rep, and the patch map's score "
+                                   "and located token (row, col). Writes OUT/decomp.json and "
                                    "OUT/heads.png.")
     s.add_argument("weights", help="the encoder: a MiniCLIP folder (model.safetensors + config.json)")
     s.add_argument("--images", required=True, help="folder of images to screen")

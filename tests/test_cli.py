@@ -160,7 +160,9 @@ def test_decomp_command_screens_a_folder_and_never_overwrites(tmp_path, capsys):
     assert "rejected by Decomp-Det" in capsys.readouterr().out
     res = json.loads((tmp_path / "d" / "decomp.json").read_text())
     assert len(res["images"]) == 6 and res["summary"]["clean_images"] == 48
-    assert {"flagged_heads", "rejected", "prediction", "prediction_repaired"} <= set(res["images"][0])
+    assert {"flagged_heads", "rejected", "prediction", "prediction_repaired", "patch_map_score", "patch_map_rejected",
+            "patch_map_token"} <= set(res["images"][0])
+    assert all(0 <= rc < 8 for row in res["images"] for rc in row["patch_map_token"])  # the 8x8 patch grid
     assert (tmp_path / "d" / "heads.png").stat().st_size > 0
     assert main(args) == 2 and "exists" in capsys.readouterr().err
 

@@ -128,6 +128,9 @@ def _check_10(m):
     # ...while counting straying heads separates patch-stamped images (not blended ones), and STRIP does too
     assert m["det_auroc"]["patch"] >= 0.7 and m["det_auroc"]["patch"] > m["det_auroc"]["blend"], m
     assert m["strip_auroc"]["patch"] >= 0.9, m
+    # ...and the patch map reads the patch trigger (and points at it), not the blend
+    assert m["patchmap_auroc"]["patch"] >= 0.9 and m["patchmap_auroc"]["patch"] > m["patchmap_auroc"]["blend"] + 0.2, m
+    assert m["patchmap_located"] >= 0.8, m
 
 
 CHECKS = {"00_quickstart": _check_00, "01_implant_backdoor": _check_01, "02_meta_token_collapse": _check_02, "03_invert_triggers": _check_03,
