@@ -329,26 +329,29 @@ def cmd_decomp(args) -> None:
     text = torch.nn.functional.normalize(class_text_features(encoder.clip, names), dim=-1)
     before, after = (dec.total() @ text.T).argmax(-1), (defense.repair(dec) @ text.T).argmax(-1)
     counts, rejected = defense.count(dec), defense.detect(dec)
-    patch_map = PatchMapDetector.fit(patch_shares(encoder, clean))
-    shares = patch_shares(encoder, x)
-    pm_score, pm_token = patch_map.score(shares), patch_map.locate(shares)
-    cols = dec.grid[1]
     rows = [{"file": f, "flagged_heads": int(n), "rejected": bool(r), "prediction": names[int(b)],
-             "prediction_repaired": names[int(a)], "patch_map_score": float(s),
-             "patch_map_rejected": bool(s > patch_map.threshold), "patch_map_token": [int(t) // cols, int(t) % cols]}
-            for f, n, r, b, a, s, t in zip(data.files, counts, rejected, before, after, pm_score, pm_token)]
+             "prediction_repaired": names[int(a)]} for f, n, r, b, a in zip(data.files, counts, rejected, before, after)]
+    patch_map, pm_rejected = None, None
+    if dec.grid[0] * dec.grid[1] >= 2:  # a ViT's patch grid (the ResNet's attention pool has one grid token)
+        patch_map = PatchMapDetector.fit(patch_shares(encoder, clean))
+        shares = patch_shares(encoder, x)
+        pm_score, pm_token = patch_map.score(shares), patch_map.locate(shares)
+        pm_rejected = int((pm_score > patch_map.threshold).sum())
+        for row, s_, t in zip(rows, pm_score, pm_token):
+            row.update(patch_map_score=float(s_), patch_map_rejected=bool(s_ > patch_map.threshold),
+                       patch_map_token=[int(t) // dec.grid[1], int(t) % dec.grid[1]])
     summary = {"defense": repr(defense), "images": len(rows), "rejected": int(rejected.sum()),
                "changed_by_repair": int((before != after).sum()), "clean_images": len(clean),
                "config": asdict(config), "eps": defense.eps, "zeta": defense.zeta, "weights": args.weights,
-               "patch_map_threshold": patch_map.threshold, "patch_map_fpr": patch_map.fpr,
-               "patch_map_rejected": int((pm_score > patch_map.threshold).sum())}
+               "patch_map_threshold": None if patch_map is None else patch_map.threshold,
+               "patch_map_fpr": None if patch_map is None else patch_map.fpr, "patch_map_rejected": pm_rejected}
     _write_json(out / "decomp.json", {"summary": summary, "images": rows})
     head_similarity_figure(defense.similarity(dec)[: args.figure_rows], defense.eps,
                            [Path(f).name for f in data.files[: args.figure_rows]], out / "heads.png")
+    pm_line = "" if patch_map is None else f"; {pm_rejected} rejected by the patch map (clean FPR {patch_map.fpr:g})"
     print(f"{summary['rejected']} of {len(rows)} images rejected by Decomp-Det (more than {defense.zeta:g} of "
           f"{dec.n_heads} last-layer heads flagged); Decomp-Rep ({args.mode}) changed {summary['changed_by_repair']} "
-          f"predictions; {summary['patch_map_rejected']} rejected by the patch map (its clean FPR "
-          f"{patch_map.fpr:g}) -> {out / 'decomp.json'}, {out / 'heads.png'}")
+          f"predictions{pm_line} -> {out / 'decomp.json'}, {out / 'heads.png'}")
 
 
 def _lines(path: str) -> list[str]:

@@ -199,6 +199,8 @@ def test_the_patch_map_threshold_flags_fpr_of_its_clean_images():
         assert abs(float(det.detect(clean).float().mean()) - fpr) <= 0.01
     with pytest.raises(ci.CIError, match="fpr"):
         PatchMapDetector.fit(clean, fpr=0.0)
+    with pytest.raises(ci.CIError, match="two patch tokens"):
+        PatchMapDetector.fit(clean[..., :1])
 
 
 def test_token_shares_sum_to_one_per_head_and_need_the_token_terms():

@@ -71,6 +71,8 @@ class PatchMapDetector:
             raise CIError(f"fpr must be in (0, 1), got {fpr}")
         if clean_shares.dim() != 4 or len(clean_shares) < 2:
             raise CIError("fit needs token shares [B, L, H, N] of at least two clean images")
+        if clean_shares.shape[-1] < 2:
+            raise CIError("a patch map needs at least two patch tokens (a ViT; the ResNet's attention pool has one)")
         peak = _peak(clean_shares)
         mean, std = peak.mean(0), peak.std(0).clamp(min=_TINY)
         det = cls(mean, std, 0.0, fpr)
