@@ -332,7 +332,7 @@ def cmd_decomp(args) -> None:
     rows = [{"file": f, "flagged_heads": int(n), "rejected": bool(r), "prediction": names[int(b)],
              "prediction_repaired": names[int(a)]} for f, n, r, b, a in zip(data.files, counts, rejected, before, after)]
     patch_map, pm_rejected = None, None
-    if dec.grid[0] * dec.grid[1] >= 2:  # a ViT's patch grid (the ResNet's attention pool has one grid token)
+    if dec.grid[0] * dec.grid[1] >= 2:  # a patch map needs two tokens (MiniCLIP's ResNet at 48 px pools one)
         patch_map = PatchMapDetector.fit(patch_shares(encoder, clean))
         shares = patch_shares(encoder, x)
         pm_score, pm_token = patch_map.score(shares), patch_map.locate(shares)

@@ -54,10 +54,11 @@ def test_bench_decomp_on_a_smoke_zoo_writes_the_documented_keys(tmp_path):
     build_encoder_zoo(zoo, "decomp-smoke", progress=False, audit=False)
     res = bench_decomp(zoo, tmp_path / "decomp.json", min_asr=0.0, n_images=60, strip_images=8)
     saved = json.loads((tmp_path / "decomp.json").read_text())
-    for key in ("sum_rel_error", "rep_asr_after", "rep_top1_drop", "det_auroc", "strip_auroc"):
+    for key in ("sum_rel_error", "rep_asr_after", "rep_top1_drop", "det_auroc", "strip_auroc", "det_patchmap_auroc"):
         assert key in saved
     assert saved["sum_rel_error"] < 1e-5 and saved["n_patch"] == 1 and saved["n_clean"] == 1
     bad = next(m for m in res["models"] if m["attack"] != "clean")
     assert 0 <= bad["det_auroc"] <= 1 and len(bad["per_layer"]["backward"]["heads"]) == bad["layers"]
+    assert 0 <= bad["det_patchmap_auroc"] <= 1 and 0 <= bad["patchmap_located"] <= 1
     assert (tmp_path / "decomp.png").stat().st_size > 0
     assert (zoo / "decomp" / "m001.json").exists()  # cached: a rerun skips the model

@@ -144,7 +144,8 @@ def audit_model(zoo: Path, row: dict, backbone_name: str, n_images: int = EVAL_P
         res["det_patchmap_auroc"] = float(roc_auc_score(labels, torch.cat([pm_clean, pm_trig]).tolist()))
         res["det_patchmap_tpr"] = float((pm_trig > patch_map.threshold).float().mean())
         res["det_patchmap_fpr"] = res["patchmap_flagged_clean"]
-        res["patchmap_located"] = _located(trig_x, x[ev][keep], patch_map.locate(shares_trig), trig.grid)
+        if row["attack"] in PATCH_ATTACKS:  # a global trigger changes every token: nothing to locate
+            res["patchmap_located"] = _located(trig_x, x[ev][keep], patch_map.locate(shares_trig), trig.grid)
         # random heads of the last layer, as many as Decomp-Rep flags on triggered images (DECOMP.md, Table 3)
         k = max(1, round(res["flagged_triggered"]))
         rand = []
