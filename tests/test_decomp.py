@@ -20,6 +20,7 @@ from ci_toolkit.decomp import (
     mmd,
     patch_shares,
     token_shares,
+    trigger_tokens,
 )
 from ci_toolkit.model import Backbone, BackboneSpec, Preprocess
 
@@ -211,3 +212,13 @@ def test_token_shares_sum_to_one_per_head_and_need_the_token_terms():
     assert torch.allclose(s.sum(-1), torch.ones(3, 2, 3), atol=1e-5)
     with pytest.raises(ci.CIError, match="tokens=True"):
         token_shares(decompose(bb, x))
+
+
+def test_trigger_tokens_name_the_patches_a_stamp_touches():
+    clean = torch.zeros(2, 3, 48, 48)
+    stamped = clean.clone()
+    stamped[0, :, 41:47, 41:47] = 1.0  # rows/cols 41-46 of an 8x8 grid of 6 px: tokens (6, 6), (6, 7), (7, 6), (7, 7)
+    stamped[1, :, 0:4, 6:10] = 1.0  # rows 0-3, cols 6-9: token (0, 1) only
+    hit = trigger_tokens(stamped, clean, (8, 8))
+    assert torch.nonzero(hit[0]).flatten().tolist() == [54, 55, 62, 63]
+    assert torch.nonzero(hit[1]).flatten().tolist() == [1]

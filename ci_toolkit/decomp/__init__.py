@@ -12,7 +12,7 @@ MLPs, mean-ablation, Decomp-Rep / Decomp-Det, a patch-map detector, and the STRI
 
 from .decompose import CENTRINGS, Decomposition, decompose
 from .defense import MODES, DecompConfig, DecompDefense, Prototypes, ablate, layer_mask, mlp_mask, mmd
-from .patchmap import PATCH_FPR, PatchMapDetector, patch_shares, token_shares
+from .patchmap import PATCH_FPR, PatchMapDetector, patch_shares, token_shares, trigger_tokens
 from .strip import StripConfig, strip_scores
 
 __all__ = [
@@ -33,4 +33,5 @@ __all__ = [
            "patch_shares",
            "strip_scores",
            "token_shares",
+           "trigger_tokens",
 ]

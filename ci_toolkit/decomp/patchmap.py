@@ -51,8 +51,16 @@ def patch_shares(backbone: Backbone, images: torch.Tensor, batch_size: int = BAT
 
 def _peak(shares: torch.Tensor) -> torch.Tensor:
     """[B, L, H]: logit of each head's largest token share."""
-    p = shares.max(-1).values.clamp(_TINY, 1 - _TINY)
-    return torch.log(p / (1 - p))
+    return torch.logit(shares.max(-1).values, eps=_TINY)
+
+
+def trigger_tokens(triggered: torch.Tensor, clean: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, N] bool: the patch tokens (row-major on `grid`) in which `triggered` differs from `clean` [B, 3, H, W];
+    the known answer `locate` is measured against."""
+    changed = (triggered - clean).abs().sum(1) > 0  # [B, H, W]
+    rows, cols = grid
+    ph, pw = changed.shape[1] // rows, changed.shape[2] // cols
+    return changed[:, :rows * ph, :cols * pw].reshape(len(changed), rows, ph, cols, pw).any(4).any(2).flatten(1)
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,8 @@ class PatchMapDetector:
             raise CIError("a patch map needs at least two patch tokens (a ViT; the ResNet's attention pool has one)")
         peak = _peak(clean_shares)
         mean, std = peak.mean(0), peak.std(0).clamp(min=_TINY)
-        det = cls(mean, std, 0.0, fpr)
-        threshold = torch.quantile(det._z(clean_shares).amax((1, 2)).double(), 1 - fpr).item()
-        return cls(mean, std, threshold, fpr)
+        scores = ((peak - mean) / std).amax((1, 2))
+        return cls(mean, std, torch.quantile(scores.double(), 1 - fpr).item(), fpr)
 
     def _z(self, shares: torch.Tensor) -> torch.Tensor:
         return (_peak(shares) - self.mean) / self.std  # [B, L, H]
@@ -97,4 +104,4 @@ class PatchMapDetector:
         return shares.flatten(1, 2)[torch.arange(len(shares)), head].argmax(-1)
 
 
-__all__ = ["PATCH_FPR", "PatchMapDetector", "patch_shares", "token_shares"]
+__all__ = ["PATCH_FPR", "PatchMapDetector", "patch_shares", "token_shares", "trigger_tokens"]

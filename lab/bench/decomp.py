@@ -34,6 +34,7 @@ from ci_toolkit.decomp import (
     mmd,
     patch_shares,
     strip_scores,
+    trigger_tokens,
 )
 
 from ..encoder_zoo import ENCODER_ZOO_PROFILES, EVAL_PAIR_SEED, EVAL_PAIRS
@@ -145,7 +146,9 @@ def audit_model(zoo: Path, row: dict, backbone_name: str, n_images: int = EVAL_P
         res["det_patchmap_tpr"] = float((pm_trig > patch_map.threshold).float().mean())
         res["det_patchmap_fpr"] = res["patchmap_flagged_clean"]
         if row["attack"] in PATCH_ATTACKS:  # a global trigger changes every token: nothing to locate
-            res["patchmap_located"] = _located(trig_x, x[ev][keep], patch_map.locate(shares_trig), trig.grid)
+            under = trigger_tokens(trig_x, x[ev][keep], trig.grid)  # [B, N]
+            hit = under[torch.arange(len(trig_x)), patch_map.locate(shares_trig)]
+            res["patchmap_located"] = float(hit.float().mean())
         # random heads of the last layer, as many as Decomp-Rep flags on triggered images (DECOMP.md, Table 3)
         k = max(1, round(res["flagged_triggered"]))
         rand = []
@@ -174,15 +177,6 @@ def audit_model(zoo: Path, row: dict, backbone_name: str, n_images: int = EVAL_P
             sub, torch.cat([pm_clean[:strip_images], pm_trig[:len(xb)]]).tolist()))
     res["seconds"] = round(time.time() - t0, 1)
     return res
-
-
-def _located(triggered: torch.Tensor, clean: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int]) -> float:
-    """Share of triggered images whose located patch token covers pixels the trigger changed."""
-    changed = (triggered - clean).abs().sum(1) > 0  # [B, H, W]
-    rows, cols = grid
-    ph, pw = changed.shape[1] // rows, changed.shape[2] // cols
-    per_token = changed[:, :rows * ph, :cols * pw].reshape(len(changed), rows, ph, cols, pw).any(4).any(2)
-    return float(per_token.flatten(1)[torch.arange(len(changed)), tokens].float().mean())
 
 
 def _mean(values):
