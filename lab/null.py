@@ -11,7 +11,8 @@ these models with its 95% Clopper-Pearson interval: the reference against which 
 Resumable: finished models and scans are kept and skipped; wall time adds up over runs.
 
     DIR/models/nNNN/   the delivered model      DIR/scans/<ood>/nNNN/   its scan
-    DIR/rows_<ood>.json   one row per finished model (its spec, accuracy, every rule's verdict)
+    DIR/rows_<ood>.json   one row per finished model (its spec, accuracy, every rule's verdict, and the scan's
+                          evidence: what any rule decides from, `ci.detect.decide_evidence(Evidence(**e))`)
     DIR/wall.json      wall time per run
 """
 
@@ -100,8 +101,9 @@ def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig) -> dict:
         d = ci.decide(report, rule, cfg.threshold if rule == cfg.rule else None)
         rules[rule] = {"verdict": d.verdict, "max_score": d.max_score, "threshold": d.threshold,
                        "top_class": d.top_name, "fallback": d.fallback}
+    ev = report.evidence()
     return {**spec, "acc_seen": acc, "n_candidates": len(report.classes), "rules": rules,
-            "statistic": meta_gain_statistic(report.evidence()),
+            "statistic": meta_gain_statistic(ev), "evidence": asdict(ev),
             "scan_s": report.runtime_s, "total_s": time.time() - t0}
 
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -272,6 +272,10 @@ def test_bench_detect_on_the_smoke_zoo(zoo, detected, tmp_path):
             s = report.side_rules[side]
             assert row[key] == {**s, "flagged": [c.name for c in report.classes if c.paper_score > s["threshold"]]}
         fixed = report.side_rules["meta-gain"]
+        # the row keeps the scan's evidence: any rule decides it again without the scan
+        redo = ci.decide(ci.Evidence(**row["evidence"]), "paper")
+        assert (redo.verdict, redo.max_score) == (row["paper_rule"]["verdict"], row["paper_rule"]["max_score"])
+        assert row["evidence"] == asdict(report.evidence())
         assert row["meta_gain_rule"]["flagged"] == ([fixed["top_class"]] if fixed["verdict"] == "backdoored" else [])
     assert res["methods"]["clip_inspector_paper_k2"] == detection_metrics([{**r, **r["paper_rule"]} for r in res["per_model"]])
     assert res["methods"]["clip_inspector_grubbs"] == detection_metrics([{**r, **r["grubbs_rule"]} for r in res["per_model"]])

@@ -169,7 +169,8 @@ def model_row(m: dict, method: str, report: ScanReport, min_asr: float) -> dict:
            "verdict": report.verdict, "max_score": report.max_score, "threshold": report.threshold,
            "predicted_target": report.predicted_target, "top_class": report.top_class, "gap": report.gap,
            "runtime_s": report.runtime_s, "flagged": [c.name for c in report.classes if c.flagged],
-           "warnings": list(report.warnings), "fallback": report.fallback}
+           "warnings": list(report.warnings), "fallback": report.fallback,
+           "evidence": asdict(report.evidence())}  # what any later rule decides from, without the scan
     for side, row_key in ci.detect.SIDE_RULES.items():
         if side in report.side_rules:
             s = report.side_rules[side]
