@@ -49,6 +49,7 @@ from .model import (
     evaluate,
     import_dassl,
     load_model,
+    miniclip_name,
     save_backbone,
     save_model,
     train,
@@ -274,6 +275,7 @@ def _encoder_classes(spec: str) -> list[str]:
 
 
 def cmd_scan_encoder(args) -> None:
+    args.backbone = args.backbone or miniclip_name(args.weights)  # default: the architecture the folder holds
     encoder = create_backbone(args.backbone, weights_file=args.weights)
     names = _encoder_classes(args.classes)
     out = Path(args.out)
@@ -306,14 +308,15 @@ def cmd_scan_encoder(args) -> None:
     print(res.summary())
     if res.backbone is not None:
         save_backbone(res.backbone, out / "tuned")
-        print(f"the activation-tuned encoder -> {out / 'tuned'} (load with create_backbone(weights_file=...))")
+        print(f"the activation-tuned encoder -> {out / 'tuned'} "
+              f"(load with create_backbone({args.backbone!r}, weights_file=...))")
 
 
 def cmd_decomp(args) -> None:
     out = Path(args.out)
     if (out / "decomp.json").exists():
         raise CIError(f"{out / 'decomp.json'} exists; choose another --out (nothing is overwritten)")
-    encoder = create_backbone(args.backbone, weights_file=args.weights)
+    encoder = create_backbone(args.backbone or miniclip_name(args.weights), weights_file=args.weights)
     size = encoder.preprocess.image_size
     names = world.WorldConfig().classnames() if args.classes == "world" else _lines(args.classes)
     if args.clean == "world":
@@ -460,7 +463,8 @@ def add_scan_options(s, method_choice: bool = True, anchor: bool = False) -> Non
                         "model's backbone")
     s.add_argument("--pool-size", type=int, default=d.pool_size, help=f"OOD images for inversion (default {d.pool_size})")
     s.add_argument("--heldout-size", type=int, default=d.heldout_size,
-                   help=f"further OOD images for each trigger's ASR (default {d.heldout_size})")
+                   help=f"further OOD images for each trigger's ASR (default {d.heldout_size}; at most a fifth of "
+                        "the OOD images)")
     s.add_argument("--probe-eps", type=float, default=d.probe_eps * 255,
                    help=f"gate-probe bound in 1/255 units (default {d.probe_eps * 255:g}; 0: no probe)")
     s.add_argument("--no-probe-shut", action="store_true", help="the gate probe only opens units (default: also shuts)")
@@ -546,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("weights", help="the encoder: a MiniCLIP folder (model.safetensors + config.json)")
     s.add_argument("--images", required=True, help="folder of images to screen")
     s.add_argument("--out", required=True)
-    s.add_argument("--backbone", default="miniclip-vit", help="architecture (default miniclip-vit)")
+    s.add_argument("--backbone", default=None, help="architecture (default: the MiniCLIP the folder holds)")
     s.add_argument("--clean", default="world", help="folder of clean images for the prototypes, or 'world'")
     s.add_argument("--clean-images", type=int, default=200, help="how many clean images (default 200)")
     s.add_argument("--classes", default="world", help="text file of class names, or 'world' (its 300 classes)")
@@ -567,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "clean images; writes OUT/invertune.json and the tuned encoder to OUT/tuned.")
     s.add_argument("weights", help="the delivered encoder: a MiniCLIP folder (model.safetensors + config.json)")
     s.add_argument("--out", required=True)
-    s.add_argument("--backbone", default="miniclip", help="architecture (default miniclip)")
+    s.add_argument("--backbone", default=None, help="architecture (default: the MiniCLIP the folder holds)")
     s.add_argument("--classes", default="world", help="text file of the class names to score, one per line, or "
                                                       "'world' (the classroom task's base classes)")
     s.add_argument("--ood", default="world", help="clip-inspector: folder of unlabeled OOD images, or 'world'")

@@ -65,3 +65,16 @@ def test_vit_b16_random_init_runs_one_cocoop_forward_on_cpu():
     with torch.no_grad():
         logits = model(torch.rand(2, 3, 224, 224))
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_a_miniclip_folder_loads_as_the_architecture_it_holds(tmp_path):
+    assert ci.model.miniclip_name(ci.model.MINICLIP_VIT_DIR) == "miniclip-vit"
+    assert ci.model.miniclip_name(ci.model.MINICLIP_DIR) == "miniclip"
+    assert ci.model.miniclip_name(tmp_path) == "miniclip"  # no config: loading it then says what is missing
+    vit = ci.create_backbone(ci.model.miniclip_name(ci.model.MINICLIP_VIT_DIR), weights_file=ci.model.MINICLIP_VIT_DIR)
+    assert vit.spec.name == "miniclip-vit"
+    # asked for the other architecture: a one-line error naming the one the folder holds, not a mislabelled model
+    with pytest.raises(ci.CIError, match="holds a miniclip-vit encoder, not miniclip"):
+        ci.create_backbone("miniclip", weights_file=ci.model.MINICLIP_VIT_DIR)
+    with pytest.raises(ci.CIError, match="holds a miniclip encoder, not miniclip-vit"):
+        ci.create_backbone("miniclip-vit", weights_file=ci.model.MINICLIP_DIR)

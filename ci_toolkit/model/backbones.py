@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from ..errors import BackboneUnavailableError, CheckpointError, CIError
 from ..images import OPENAI_MEAN, OPENAI_STD
-from .miniclip import ASSET_DIR, VIT_ASSET_DIR, load_miniclip
+from .miniclip import ASSET_DIR, VIT_ASSET_DIR, MiniViTConfig, load_miniclip
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,17 @@ def _resolve_quickgelu(name: str, pretrained: str | None) -> str:
     return name
 
 
+def miniclip_name(folder: str | Path) -> str:
+    """"miniclip-vit" or "miniclip": the MiniCLIP architecture saved in `folder` (its config.json), so a CLI
+    can load a delivered encoder without being told which it is; "miniclip" when the folder has no readable
+    config (loading it then says what is missing)."""
+    try:
+        arch = json.loads((Path(folder) / "config.json").read_text())["model"].get("arch")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return "miniclip"
+    return "miniclip-vit" if arch == "vit" else "miniclip"
+
+
 def create_backbone(
     name: str = "miniclip",
     pretrained: str | None = None,
@@ -176,6 +187,9 @@ def create_backbone(
     if name in ("miniclip", "miniclip-vit"):
         folder = Path(weights_file) if weights_file else (ASSET_DIR if name == "miniclip" else VIT_ASSET_DIR)
         clip, cfg = load_miniclip(folder)
+        held = "miniclip-vit" if isinstance(cfg, MiniViTConfig) else "miniclip"
+        if held != name:
+            raise CIError(f"{folder} holds a {held} encoder, not {name}: load it as {held!r} (--backbone {held})")
         spec = BackboneSpec(
             kind="miniclip",
             name=name,
