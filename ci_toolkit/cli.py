@@ -515,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Invert a trigger per candidate class on unlabeled OOD images, probe the meta-net, "
                                    "decide; writes OUT/report.json and OUT/report.html. Interrupted scans resume.")
     s.add_argument("model", help="a delivered model folder (model.json + prompt_learner.safetensors)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True,
+                   help="folder for report.json, report.html and the triggers (a partial scan there resumes)")
     s.add_argument("--ood", default="world", help="folder of unlabeled OOD images, or 'world' (default)")
     s.add_argument("--candidates", default=None, help="file with candidate class names, one per line "
                                                       "(default: the model's classes)")
@@ -549,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/heads.png.")
     s.add_argument("weights", help="the encoder: a MiniCLIP folder (model.safetensors + config.json)")
     s.add_argument("--images", required=True, help="folder of images to screen")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder for decomp.json and heads.png (must not hold a decomp.json)")
     s.add_argument("--backbone", default=None, help="architecture (default: the MiniCLIP the folder holds)")
     s.add_argument("--clean", default="world", help="folder of clean images for the prototypes, or 'world'")
     s.add_argument("--clean-images", type=int, default=200, help="how many clean images (default 200)")
@@ -570,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "universal patch or L-inf perturbation -> target, trigger inversion, activation tuning on labelled "
                                    "clean images; writes OUT/invertune.json and the tuned encoder to OUT/tuned.")
     s.add_argument("weights", help="the delivered encoder: a MiniCLIP folder (model.safetensors + config.json)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True,
+                   help="folder for report.json and report.html (clip-inspector) or invertune.json and tuned/")
     s.add_argument("--backbone", default=None, help="architecture (default: the MiniCLIP the folder holds)")
     s.add_argument("--classes", default="world", help="text file of the class names to score, one per line, or "
                                                       "'world' (the classroom task's base classes)")
@@ -592,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "loss landscape; writes OUT/amdet.json and OUT/landscape.png (docs/text_encoders.md).")
     s.add_argument("weights", help="the delivered encoder: a MiniCLIP folder (model.safetensors + config.json) or, "
                                    "with --backbone NAME, an open_clip weights file")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder for amdet.json and landscape.png")
     s.add_argument("--backbone", default="miniclip", help="architecture (default miniclip)")
     s.add_argument("--anchor-weights", default=None, help="the benign anchor's weights (default: the shipped MiniCLIP, "
                                                           "or --pretrained's for an open_clip model)")
@@ -637,11 +639,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune the prompt learner on clean + triggered images with their true labels, "
                                    "with the trigger behind the scan's top score; writes OUT/repair.json and the "
                                    "repaired model in OUT/model (the input is never touched).")
-    s.add_argument("model")
+    s.add_argument("model", help="the delivered model folder (model.json + prompt_learner.safetensors)")
     s.add_argument("--report", required=True, help="the scan's folder (or its report.json)")
     s.add_argument("--data", default="world", help="labelled image folder (class subfolders) or 'world' (default)")
     s.add_argument("--attacker", default=None, help="the attacker's artefacts folder, when known: ASR is measured with the real trigger")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder for repair.json and the repaired model (OUT/model)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-acc-drop", type=float, default=d.max_acc_drop,
                    help=f"clean-accuracy loss on the repair set that sends the repair back with a {d.backoff:g}x "
