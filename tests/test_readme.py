@@ -21,6 +21,8 @@ def test_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # it writes runs/quickstart/ relative to the working directory
     scope: dict = {}
     exec(compile(code, "README.md quick start", "exec"), scope)
-    assert scope["report"].verdict in ("clean", "backdoored") and scope["result"].attempts
+    # the lesson holds: the backdoor implanted and the scan names its target (as the README says it prints)
+    assert scope["report"].verdict == "backdoored" and scope["result"].attempts
+    assert scope["report"].predicted_target == scope["task"].seen_names[2] == "yellow striped square"
     assert (tmp_path / "runs" / "quickstart" / "delivered" / "model.json").exists()
     assert capsys.readouterr().out.strip()  # it printed the summary
