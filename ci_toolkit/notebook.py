@@ -111,3 +111,6 @@ def patch_map_figure(tokens: torch.Tensor, grid: tuple[int, int], text_feature: 
         fig.savefig(path, dpi=120)
         plt.close(fig)
     return fig
+
+
+__all__ = ["head_similarity_figure", "landscape_figure", "patch_map_figure", "record_metrics", "show_images"]
