@@ -215,8 +215,8 @@ TEXT_SCAN_PROMPTS = 2000  # `scan-text`'s default shallow set: world prompts (la
 
 
 def cmd_scan_text(args) -> None:
-    if args.backbone == "miniclip":
-        suspect = create_backbone("miniclip", weights_file=args.weights)
+    if args.backbone == "miniclip":  # the ResNet or the ViT MiniCLIP (the ViT's text tower is the ResNet's)
+        suspect = create_backbone(miniclip_name(args.weights), weights_file=args.weights)
         anchor = create_backbone("miniclip", weights_file=args.anchor_weights)
     else:
         if args.pretrained is None and args.anchor_weights is None:
@@ -285,7 +285,7 @@ def cmd_scan_encoder(args) -> None:
         if args.no_anchor and args.anchor_weights:
             raise CIError("--anchor-weights and --no-anchor contradict each other: give one")
         if not args.no_anchor:
-            if args.anchor_weights is None and args.backbone != "miniclip":
+            if args.anchor_weights is None and args.backbone not in ("miniclip", "miniclip-vit"):
                 raise CIError(f"scan-encoder --backbone {args.backbone} needs the public encoder it was tuned from "
                               "as --anchor-weights FILE, or --no-anchor (then Grubbs decides on the suspect alone)")
             anchor = zero_shot(create_backbone(args.backbone, weights_file=args.anchor_weights), names)

@@ -6,7 +6,7 @@ zero-shot head, CLIP-Inspector on a clean CoCoOp tuned over the delivered encode
         --out-dir benchmarks
 
 Layout, as the other zoos: DIR/models/mNNN/encoder/ is the delivered encoder (model.safetensors + config.json,
-loadable by `create_backbone("miniclip", weights_file=...)`) and DIR/models/mNNN/cocoop/ the organisation's clean
+loadable by `create_backbone(p.backbone, weights_file=...)`) and DIR/models/mNNN/cocoop/ the organisation's clean
 prompt learner over it; DIR/attackers/mNNN/ the attacker's trigger; DIR/manifest.json the truth and the attack's
 measurements; DIR/scans/mNNN/ the audits' reports (zero_shot/, cocoop/, invertune.json) and what
 InverTune's repair measured against the true trigger (invertune_eval.json); DIR/scans/anchor/SEED/ the public

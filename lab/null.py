@@ -27,7 +27,7 @@ from pathlib import Path
 import ci_toolkit as ci
 from ci_toolkit.detect import SOLO_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
 
-from .bench.detect import WallLog, ood_images
+from .bench.detect import WallLog, evidence_row, ood_images
 from .executors import Executor, run_units
 
 # Task seeds NULL_SEED + i (i < 200): no zoo profile uses seeds 700-899 (lab/zoo.py), so no null model shares a task.
@@ -103,7 +103,7 @@ def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig) -> dict:
                        "top_class": d.top_name, "fallback": d.fallback}
     ev = report.evidence()
     return {**spec, "acc_seen": acc, "n_candidates": len(report.classes), "rules": rules,
-            "statistic": meta_gain_statistic(ev), "evidence": asdict(ev),
+            "statistic": meta_gain_statistic(ev), "evidence": evidence_row(ev),
             "scan_s": report.runtime_s, "total_s": time.time() - t0}
 
 
@@ -203,9 +203,10 @@ def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", w
               desc=f"null study ({ood_key(source)})", progress=progress, on_done=record)
     wall.update()
     rows = [r for r in rows if r["name"] in {s["name"] for s in specs}]
-    for r in rows:  # rows written before the statistic was recorded: read it from the kept scan
-        if "statistic" not in r:
-            r["statistic"] = meta_gain_statistic(ci.ScanReport.load(scan_dir(out, source, r["name"])).evidence())
+    for r in rows:  # rows written before the statistic or the evidence was recorded: read them from the kept scan
+        if "statistic" not in r or "evidence" not in r:
+            ev = ci.ScanReport.load(scan_dir(out, source, r["name"])).evidence()
+            r["statistic"], r["evidence"] = meta_gain_statistic(ev), evidence_row(ev)
     return {**summarise(rows, cfg), "ood": source, "wall_s": wall.total(), "per_model": rows,
             "complete": len(rows) == n_models, "failed": failed,
             "config": {"n_models": n_models, "space": asdict(space), "null_seed": NULL_SEED,

@@ -295,3 +295,10 @@ def test_a_blend_or_patch_trigger_is_read_off_as_mask_and_pattern_and_an_additiv
     assert torch.allclose(mask, torch.full_like(mask, blended.config.alpha), atol=1e-5)
     assert torch.allclose(ci.detect.apply_trigger(x, mask, pattern), blended(x).clamp(0, 1), atol=1e-4)
     assert trigger_as_mask(ci.create_attack("encoder-sig", target=1), x) is None  # x + delta sin(...): additive
+
+
+def test_invertune_refuses_an_image_tower_without_its_layers():
+    vit = ci.create_backbone("miniclip-vit")  # a ViT: no layer1..layer4 to tune
+    x, y = torch.rand(10, 3, 48, 48), torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ci.CIError, match="has no layer1"):
+        ci.detect.invertune(vit, ["a", "b"], x, y, ci.detect.InverTuneConfig(tune_batch=8), progress=False)

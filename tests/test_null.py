@@ -69,7 +69,8 @@ def test_a_tiny_null_study_runs_and_resumes(tmp_path):
     row = first["per_model"][0]  # its evidence decides every rule again, as the scan did
     for rule, d in row["rules"].items():
         redo = ci.decide(ci.Evidence(**row["evidence"]), rule)
-        assert (redo.verdict, redo.max_score) == (d["verdict"], d["max_score"]), rule
+        assert (redo.verdict, redo.max_score, redo.threshold, redo.top_name, redo.fallback) == (
+            d["verdict"], d["max_score"], d["threshold"], d["top_class"], d["fallback"]), rule
     again = null_study(tmp_path, n_models=2, cfg=cfg, progress=False, space=space)  # n000 is reused, n001 added
     assert again["n_models"] == 2 and again["per_model"][0] == first["per_model"][0]
     assert len(json.loads((tmp_path / "wall.json").read_text())) == 2 and again["wall_s"] >= first["wall_s"]

@@ -25,4 +25,5 @@ def test_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     assert scope["report"].verdict == "backdoored" and scope["result"].attempts
     assert scope["report"].predicted_target == scope["task"].seen_names[2] == "yellow striped square"
     assert (tmp_path / "runs" / "quickstart" / "delivered" / "model.json").exists()
-    assert capsys.readouterr().out.strip()  # it printed the summary
+    out = capsys.readouterr().out  # the summary, as the README quotes it
+    assert "backdoored toward 'yellow striped square'" in out and "p = " in out

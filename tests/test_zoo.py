@@ -272,10 +272,12 @@ def test_bench_detect_on_the_smoke_zoo(zoo, detected, tmp_path):
             s = report.side_rules[side]
             assert row[key] == {**s, "flagged": [c.name for c in report.classes if c.paper_score > s["threshold"]]}
         fixed = report.side_rules["meta-gain"]
-        # the row keeps the scan's evidence: any rule decides it again without the scan
-        redo = ci.decide(ci.Evidence(**row["evidence"]), "paper")
-        assert (redo.verdict, redo.max_score) == (row["paper_rule"]["verdict"], row["paper_rule"]["max_score"])
-        assert row["evidence"] == asdict(report.evidence())
+        # the row keeps the scan's evidence (as read back from JSON): every rule decides it again as on the scan
+        evidence = ci.Evidence(**json.loads(json.dumps(row))["evidence"])
+        for rule in ci.detect.SOLO_RULES:
+            redo, again = ci.decide(evidence, rule, calibration=report.calibration()), ci.decide(report, rule)
+            assert (redo.verdict, redo.max_score, redo.top_name) == (again.verdict, again.max_score, again.top_name)
+        assert row["evidence"] == json.loads(json.dumps(asdict(report.evidence())))
         assert row["meta_gain_rule"]["flagged"] == ([fixed["top_class"]] if fixed["verdict"] == "backdoored" else [])
     assert res["methods"]["clip_inspector_paper_k2"] == detection_metrics([{**r, **r["paper_rule"]} for r in res["per_model"]])
     assert res["methods"]["clip_inspector_grubbs"] == detection_metrics([{**r, **r["grubbs_rule"]} for r in res["per_model"]])

@@ -374,6 +374,10 @@ def invertune(backbone: Backbone, classnames: Sequence[str], images: torch.Tenso
     if len(images) != len(labels) or len(images) < 5 * cfg.tune_batch // 4:
         raise CIError(f"InverTune needs labelled images (one label each), at least {5 * cfg.tune_batch // 4}; "
                       f"got {len(images)} images and {len(labels)} labels")
+    missing = [n for n in cfg.layers if not hasattr(backbone.clip.visual, n)]
+    if missing:
+        raise CIError(f"InverTune tunes the image tower's layers {list(cfg.layers)}; this one has no {missing[0]} "
+                      "(InverTune here maps onto a ResNet image tower, INVERTUNE.md section 4)")
     t0 = time.time()
     names = list(classnames)
     text = class_text_features(backbone.clip, names, cfg.template)

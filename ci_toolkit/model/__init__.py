@@ -9,6 +9,7 @@ from .miniclip import MiniCLIPConfig, MiniViTConfig, class_contrastive_loss, cla
 from .tuning import TrainConfig, evaluate, train
 from .zeroshot import ZeroShotHead, zero_shot
 
-__all__ = ["Backbone", "BackboneSpec", "Preprocess", "create_backbone", "list_backbones", "miniclip_name", "save_backbone", "load_model", "save_model",
+__all__ = ["Backbone", "BackboneSpec", "Preprocess", "create_backbone", "list_backbones", "miniclip_name",
+           "save_backbone", "load_model", "save_model",
            "import_dassl", "export_dassl", "CoCoOp", "PromptLearner", "ClassPrompts", "TrainConfig", "train", "evaluate",
            "ZeroShotHead", "zero_shot", "MINICLIP_DIR", "MINICLIP_VIT_DIR", "MiniCLIPConfig", "MiniViTConfig", "load_miniclip", "class_text_features", "class_contrastive_loss", "normalize_images"]

@@ -162,7 +162,7 @@ def miniclip_name(folder: str | Path) -> str:
     config (loading it then says what is missing)."""
     try:
         arch = json.loads((Path(folder) / "config.json").read_text())["model"].get("arch")
-    except (OSError, ValueError, KeyError, AttributeError):
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return "miniclip"
     return "miniclip-vit" if arch == "vit" else "miniclip"
 
@@ -268,7 +268,7 @@ def create_backbone(
 
 def save_backbone(backbone: Backbone, out_dir: str | Path, note: dict | None = None, overwrite: bool = False) -> Path:
     """Write a MiniCLIP backbone (for instance one whose text tower was fine-tuned) as the folder that
-    `create_backbone("miniclip", weights_file=out_dir)` loads: model.safetensors + config.json (the
+    `create_backbone(miniclip_name(out_dir), weights_file=out_dir)` loads: model.safetensors + config.json (the
     architecture, plus `note`). Refuses to overwrite existing weights unless `overwrite=True`."""
     from safetensors.torch import save_file
 

@@ -162,6 +162,12 @@ def detection_metrics(rows: list[dict]) -> dict:
             "tpr": flagged_bad / n_bad if n_bad else float("nan")}
 
 
+def evidence_row(ev: ci.Evidence) -> dict:
+    """A scan's evidence as JSON-native values (a row read back from disk compares equal to a fresh one);
+    `ci.Evidence(**row)` restores it."""
+    return json.loads(json.dumps(asdict(ev)))
+
+
 def model_row(m: dict, method: str, report: ScanReport, min_asr: float) -> dict:
     """The per-model row of the benchmark: ground truth, the scan's decision, and the side rules' flags."""
     row = {"path": m["path"], "method": method, "attack": m["attack"], "target": m["target"], "seed": m["seed"],
@@ -170,7 +176,7 @@ def model_row(m: dict, method: str, report: ScanReport, min_asr: float) -> dict:
            "predicted_target": report.predicted_target, "top_class": report.top_class, "gap": report.gap,
            "runtime_s": report.runtime_s, "flagged": [c.name for c in report.classes if c.flagged],
            "warnings": list(report.warnings), "fallback": report.fallback,
-           "evidence": asdict(report.evidence())}  # what any later rule decides from, without the scan
+           "evidence": evidence_row(report.evidence())}  # what any later rule decides from, without the scan
     for side, row_key in ci.detect.SIDE_RULES.items():
         if side in report.side_rules:
             s = report.side_rules[side]

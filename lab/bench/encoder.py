@@ -43,7 +43,8 @@ def bench_encoder_attacks(zoo: str | Path) -> dict:
     rows = _rows(zoo)
     clean = [r for r in rows if r["attack"] == "clean"]
     world_names = ci.world.WorldConfig().classnames()
-    control = ci.create_backbone("miniclip", weights_file=zoo / "models" / clean[0]["name"] / "encoder") if clean else None
+    first = zoo / "models" / clean[0]["name"] / "encoder" if clean else None
+    control = ci.create_backbone(ci.model.miniclip_name(first), weights_file=first) if clean else None
     attacks = {}
     for r in rows:
         if r["attack"] == "clean":
