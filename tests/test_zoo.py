@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ import ci_toolkit as ci
 from ci_toolkit.detect import ScanReport
 from lab.bench.attacks import attacks_from_zoo
 from lab.bench.collapse import DIRECTION, bench_collapse
-from lab.bench.detect import bench_detect, combine_detect, detection_metrics, roc_figure, scan_folder
+from lab.bench.detect import bench_detect, combine_detect, detection_metrics, evidence_row, roc_figure, scan_folder
 from lab.bench.gates import bench_gates
 from lab.bench.repair import bench_repair
 from lab.executors import Executor
@@ -277,7 +277,7 @@ def test_bench_detect_on_the_smoke_zoo(zoo, detected, tmp_path):
         for rule in ci.detect.SOLO_RULES:
             redo, again = ci.decide(evidence, rule, calibration=report.calibration()), ci.decide(report, rule)
             assert (redo.verdict, redo.max_score, redo.top_name) == (again.verdict, again.max_score, again.top_name)
-        assert row["evidence"] == json.loads(json.dumps(asdict(report.evidence())))
+        assert row["evidence"] == evidence_row(report.evidence())
         assert row["meta_gain_rule"]["flagged"] == ([fixed["top_class"]] if fixed["verdict"] == "backdoored" else [])
     assert res["methods"]["clip_inspector_paper_k2"] == detection_metrics([{**r, **r["paper_rule"]} for r in res["per_model"]])
     assert res["methods"]["clip_inspector_grubbs"] == detection_metrics([{**r, **r["grubbs_rule"]} for r in res["per_model"]])
