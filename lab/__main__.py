@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ci_toolkit import CIError, get_profile, list_profiles
+from ci_toolkit.detect import DEFAULT_FPR
 from ci_toolkit.cli import add_scan_options, run, scan_config
 from lab.bench.attacks import ALL as ALL_ATTACKS
 from lab.bench.attacks import attacks_from_zoo, bench_attacks
@@ -35,6 +36,7 @@ from lab.encoder_zoo import AUDIT_STAGES, ENCODER_ZOO_PROFILES, build_encoder_zo
 from lab.encoder_zoo import MIN_ASR as ENCODER_MIN_ASR
 from lab.executors import add_executor_args, executor_from
 from lab.null import null_figure, null_study, ship_null
+from lab.redecide import redecide
 from lab.text_zoo import TEXT_ZOO_PROFILES, bench_amdet, build_text_zoo
 from lab.zoo import MIN_ASR, build_zoo, list_zoo_profiles
 
@@ -165,6 +167,19 @@ def cmd_null(args) -> None:
     for rule, r in result["rules"].items():
         print(f"{rule}: {r['n_flagged']} of {result['n_models']} clean models flagged, FPR {r['fpr']:.3f} "
               f"(95% CI {r['fpr_lower95']:.3f}-{r['fpr_upper95']:.3f})")
+
+
+def cmd_redecide(args) -> None:
+    res = redecide(args.null, args.bench, fpr=args.fpr, rules=tuple(args.rules.split(",")) if args.rules else None)
+    write_json(args.out, res)
+    for rule, r in res["rules"].items():
+        for how in ("fixed", "calibrated"):
+            n, b = r[how]["null"], r[how].get("bench")
+            line = (f"{rule:>10} {how:>10}: null FPR {n['fpr']:.3f} ({n['n_flagged']}/{n['n_models']}, "
+                    f"upper {n['fpr_upper95']:.3f})")
+            if b:
+                line += f"; bench FPR {b['fpr']:.3f} TPR {b['tpr']:.3f} AUROC {b['auroc']:.3f} F1 {b['f1']:.3f}"
+            print(line)
 
 
 def cmd_bench_world(args) -> None:
@@ -335,6 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="summarise the models finished so far; build and scan nothing")
     add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_null)
+
+    s = sub.add_parser("redecide", help="every rule decided again from kept evidence (null and bench rows), no scan",
+                       description="Decide every row of a null study and of bench-detect results again from the "
+                                   "evidence they carry, with each rule at its own threshold and calibrated against "
+                                   "the null at --fpr: the null's FPR (leave-one-out) and the benchmarks' FPR, TPR, "
+                                   "AUROC and F1. Seconds; nothing is scanned.")
+    s.add_argument("--null", required=True, help="the null study's result (OUT/null.json) or its rows_<ood>.json")
+    s.add_argument("--bench", action="append", default=[], metavar="FILE",
+                   help="a bench-detect result whose rows carry evidence (repeat to pool several zoos)")
+    s.add_argument("--fpr", type=float, default=DEFAULT_FPR,
+                   help=f"false-positive rate to calibrate at (default {DEFAULT_FPR:g})")
+    s.add_argument("--rules", default=None,
+                   help="comma-separated rules (default: every rule that decides a scan alone)")
+    s.add_argument("--out", required=True, help="result JSON: per rule, fixed and calibrated, null and bench metrics")
+    s.set_defaults(func=cmd_redecide)
 
     b = sub.add_parser("bench", help="benchmarks that write JSON", description="Benchmarks; each writes a JSON file.")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")
