@@ -72,7 +72,7 @@ ENCODER_LRS = {"encoder-badnets": 5e-4, "encoder-blended": 5e-4}
 ENCODER_PAIRS = 4096
 ENCODER_PAIR_SEED = 777_000
 ENCODER_POISON_RATE = 0.1
-# `scan-encoder --labelled world`: the defender's labelled clean images per class for InverTune
+# `scan-encoder --data world`: the defender's labelled clean images per class for InverTune
 INVERTUNE_PER_CLASS = 20
 
 
@@ -577,8 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", default="world", help="text file of the class names to score, one per line, or "
                                                       "'world' (the classroom task's base classes)")
     s.add_argument("--ood", default="world", help="clip-inspector: folder of unlabeled OOD images, or 'world'")
-    s.add_argument("--labelled", default="world", help="invertune: a labelled image folder (class subfolders), or "
-                                                       "'world'")
+    s.add_argument("--data", "--labelled", dest="labelled", default="world",
+                   help="invertune: a labelled image folder (class subfolders), or 'world' (as repair's --data)")
     s.add_argument("--no-tune", action="store_true", help="invertune: identify only, no activation tuning")
     s.add_argument("--anchor-weights", default=None, help="clip-inspector: the public encoder the delivered one was "
                                                           "tuned from (default: the shipped MiniCLIP)")

@@ -29,6 +29,15 @@ def test_each_command_prints_its_own_help(cmd, capsys):
     assert "usage: ci-toolkit " + cmd in capsys.readouterr().out
 
 
+def test_labelled_images_are_data_in_every_command():
+    # repair and calibrate take labelled images as --data; scan-encoder too (its older --labelled still works)
+    p = build_parser()
+    for flag in ("--data", "--labelled"):
+        args = p.parse_args(["scan-encoder", "ENC", "--out", "o", "--method", "invertune", flag, "imgs"])
+        assert args.labelled == "imgs"
+    assert p.parse_args(["repair", "M", "--report", "S", "--out", "o", "--data", "imgs"]).data == "imgs"
+
+
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
