@@ -48,8 +48,8 @@ def test_grouping_does_not_change_results(tiny_model):
     g = torch.Generator().manual_seed(0)
     pool, held = torch.rand(40, 3, 32, 32, generator=g), torch.rand(8, 3, 32, 32, generator=g)
     names = tiny_model.classnames
-    one = invert(tiny_model, pool, held, names, cfg=InversionConfig(batch_size=8, group=1), progress=False)
-    all_ = invert(tiny_model, pool, held, names, cfg=InversionConfig(batch_size=8, group=4), progress=False)
+    one = invert(tiny_model, pool, held, names, config=InversionConfig(batch_size=8, group=1), progress=False)
+    all_ = invert(tiny_model, pool, held, names, config=InversionConfig(batch_size=8, group=4), progress=False)
     for a, b in zip(one, all_):
         assert a.name == b.name
         assert abs(a.loss - b.loss) < 1e-4 and a.asr == b.asr
@@ -62,7 +62,7 @@ def test_inversion_lowers_every_margin(tiny_model):
     g = torch.Generator().manual_seed(1)
     pool, held = torch.rand(64, 3, 32, 32, generator=g) * 0.5, torch.rand(32, 3, 32, 32, generator=g) * 0.5
     names = tiny_model.classnames
-    res = invert(tiny_model, pool, held, names, cfg=InversionConfig(batch_size=16, eps=16 / 255), progress=False)
+    res = invert(tiny_model, pool, held, names, config=InversionConfig(batch_size=16, eps=16 / 255), progress=False)
     assert [r.name for r in res] == names
     assert all(len(r.losses) == 4 for r in res)  # one epoch of 64 / 16 steps
     assert all(0.0 <= r.asr <= 1.0 for r in res)
@@ -83,8 +83,8 @@ def test_worker_processes_give_the_same_inversions(tiny_model):
     names = tiny_model.classnames
     cfg = InversionConfig(batch_size=8, group=1)
     seen = []
-    one = invert(tiny_model, pool, held, names, cfg=cfg, progress=False)
-    two = invert(tiny_model, pool, held, names, cfg=cfg, progress=False, workers=2, skip={0},
+    one = invert(tiny_model, pool, held, names, config=cfg, progress=False)
+    two = invert(tiny_model, pool, held, names, config=cfg, progress=False, workers=2, skip={0},
                  on_group=lambda rs: seen.extend(r.name for r in rs))
     assert [r.name for r in two] == names[1:]  # skipped group left out, order kept
     assert sorted(seen) == sorted(names[1:])  # every finished group reported in this process

@@ -115,3 +115,20 @@ def test_no_backend_switch_in_library_code():
 def test_lab_is_outside_the_installed_package():
     assert not (PKG / "bench").exists() and not (PKG / "zoo.py").exists()
     assert (PKG.parent / "lab").is_dir()
+
+
+def test_top_level_verbs_name_their_settings_config():
+    """A verb's settings dataclass is its `config` argument wherever it is taken (train, scan, invert, repair,
+    calibrate, scan_text_encoder, invertune, ...), so a keyword learnt on one verb works on the next."""
+    import inspect
+
+    drift = []
+    for name in ci.__all__:
+        obj = getattr(ci, name)
+        if not inspect.isfunction(obj):
+            continue
+        params = inspect.signature(obj).parameters.values()
+        settings = [p.name for p in params if str(p.annotation).split(" |")[0].endswith("Config")]
+        if settings and "config" not in settings:
+            drift.append(f"{name}({', '.join(settings)})")
+    assert not drift, drift

@@ -363,7 +363,7 @@ def split_shallow(prompts: torch.Tensor, cfg: AMDETConfig | None = None) -> tupl
     return prompts[order[:n_held]], prompts[order[n_held:]]
 
 
-def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig | None = None,
+def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, config: AMDETConfig | None = None,
                       progress: bool = False, candidates: list[str] | None = None, tokenize=None) -> AMDETReport:
     """Invert a pseudo-token on the shallow set `prompts` (token ids [N, L]) and decide: backdoored iff at
     a check (v frozen, the held-out prompts) r_A > 0.8, r_same > 0.995, r_diff > 0.95 and then rho > 0.8.
@@ -374,7 +374,7 @@ def scan_text_encoder(suspect, anchor, prompts: torch.Tensor, cfg: AMDETConfig |
     not change (their requires_grad is switched off).
     candidates (with `tokenize`, or a Backbone suspect's): texts to name what v* points to (e.g. class prompts)."""
     t0 = time.time()
-    cfg = cfg or AMDETConfig()
+    cfg = config or AMDETConfig()
     s_clip, a_clip = _clip(suspect), _clip(anchor)
     for p in list(s_clip.parameters()) + list(a_clip.parameters()):
         p.requires_grad_(False)

@@ -138,10 +138,10 @@ def trigger_asr(model: CoCoOp, images: torch.Tensor, deltas: torch.Tensor, targe
 
 
 def invert(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor, classes: list[str],
-           candidates: list[int] | None = None, cfg: InversionConfig | None = None, progress: bool = True,
+           candidates: list[int] | None = None, config: InversionConfig | None = None, progress: bool = True,
            on_group: Callable[[list[Inversion]], None] | None = None, skip: set[int] = frozenset(),
            workers: int = 1) -> list[Inversion]:
-    """Invert a trigger for each candidate (indices into `classes`; default all), in groups of `cfg.group`.
+    """Invert a trigger for each candidate (indices into `classes`; default all), in groups of `config.group`.
 
     pool: inversion images [N, 3, H, W]; heldout: images for the ASR. on_group(results) is called after
     each group finishes; groups whose candidates are all in `skip` are not run (the scanner persists
@@ -150,7 +150,7 @@ def invert(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor, classes: li
     (each with its share of the threads); results are the same, on_group is called in this process.
     """
 
-    cfg = cfg or InversionConfig()
+    cfg = config or InversionConfig()
     if len(pool) < cfg.batch_size:
         raise CIError(f"the OOD pool has {len(pool)} images, fewer than one batch ({cfg.batch_size})")
     if len(heldout) == 0:

@@ -179,7 +179,7 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
     if cfg.method == "clip-inspector":
         partial = _Partial(out, recorded) if out is not None else None
         done = partial.load() if partial else {}
-        results = invert(model, pool, heldout, names, cfg=cfg.inversion, progress=progress,
+        results = invert(model, pool, heldout, names, config=cfg.inversion, progress=progress,
                          on_group=partial.save if partial else None, skip=set(done), workers=workers)
         by_index = {**done, **{r.index: r for r in results}}
         inv = [by_index[i] for i in range(len(names))]

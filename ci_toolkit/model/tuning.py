@@ -42,7 +42,7 @@ def train(
     model: CoCoOp,
     images: torch.Tensor,
     labels: torch.Tensor,
-    cfg: TrainConfig | None = None,
+    config: TrainConfig | None = None,
     progress: bool = True,
     batch_loss: Callable[[CoCoOp, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
@@ -55,7 +55,7 @@ def train(
     Returns the mean loss of each epoch.
     """
 
-    cfg = cfg or TrainConfig()
+    cfg = config or TrainConfig()
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "sgd":

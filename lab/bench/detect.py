@@ -350,7 +350,7 @@ def loss_ablation(zoo: str | Path, path: str, cfg: ci.ScanConfig | None = None, 
     table = {}
     for loss in losses:
         inv_cfg = replace(cfg.inversion, loss=loss)
-        res = ci.invert(model, pool, heldout, model.classnames, cfg=inv_cfg, progress=progress)
+        res = ci.invert(model, pool, heldout, model.classnames, config=inv_cfg, progress=progress)
         d = ci.decide(ci.Evidence(names=[r.name for r in res], asr=[r.asr for r in res], loss=[r.loss for r in res]),
                       rule)
         others = [r.asr for r in res if r.index != t]
