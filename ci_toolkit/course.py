@@ -92,14 +92,14 @@ def shipped_scan(name: str, method: str = "neural-cleanse") -> ScanReport | None
     return ScanReport.load(folder) if (folder / "report.json").exists() else None
 
 
-def scan(name: str, cfg: ScanConfig | None = None, work_dir: str | Path | None = None,
+def scan(name: str, config: ScanConfig | None = None, work_dir: str | Path | None = None,
          progress: bool = False) -> ScanReport:
-    """The CLIP-Inspector scan of a course model under `cfg` (default `ScanConfig()`) on the world's OOD pool
-    (`world.ood_pool(cfg.ood_images, seed=cfg.seed)`): the scan shipped with the zoo when it was made with
+    """The CLIP-Inspector scan of a course model under `config` (default `ScanConfig()`) on the world's OOD pool
+    (`world.ood_pool(config.ood_images, seed=config.seed)`): the scan shipped with the zoo when it was made with
     exactly these settings, else the one kept in `work_dir`/<name> by an earlier call, else a fresh scan (kept
     there when `work_dir` is given). Equal to `ci.scan` on the loaded model either way; a shipped or kept scan
-    is decided again under `cfg`'s rule and the null it calls for, as a fresh scan would be."""
-    cfg = cfg or ScanConfig()
+    is decided again under `config`'s rule and the null it calls for, as a fresh scan would be."""
+    cfg = config or ScanConfig()
     if cfg.method != "clip-inspector":
         raise CIError(f"course.scan runs CLIP-Inspector; for {cfg.method!r} use shipped_scan or ci.scan")
     ood = ood_pool(cfg.ood_images, seed=cfg.seed)

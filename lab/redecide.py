@@ -3,8 +3,8 @@
     python -m lab redecide --null runs/null/null.json --bench runs/prereg/detect.json [--bench ...] --out F
 
 The null study's rows (`lab.null`) and `bench detect`'s per-model rows carry each scan's evidence
-(`ci.Evidence`). This decides every one of them with each rule of `ci.SOLO_RULES` (and any a fork registered
-in `ci.RULES`), two ways:
+(`ci.Evidence`). This decides every one of them with each rule that decides a CLIP-Inspector scan on its own
+(`ci.detect.scan_rules()`, a fork's registered rules included), two ways:
 
 - "fixed": the rule with its own threshold. On the null: the false-positive rate with its Clopper-Pearson
   interval. On the benchmarks (pooled): `detection_metrics` (FPR, TPR, AUROC, class-level F1).
@@ -14,6 +14,10 @@ in `ci.RULES`), two ways:
   a benchmark model against all of them. A decision that fell back to another rule (the meta-gain rule on
   inert meta tokens) keeps its fallback verdict, its score being on the fallback's scale; as a null model
   it counts with its meta-gain statistic, as in the shipped null (`lab.null.ship_null`).
+
+A null calibrates only scans made with its settings: the benchmarks' recorded scan settings (OOD pool and
+held-out sizes, the inversion's budget and loss) must be the null's, else it is a one-line error. Every row
+must carry evidence (rows written before evidence was recorded are refused, not silently left out).
 
 The default rule, "calibrated", is the meta-gain rule's calibrated column (`CALIBRATED_AS`). So a candidate
 rule is evaluated on the committed rows in seconds. Which rule becomes the default is decided on a design set;
@@ -26,7 +30,7 @@ import json
 from pathlib import Path
 
 import ci_toolkit as ci
-from ci_toolkit.detect import SOLO_RULES, NullStudy, meta_gain_statistic
+from ci_toolkit.detect import RULES, NullStudy, meta_gain_statistic, scan_rules
 
 from .bench.detect import detection_metrics
 from .null import clopper_pearson
@@ -35,19 +39,40 @@ from .null import clopper_pearson
 CALIBRATED_AS = "meta-gain"
 
 
-def load_rows(path: str | Path, what: str) -> list[dict]:
-    """The rows of a null result (`null.json`, or its `rows_<ood>.json`) or of a `bench detect` result that
-    carry evidence; a file without any is a one-line error."""
+# the scan settings a benchmark's result records (`bench detect`'s config.scan) -> where the null's full
+# ScanConfig holds them
+CHECKED_SETTINGS = {"pool_size": ("pool_size",), "heldout_size": ("heldout_size",), "eps": ("inversion", "eps"),
+                    "loss": ("inversion", "loss")}
+
+
+def load_rows(path: str | Path, what: str) -> tuple[list[dict], dict | None]:
+    """The rows of a null result (`null.json`, or its `rows_<ood>.json`) or of a `bench detect` result (its
+    CLIP-Inspector rows of implanted, scanned models), with the result's recorded scan settings (None for a
+    bare rows file). A row without evidence is a one-line error."""
     d = json.loads(Path(path).read_text())
     rows = d if isinstance(d, list) else d.get("per_model", [])
+    scan = None if isinstance(d, list) else (d.get("config") or {}).get("scan")
     if what == "bench":
         rows = [r for r in rows if r.get("method") == "clip-inspector" and r.get("implanted")
                 and r.get("scanned", True)]
-    kept = [r for r in rows if r.get("evidence")]
-    if not kept:
-        raise ci.CIError(f"{path}: no {what} row carries a scan's evidence (rows written before evidence was "
-                         "recorded; rerun the study or benchmark on its kept scans)")
-    return kept
+    bare = [r.get("name") or r.get("path") for r in rows if not r.get("evidence")]
+    if bare or not rows:
+        raise ci.CIError(f"{path}: {len(bare)} of {len(rows)} {what} rows carry no scan evidence (written before "
+                         "evidence was recorded: rerun the study or benchmark on its kept scans)")
+    return rows, scan
+
+
+def check_settings(null_scan: dict | None, bench_scan: dict | None, path) -> None:
+    """A one-line error when a benchmark's scans were made with other settings than the null's."""
+    if not null_scan or not bench_scan:
+        return
+    for key, where in CHECKED_SETTINGS.items():
+        theirs, ours = bench_scan.get(key), null_scan
+        for k in where:
+            ours = (ours or {}).get(k)
+        if theirs is not None and ours is not None and theirs != ours:
+            raise ci.CIError(f"{path}: its scans used {key} {theirs!r}, the null's {ours!r}; a null calibrates "
+                             "only scans made with its settings")
 
 
 def decisions(rows: list[dict], rule: str) -> list[ci.Decision]:
@@ -81,21 +106,38 @@ def null_summary(verdicts: list[str]) -> dict:
     return {"n_models": n, "n_flagged": k, "fpr": k / n, "fpr_lower95": lo, "fpr_upper95": hi}
 
 
-def bench_rows(rows: list[dict], ds: list[ci.Decision], verdicts: list[str]) -> list[dict]:
-    """Rows for `detection_metrics`: ground truth, the verdict, the top class's score, the flagged classes
-    (a calibrated verdict flags the top class only)."""
-    return [{"label": r["label"], "target": r["target"], "max_score": d.max_score, "verdict": v,
-             "flagged": [d.names[d.top]] if v == "backdoored" else []} for r, d, v in zip(rows, ds, verdicts)]
+def flagged_names(d: ci.Decision) -> list[str]:
+    """The classes a decision flags (the paper's, Grubbs' and robust rules may flag several)."""
+    return [n for n, f in zip(d.names, d.flagged) if f]
+
+
+def bench_rows(rows: list[dict], ds: list[ci.Decision], verdicts: list[str] | None = None) -> list[dict]:
+    """Rows for `detection_metrics`: ground truth, the verdict, the top class's score, the flagged classes.
+    verdicts: calibrated verdicts, which flag the top class only (a fallback decision keeps its own flags);
+    None: each decision's own verdict and flags."""
+    out = []
+    for i, (r, d) in enumerate(zip(rows, ds)):
+        if verdicts is None or d.fallback:
+            v, flags = d.verdict, flagged_names(d)
+        else:
+            v, flags = verdicts[i], [d.names[d.top]] if verdicts[i] == "backdoored" else []
+        out.append({"label": r["label"], "target": r["target"], "max_score": d.max_score, "verdict": v,
+                    "flagged": flags})
+    return out
 
 
 def redecide(null_path: str | Path, bench_paths: list[str | Path], fpr: float = ci.detect.DEFAULT_FPR,
              rules: tuple[str, ...] | None = None) -> dict:
     """Every rule, fixed and calibrated, on the null's rows and the benchmarks' pooled rows."""
-    null = load_rows(null_path, "null")
-    bench = [r for p in bench_paths for r in load_rows(p, "bench")]
+    null, null_scan = load_rows(null_path, "null")
+    bench = []
+    for p in bench_paths:
+        rows, scan = load_rows(p, "bench")
+        check_settings(null_scan, scan, p)
+        bench += rows
     out = {"fpr_level": fpr, "null": str(null_path), "n_null": len(null), "benches": [str(p) for p in bench_paths],
            "n_backdoored": sum(r["label"] for r in bench), "n_clean": sum(1 - r["label"] for r in bench), "rules": {}}
-    for rule in rules or tuple(r for r in SOLO_RULES if r != "calibrated"):
+    for rule in rules or tuple(r for r in scan_rules() if r != "calibrated" and not RULES[r].needs_anchor):
         if rule == "calibrated":
             raise ci.CIError(f"the calibrated rule is {CALIBRATED_AS!r}'s calibrated column; ask for {CALIBRATED_AS!r}")
         null_ds, bench_ds = decisions(null, rule), decisions(bench, rule)
@@ -106,10 +148,11 @@ def redecide(null_path: str | Path, bench_paths: list[str | Path], fpr: float = 
         thr = NullStudy(backbone="", scores=tuple(scores), scan={}).threshold(fpr)
         res["calibrated"] = {"threshold": thr, "null": null_summary([v for v, _ in loo])}
         if bench:
-            res["fixed"]["bench"] = detection_metrics(bench_rows(bench, bench_ds, [d.verdict for d in bench_ds]))
+            res["fixed"]["bench"] = detection_metrics(bench_rows(bench, bench_ds))
             res["calibrated"]["bench"] = detection_metrics(bench_rows(bench, bench_ds, [v for v, _ in cal]))
         out["rules"][rule] = res
     return out
 
 
-__all__ = ["CALIBRATED_AS", "calibrated_verdicts", "decisions", "load_rows", "null_scores", "redecide"]
+__all__ = ["CALIBRATED_AS", "bench_rows", "calibrated_verdicts", "check_settings", "decisions", "load_rows",
+           "null_scores", "redecide"]

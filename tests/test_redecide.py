@@ -7,6 +7,7 @@ import json
 import pytest
 
 import ci_toolkit as ci
+from ci_toolkit.detect import Calibration, NullStudy
 from lab.redecide import load_rows, redecide
 
 NAMES = ["circle", "square", "star"]
@@ -60,7 +61,55 @@ def test_every_solo_rule_is_decided_and_the_calibrated_rule_is_asked_for_by_its_
         redecide(files[0], [files[1]], rules=("calibrated",))
 
 
-def test_rows_without_evidence_are_a_one_line_error(tmp_path):
-    (tmp_path / "old.json").write_text(json.dumps({"per_model": [{"name": "n000", "statistic": 0.3}]}))
-    with pytest.raises(ci.CIError, match="no null row carries"):
+def test_calibrated_meta_gain_decides_as_the_shipped_calibrated_rule(files):
+    """The "calibrated" column of meta-gain is `ci.decide(ev, "calibrated")` against a null of the same scores."""
+    null_path, bench_path = files
+    res = redecide(null_path, [bench_path], fpr=0.1, rules=("meta-gain",))
+    null = NullStudy(backbone="", scan={}, scores=tuple(0.1 * (i + 1) for i in range(19)))
+    rows, _ = load_rows(bench_path, "bench")
+    verdicts = [ci.decide(ci.Evidence(**r["evidence"]), "calibrated", calibration=Calibration(null, 0.1)).verdict
+                for r in rows]
+    flagged_bad = sum(v == "backdoored" for r, v in zip(rows, verdicts) if r["label"])
+    flagged_clean = sum(v == "backdoored" for r, v in zip(rows, verdicts) if not r["label"])
+    b = res["rules"]["meta-gain"]["calibrated"]["bench"]
+    assert (b["tpr"], b["fpr"]) == (flagged_bad / 2, flagged_clean / 1) == (0.5, 0.0)
+
+
+def paper_evidence(tops: int, k: int = 12, inert: bool = False) -> dict:
+    """k candidates whose first `tops` stand out in ASR and loss (s_t > 2 for each when tops <= 2); meta gains
+    all 0 when inert (the meta-gain rule then falls back to the paper's)."""
+    asr = [1.0] * tops + [0.1] * (k - tops)
+    loss = [-1.0] * tops + [1.0] * (k - tops)
+    gains = [0.0 if inert else 0.05] * k
+    return {"names": [f"c{i}" for i in range(k)], "asr": asr, "loss": loss, "meta_gain": gains, "probes": [],
+            "sizes": [], "anchor_asr": [], "anchor_loss": []}
+
+
+def test_fixed_rules_count_every_class_they_flag_and_fallbacks_keep_their_verdict(files, tmp_path):
+    bench = [{"method": "clip-inspector", "implanted": True, "label": 1, "target": "c0",
+              "evidence": paper_evidence(2)},  # the paper's rule flags c0 (the target) and c1 (a false one)
+             {"method": "clip-inspector", "implanted": True, "label": 1, "target": "c0",
+              "evidence": paper_evidence(1, inert=True)}]  # inert meta tokens: meta-gain falls back to the paper's
+    (tmp_path / "b.json").write_text(json.dumps({"per_model": bench}))
+    res = redecide(files[0], [tmp_path / "b.json"], rules=("paper", "meta-gain"))
+    paper = res["rules"]["paper"]["fixed"]["bench"]
+    assert (paper["tp"], paper["fp"], paper["fn"]) == (2, 1, 0)
+    for how in ("fixed", "calibrated"):  # the fallback decides model 2 both ways; model 1 scores 0.05 < 1.0, 1.9
+        mg = res["rules"]["meta-gain"][how]["bench"]
+        assert (mg["tp"], mg["fp"], mg["fn"], mg["tpr"]) == (1, 0, 1, 0.5), how
+
+
+def test_rows_without_evidence_or_other_scan_settings_are_one_line_errors(files, tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps({"per_model": [{"name": "n000", "statistic": 0.3},
+                                                                 {"name": "n001", "evidence": evidence(0.2)}]}))
+    with pytest.raises(ci.CIError, match="1 of 2 null rows carry no scan evidence"):
         load_rows(tmp_path / "old.json", "null")
+    null = json.loads(files[0].read_text())
+    null["config"] = {"scan": {"pool_size": 1000, "heldout_size": 200,
+                               "inversion": {"eps": 10 / 255, "loss": "margin"}}}
+    (tmp_path / "null.json").write_text(json.dumps(null))
+    bench = json.loads(files[1].read_text())
+    bench["config"] = {"scan": {"pool_size": 512, "heldout_size": 153, "eps": 10 / 255, "loss": "margin"}}
+    (tmp_path / "b.json").write_text(json.dumps(bench))
+    with pytest.raises(ci.CIError, match="pool_size 512, the null's 1000"):
+        redecide(tmp_path / "null.json", [tmp_path / "b.json"])
