@@ -36,6 +36,7 @@ from lab.encoder_zoo import AUDIT_STAGES, ENCODER_ZOO_PROFILES, build_encoder_zo
 from lab.encoder_zoo import MIN_ASR as ENCODER_MIN_ASR
 from lab.executors import add_executor_args, executor_from
 from lab.null import null_figure, null_study, ship_null
+from lab.probe_budget import bench_probe_budget, null_probe_budget
 from lab.redecide import redecide
 from lab.text_zoo import TEXT_ZOO_PROFILES, bench_amdet, build_text_zoo
 from lab.zoo import MIN_ASR, build_zoo, list_zoo_profiles
@@ -180,6 +181,17 @@ def cmd_redecide(args) -> None:
             if b:
                 line += f"; bench FPR {b['fpr']:.3f} TPR {b['tpr']:.3f} AUROC {b['auroc']:.3f} F1 {b['f1']:.3f}"
             print(line)
+
+
+def cmd_probe_budget(args) -> None:
+    if bool(args.study) == bool(args.zoo):
+        raise CIError("give either --study DIR (a null study) or --zoo DIR --detect FILE")
+    if args.zoo and not args.detect:
+        raise CIError("--zoo needs --detect: the bench-detect result whose rows carry evidence")
+    eps = args.budget / 255
+    res = (null_probe_budget(args.study, eps, args.out, scan_config(args)) if args.study
+           else bench_probe_budget(args.zoo, args.detect, eps, args.out, scan_config(args)))
+    print(f"wrote {args.out}: {len(res['per_model'])} rows with the probe at {args.budget:g}/255 appended")
 
 
 def cmd_bench_world(args) -> None:
@@ -365,6 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated rules (default: every rule that decides a scan alone)")
     s.add_argument("--out", required=True, help="result JSON: per rule, fixed and calibrated, null and bench metrics")
     s.set_defaults(func=cmd_redecide)
+
+    s = sub.add_parser("probe-budget", help="the gate probe at a second budget on kept models, added to their evidence",
+                       description="For each row with evidence of a null study (--study DIR) or of a bench-detect "
+                                   "result (--zoo DIR --detect FILE), the gate probe at --budget/255 on the scan's own "
+                                   "OOD split, appended to the row's evidence: `redecide` on the output decides "
+                                   "over both budgets. Resumable. Scan options: those the scans ran with.")
+    s.add_argument("--study", default=None, help="a null study folder (rows_world.json, models/, scans/world/)")
+    s.add_argument("--zoo", default=None, help="a zoo folder (with --detect)")
+    s.add_argument("--detect", default=None, help="the zoo's bench-detect result (its scans kept beside it)")
+    s.add_argument("--budget", type=float, default=32.0,
+                   help="the second probe's L-inf budget in /255 (default 32; the scan's own: --probe-eps)")
+    s.add_argument("--out", required=True, help="result JSON: the rows with the probe appended (resumes)")
+    add_scan_options(s, method_choice=False)
+    s.set_defaults(func=cmd_probe_budget)
 
     b = sub.add_parser("bench", help="benchmarks that write JSON", description="Benchmarks; each writes a JSON file.")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")

@@ -238,4 +238,5 @@ def null_figure(result: dict, path: str | Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-__all__ = ["NULL_SPACE", "NullSpace", "clopper_pearson", "loo_calibrated", "null_figure", "null_specs", "null_study", "ship_null", "summarise"]
+__all__ = ["NULL_SPACE", "NullSpace", "clopper_pearson", "loo_calibrated", "null_figure", "null_specs", "null_study",
+           "scan_dir", "ship_null", "summarise"]

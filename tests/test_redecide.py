@@ -1,13 +1,17 @@
-"""`python -m lab redecide` (lab/redecide.py): rules decided again from kept evidence, with known answers."""
+"""`python -m lab redecide` and `probe-budget` (lab/redecide.py, lab/probe_budget.py): rules decided again from
+kept evidence, with known answers; a second probe budget appended to that evidence."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 import ci_toolkit as ci
 from ci_toolkit.detect import Calibration, NullStudy
+from lab.null import NullSpace, null_study
+from lab.probe_budget import null_probe_budget
 from lab.redecide import load_rows, redecide
 
 NAMES = ["circle", "square", "star"]
@@ -113,3 +117,28 @@ def test_rows_without_evidence_or_other_scan_settings_are_one_line_errors(files,
     (tmp_path / "b.json").write_text(json.dumps(bench))
     with pytest.raises(ci.CIError, match="pool_size 512, the null's 1000"):
         redecide(tmp_path / "null.json", [tmp_path / "b.json"])
+
+
+def test_probe_budget_appends_a_second_probe_that_redecide_reads(tmp_path):
+    """On a tiny null study: the probe at 32/255 on the scan's own split, appended to each row's evidence (one
+    row per meta-net unit and direction), equal to measure_gate_probe run by hand; resumed without rework."""
+    space = NullSpace(n_classes=(6,), epochs=(1,), shots=(2,), lr=(0.1,), batch_size=(8,),
+                      ctx_init=("a photo of a",))
+    cfg = ci.ScanConfig(inversion=ci.InversionConfig(group=3), pool_size=32, heldout_size=16, probe_eps=None)
+    null_study(tmp_path / "null", n_models=1, cfg=cfg, progress=False, space=space)
+    res = null_probe_budget(tmp_path / "null", 32 / 255, tmp_path / "p.json", cfg, progress=False)
+    row = res["per_model"][0]
+    model = ci.load_model(tmp_path / "null" / "models" / "n000")
+    hidden = model.prompt_learner.meta_net.linear1.out_features
+    units = row["probe2"]["units"]
+    assert len(units) == 2 * hidden and row["evidence"]["probes"][-2 * hidden:] == units
+    pcfg = replace(cfg, probe_eps=32 / 255)
+    pool, held = ci.detect.split_pool(ci.world.ood_pool(pcfg.ood_images, seed=pcfg.seed), pcfg)
+    probe, _ = ci.detect.measure_gate_probe(model, pool, held, row["evidence"]["names"], pcfg)
+    by_hand = [v for u in probe.units for v in (row["evidence"]["names"].index(u.class_name), u.asr, u.meta_gain)]
+    assert by_hand == pytest.approx([v for u in row["probe2"]["units"] for v in u])
+    again = null_probe_budget(tmp_path / "null", 32 / 255, tmp_path / "p.json", cfg, progress=False)
+    assert again["per_model"] == res["per_model"]  # resumed: nothing recomputed
+    assert redecide(tmp_path / "p.json", [], rules=("meta-gain",))["n_null"] == 1
+    with pytest.raises(ci.CIError, match="pass the configuration it ran with"):  # not the scans' configuration
+        null_probe_budget(tmp_path / "null", 32 / 255, tmp_path / "q.json", progress=False)
