@@ -189,8 +189,8 @@ def cmd_probe_budget(args) -> None:
     if args.zoo and not args.detect:
         raise CIError("--zoo needs --detect: the bench-detect result whose rows carry evidence")
     eps = args.budget / 255
-    res = (null_probe_budget(args.study, eps, args.out, scan_config(args)) if args.study
-           else bench_probe_budget(args.zoo, args.detect, eps, args.out, scan_config(args)))
+    res = (null_probe_budget(args.study, eps, args.out, scan_config(args), workers=args.workers) if args.study
+           else bench_probe_budget(args.zoo, args.detect, eps, args.out, scan_config(args), workers=args.workers))
     print(f"wrote {args.out}: {len(res['per_model'])} rows with the probe at {args.budget:g}/255 appended")
 
 
@@ -389,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", type=float, default=32.0,
                    help="the second probe's L-inf budget in /255 (default 32; the scan's own: --probe-eps)")
     s.add_argument("--out", required=True, help="result JSON: the rows with the probe appended (resumes)")
+    s.add_argument("--workers", type=int, default=1, help="processes each model's probe units are split over")
     add_scan_options(s, method_choice=False)
     s.set_defaults(func=cmd_probe_budget)
 

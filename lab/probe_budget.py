@@ -28,22 +28,24 @@ from .null import scan_dir
 from .zoo import Zoo
 
 
-def extra_probes(model: ci.CoCoOp, names: list[str], cfg: ci.ScanConfig, recorded: dict) -> list[list]:
+def extra_probes(model: ci.CoCoOp, names: list[str], cfg: ci.ScanConfig, recorded: dict, workers: int = 1) -> list[list]:
     """[class index, ASR, meta gain] of every probe unit at cfg.probe_eps (the evidence's probe format), on
-    cfg's OOD split; `recorded`: the kept scan's config, whose split sizes and seed it must reproduce."""
+    cfg's OOD split; `recorded`: the kept scan's config, whose split sizes and seed it must reproduce; workers:
+    processes the probe's units are split over (the same rows up to float rounding)."""
     pool, heldout = split_pool(world_ood(cfg, model.preprocess.image_size), cfg, cfg.inversion.batch_size)
     got = {"pool_size": len(pool), "heldout_size": len(heldout), "seed": cfg.seed}
     if any(recorded.get(k) != v for k, v in got.items()):
         raise ci.CIError(f"the scan configuration gives the split {got}, the kept scan recorded "
                          f"{ {k: recorded.get(k) for k in got} }: pass the configuration it ran with")
-    probe, _ = measure_gate_probe(model, pool, heldout, names, cfg)
+    probe, _ = measure_gate_probe(model, pool, heldout, names, cfg, workers)
     return [[names.index(u.class_name), u.asr, u.meta_gain] for u in probe.units]
 
 
 def probe_budget(rows: list[dict], key: str, load, report_dir, eps: float, out: str | Path,
-                 scan_cfg: ci.ScanConfig | None = None, progress: bool = True) -> dict:
+                 scan_cfg: ci.ScanConfig | None = None, progress: bool = True, workers: int = 1) -> dict:
     """Append the probe at `eps` to each row's evidence; load(row) gives the model, report_dir(row) its kept
-    scan's folder, scan_cfg the configuration the scans ran with. Writes and returns {"per_model", "config"}."""
+    scan's folder, scan_cfg the configuration the scans ran with; workers: processes per model's probe.
+    Writes and returns {"per_model", "config"}."""
     cfg = replace(scan_cfg or ci.ScanConfig(), probe_eps=eps)
     out = Path(out)
     done = json.loads(out.read_text())["per_model"] if out.exists() else []
@@ -54,7 +56,7 @@ def probe_budget(rows: list[dict], key: str, load, report_dir, eps: float, out: 
             continue
         t0 = time.time()
         scan = ci.ScanReport.load(report_dir(r)).config
-        units = extra_probes(load(r), r["evidence"]["names"], cfg, scan)
+        units = extra_probes(load(r), r["evidence"]["names"], cfg, scan, workers)
         done.append({**r, "evidence": {**r["evidence"], "probes": r["evidence"]["probes"] + units},
                      "probe2": {"eps": eps, "units": units, "s": time.time() - t0}})
         config = {"scan": {k: scan[k] for k in ("pool_size", "heldout_size", "inversion")}, "probe2_eps": eps}
@@ -67,16 +69,16 @@ def probe_budget(rows: list[dict], key: str, load, report_dir, eps: float, out: 
 
 
 def null_probe_budget(null_dir: str | Path, eps: float, out: str | Path, scan_cfg: ci.ScanConfig | None = None,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, workers: int = 1) -> dict:
     """probe_budget over a null study folder's finished rows on the world pool (models/nNNN, scans/world/nNNN)."""
     root = Path(null_dir)
     rows = json.loads((root / "rows_world.json").read_text())
     return probe_budget(rows, "name", lambda r: ci.load_model(root / "models" / r["name"]),
-                        lambda r: scan_dir(root, "world", r["name"]), eps, out, scan_cfg, progress)
+                        lambda r: scan_dir(root, "world", r["name"]), eps, out, scan_cfg, progress, workers)
 
 
 def bench_probe_budget(zoo_dir: str | Path, detect: str | Path, eps: float, out: str | Path,
-                       scan_cfg: ci.ScanConfig | None = None, progress: bool = True) -> dict:
+                       scan_cfg: ci.ScanConfig | None = None, progress: bool = True, workers: int = 1) -> dict:
     """probe_budget over a `bench detect` result's CLIP-Inspector rows of a zoo (scans kept beside it)."""
     zoo, path = Zoo(zoo_dir), Path(detect)
     by_path = {m["path"]: m for m in zoo.manifest()}
@@ -84,7 +86,7 @@ def bench_probe_budget(zoo_dir: str | Path, detect: str | Path, eps: float, out:
             if r.get("method") == "clip-inspector" and r.get("evidence")]
     return probe_budget(rows, "path", lambda r: zoo.load_model(by_path[r["path"]]),
                         lambda r: scan_folder(path.with_suffix(""), "clip-inspector", r), eps, out, scan_cfg,
-                        progress)
+                        progress, workers)
 
 
 __all__ = ["bench_probe_budget", "extra_probes", "null_probe_budget", "probe_budget"]

@@ -108,6 +108,15 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
                           attack_kwargs=((("eps", 6 / 255),), (), (("eps", 6 / 255),), (("alpha", 0.15),)),
                           seeds=tuple(range(1010, 1020)), per_attack=4, class_counts=(25, 35, 45),
                           own_class_lists=True, target_offset=3),
+    # prereg3: seeds 1020-1029, own class lists of 15, 25 or 40 classes; each implanting attack at the world's
+    # strength and a weaker one (BadCLIP and BadCLIP-adaptive eps 6/255, Blended alpha 0.15), five models each,
+    # so that about 20 implant at the rates prereg and prereg2 showed. Committed before its first build; the
+    # evaluation of the decision rule fixed after prereg and prereg2 (benchmarks/detect_preregistered.json)
+    "prereg3": ZooProfile("prereg3", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
+                                             "blended"),
+                          attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 6 / 255),), (), (("alpha", 0.15),)),
+                          seeds=tuple(range(1020, 1030)), per_attack=5, class_counts=(15, 25, 40),
+                          own_class_lists=True, target_offset=5),
     # course: seeds 900-901, two models per implanting attack: the delivered models shipped with the tutorial
     # (`python -m lab course`, ci_toolkit/assets/course/)
     "course": ZooProfile("course", attacks=_IMPLANTING, seeds=(900, 901), per_attack=2),
