@@ -185,6 +185,7 @@ def scan_config(args) -> ScanConfig:
     return ScanConfig(method=getattr(args, "method", "clip-inspector"), inversion=inv, rule=args.rule,
                       threshold=args.threshold, fpr=args.fpr, null_file=args.null, pool_size=args.pool_size, heldout_size=args.heldout_size,
                       probe_eps=None if args.probe_eps == 0 else args.probe_eps / 255, probe_shut=not args.no_probe_shut,
+                      wide_probe_eps=None if args.wide_probe_eps == 0 else args.wide_probe_eps / 255,
                       seed=args.seed)
 
 
@@ -467,6 +468,9 @@ def add_scan_options(s, method_choice: bool = True, anchor: bool = False) -> Non
                         "the OOD images)")
     s.add_argument("--probe-eps", type=float, default=d.probe_eps * 255,
                    help=f"gate-probe bound in 1/255 units (default {d.probe_eps * 255:g}; 0: no probe)")
+    s.add_argument("--wide-probe-eps", type=float, default=d.wide_probe_eps * 255,
+                   help=f"the gate probe's wider bound in 1/255 units, the calibrated rule's second test (default "
+                        f"{d.wide_probe_eps * 255:g}; 0: none)")
     s.add_argument("--no-probe-shut", action="store_true", help="the gate probe only opens units (default: also shuts)")
     s.add_argument("--seed", type=int, default=d.seed)
 

@@ -31,7 +31,7 @@ from lab.bench.notebooks import bench_notebooks
 from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
-from lab.course import ship_course, ship_course_scans
+from lab.course import ship_course, ship_course_scans, widen_course_scans
 from lab.encoder_zoo import AUDIT_STAGES, ENCODER_ZOO_PROFILES, build_encoder_zoo, calibrate_invertune
 from lab.encoder_zoo import MIN_ASR as ENCODER_MIN_ASR
 from lab.executors import add_executor_args, executor_from
@@ -153,12 +153,15 @@ def cmd_course(args) -> None:
 
 
 def cmd_course_scans(args) -> None:
+    if args.widen:
+        widen_course_scans(args.out, args.models.split(","), args.pool, args.heldout or args.pool)
+        return
     ship_course_scans(args.out, args.methods.split(","), args.models.split(","), args.pool, args.work, args.heldout)
 
 
 def cmd_null(args) -> None:
     result = null_study(args.out, n_models=args.models, source=args.ood, cfg=scan_config(args),
-                        build=not args.finished_only, executor=executor_from(args))
+                        build=not args.finished_only, executor=executor_from(args), wide=args.wide)
     out = Path(args.result) if args.result else Path(args.out) / "null.json"
     write_json(out, result)
     null_figure(result, out.with_suffix(".png"))
@@ -174,7 +177,7 @@ def cmd_redecide(args) -> None:
     res = redecide(args.null, args.bench, fpr=args.fpr, rules=tuple(args.rules.split(",")) if args.rules else None)
     write_json(args.out, res)
     for rule, r in res["rules"].items():
-        for how in ("fixed", "calibrated"):
+        for how in r:
             n, b = r[how]["null"], r[how].get("bench")
             line = (f"{rule:>10} {how:>10}: null FPR {n['fpr']:.3f} ({n['n_flagged']}/{n['n_models']}, "
                     f"upper {n['fpr_upper95']:.3f})")
@@ -343,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout", type=int, default=None, help="further OOD images for ASR (default: POOL)")
     s.add_argument("--work", default="runs/course_scans", help="where the scans are kept (a rerun reloads them)")
     s.add_argument("--out", default="ci_toolkit/assets/course", help="the course folder")
+    s.add_argument("--widen", action="store_true",
+                   help="add the wide gate probe to the shipped CLIP-Inspector scans of --models made without it")
     s.set_defaults(func=cmd_course_scans)
 
     s = sub.add_parser("null", help="the null study: clean models that vary what a provider varies, scanned",
@@ -357,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ship", default=None, metavar="FILE",
                    help="also write the study as the calibrated rule's null (e.g. ci_toolkit/assets/null/miniclip-world.json)")
     s.add_argument("--workers", type=int, default=1, help="models built and scanned in parallel")
+    s.add_argument("--wide", default=None, metavar="FILE",
+                   help="a probe-budget result on this study's kept scans (made without the wide probe): its probe "
+                        "becomes each model's wide probe, for the calibrated rule's second test")
     add_executor_args(s)
     s.add_argument("--finished-only", action="store_true",
                    help="summarise the models finished so far; build and scan nothing")
@@ -378,16 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="result JSON: per rule, fixed and calibrated, null and bench metrics")
     s.set_defaults(func=cmd_redecide)
 
-    s = sub.add_parser("probe-budget", help="the gate probe at a second budget on kept models, added to their evidence",
+    s = sub.add_parser("probe-budget", help="the wide gate probe on kept scans made without it",
                        description="For each row with evidence of a null study (--study DIR) or of a bench-detect "
                                    "result (--zoo DIR --detect FILE), the gate probe at --budget/255 on the scan's own "
-                                   "OOD split, appended to the row's evidence: `redecide` on the output decides "
-                                   "over both budgets. Resumable. Scan options: those the scans ran with.")
+                                   "OOD split, as the row's wide probe (the calibrated rule's second test): `redecide` "
+                                   "and `null --wide` read the output. Resumable. Scan options: those the scans ran with.")
     s.add_argument("--study", default=None, help="a null study folder (rows_world.json, models/, scans/world/)")
     s.add_argument("--zoo", default=None, help="a zoo folder (with --detect)")
     s.add_argument("--detect", default=None, help="the zoo's bench-detect result (its scans kept beside it)")
     s.add_argument("--budget", type=float, default=32.0,
-                   help="the second probe's L-inf budget in /255 (default 32; the scan's own: --probe-eps)")
+                   help="the wide probe's L-inf budget in /255 (default 32, ScanConfig.wide_probe_eps)")
     s.add_argument("--out", required=True, help="result JSON: the rows with the probe appended (resumes)")
     s.add_argument("--workers", type=int, default=1, help="processes each model's probe units are split over")
     add_scan_options(s, method_choice=False)

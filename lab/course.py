@@ -13,7 +13,10 @@ Scans that take minutes per model (the baselines) are shipped beside the models,
     python -m lab course-scans --methods neural-cleanse,pixel-backdoor --models m001,m002 --pool 128
 
 writes OUT/scans/<method>/<name>/report.json (each scan's report, its configuration inside), which
-`ci.course.shipped_scan(name, method)` loads.
+`ci.course.shipped_scan(name, method)` loads. Shipped CLIP-Inspector scans made before the scan ran the wide
+gate probe get it added in place, as a fresh scan would run it (`--widen`, `widen_scan`):
+
+    python -m lab course-scans --methods clip-inspector --models m000,m001 --pool 512 --heldout 256 --widen
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ import random
 import shutil
 from pathlib import Path
 
+from dataclasses import replace
+
+import torch
+
 import ci_toolkit as ci
+from ci_toolkit.detect import measure_gate_probe, split_pool
 
 from .zoo import MIN_ASR, Zoo, get_zoo_profile, implanted
 
@@ -90,4 +98,47 @@ def ship_course_scans(out_dir: str | Path, methods: list[str], names: list[str],
     return written
 
 
-__all__ = ["ship_course", "ship_course_scans"]
+def widen_scan(folder: str | Path, model: ci.CoCoOp, ood: torch.Tensor, cfg: ci.ScanConfig | None = None) -> ci.ScanReport:
+    """A kept CLIP-Inspector scan of `model` on `ood` made without the wide gate probe, with the probe at
+    cfg.wide_probe_eps (default ScanConfig()'s) added on the scan's own split, as a fresh scan runs it after the
+    inversion, then decided again under its rule; saved in place (report.json, gate_probe.safetensors)."""
+    report = ci.ScanReport.load(folder)
+    rec = report.config
+    eps = (cfg or ci.ScanConfig()).wide_probe_eps
+    if report.method != "clip-inspector" or report.gate_probe is None or report.probe_triggers is None:
+        raise ci.CIError(f"{folder}: not a CLIP-Inspector scan with a gate probe and its perturbations")
+    if report.gate_probe.wide_eps is not None:
+        raise ci.CIError(f"{folder}: the scan already ran the wide probe (at {report.gate_probe.wide_eps * 255:.0f}/255)")
+    scan_cfg = replace(ci.ScanConfig(), pool_size=rec["pool_size"], heldout_size=rec["heldout_size"], seed=rec["seed"],
+                       probe_eps=rec["probe_eps"], probe_images=rec["probe_images"], probe_shut=rec["probe_shut"],
+                       meta_images=rec["meta_images"])
+    pool, heldout = split_pool(ood, scan_cfg, rec["inversion"]["batch_size"])
+    if (len(pool), len(heldout)) != (rec["pool_size"], rec["heldout_size"]):
+        raise ci.CIError(f"{folder}: these OOD images split into {len(pool)} + {len(heldout)}, the scan's into "
+                         f"{rec['pool_size']} + {rec['heldout_size']}: pass the images it was made on")
+    wide, deltas = measure_gate_probe(model, pool, heldout, report.names, scan_cfg, eps=eps)
+    report.gate_probe = report.gate_probe.with_wide(wide)
+    report.probe_triggers = torch.cat([report.probe_triggers, deltas])
+    report.config = {**rec, "wide_probe_eps": eps}
+    out = report.redecide(rec["rule"], rec.get("threshold"))
+    out.save(folder, html=False)
+    return out
+
+
+def widen_course_scans(out_dir: str | Path, names: list[str], pool: int, heldout: int,
+                       progress: bool = True) -> list[Path]:
+    """`widen_scan` on the shipped CLIP-Inspector scans of course models `names`, made on pool + heldout world
+    OOD images (the scan configuration's sizes, which the scan split into those it recorded)."""
+    written = []
+    for name in names:
+        folder = Path(out_dir) / "scans" / "clip-inspector" / name
+        rec = ci.ScanReport.load(folder).config
+        ood = ci.world.ood_pool(pool + heldout, seed=rec["seed"])
+        report = widen_scan(folder, ci.course.load_model(name), ood)
+        written.append(folder / "report.json")
+        if progress:
+            print(f"clip-inspector {name}: wide probe added; {report.summary()}", flush=True)
+    return written
+
+
+__all__ = ["ship_course", "ship_course_scans", "widen_course_scans", "widen_scan"]

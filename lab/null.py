@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ci_toolkit as ci
-from ci_toolkit.detect import SOLO_RULES, NullStudy, backbone_key, meta_gain_statistic, scan_settings
+from ci_toolkit.detect import (SOLO_RULES, WIDE_KEY, Calibration, NullStudy, backbone_key, meta_gain_statistic,
+                                scan_settings, wide_probe_statistic)
 
 from .bench.detect import WallLog, evidence_row, ood_images
 from .executors import Executor, run_units
@@ -103,7 +104,7 @@ def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig) -> dict:
                        "top_class": d.top_name, "fallback": d.fallback}
     ev = report.evidence()
     return {**spec, "acc_seen": acc, "n_candidates": len(report.classes), "rules": rules,
-            "statistic": meta_gain_statistic(ev), "evidence": evidence_row(ev),
+            "statistic": meta_gain_statistic(ev), "wide_statistic": wide_probe_statistic(ev), "evidence": evidence_row(ev),
             "scan_s": report.runtime_s, "total_s": time.time() - t0}
 
 
@@ -111,14 +112,26 @@ def scan_dir(out: Path, source: str, name: str) -> Path:
     return out / "scans" / ood_key(source) / name
 
 
+def wide_scores(rows: list[dict]) -> tuple[float, ...]:
+    """Every row's wide-probe statistic, or () unless every row has one."""
+    wide = [r.get("wide_statistic") for r in rows]
+    return tuple(wide) if wide and all(w is not None for w in wide) else ()
+
+
 def ship_null(out_dir: str | Path, result: dict, path: str | Path) -> NullStudy:
-    """The study as the calibrated rule's null (ci_toolkit/assets/null/): the meta-gain statistic of every
-    model, with the backbone and the scan settings of their scans."""
+    """The study as the calibrated rule's null (ci_toolkit/assets/null/): the meta-gain and wide-probe statistics
+    of every model, with the backbone and the scan settings of their scans (the wide probe's bound: the
+    scans', or that of `result["config"]["wide_probe"]` when the probe was added to kept scans)."""
     out, rows = Path(out_dir), result["per_model"]
     first = ci.ScanReport.load(scan_dir(out, result["ood"], rows[0]["name"]))
     spec = json.loads((out / "models" / rows[0]["name"] / "model.json").read_text())["backbone"]
-    null = NullStudy(backbone=backbone_key(spec), scores=tuple(r["statistic"] for r in rows),
-                     scan=scan_settings(first.config), models=tuple(r["name"] for r in rows),
+    wide = wide_scores(rows)
+    added = (result.get("config") or {}).get("wide_probe")
+    scan = {**scan_settings(first.config), **({WIDE_KEY: added["eps"]} if added else {})}
+    if not wide:
+        scan[WIDE_KEY] = None
+    null = NullStudy(backbone=backbone_key(spec), scores=tuple(r["statistic"] for r in rows), wide_scores=wide,
+                     scan=scan, models=tuple(r["name"] for r in rows),
                      ood="the embedded world's OOD pool (ci.world.ood_pool)" if result["ood"] == "world" else result["ood"],
                      source=f"python -m lab null --models {len(rows)} ({len(rows)} clean CoCoOp models, lab/null.py)")
     null.save(path)
@@ -130,19 +143,21 @@ def ood_key(source: str) -> str:
 
 
 def loo_calibrated(rows: list[dict], fpr: float) -> dict[str, dict]:
-    """The calibrated rule's verdict on each null model, against a null of the OTHER models (leave-one-out:
-    a model is never calibrated against itself); inert models decide as the meta-gain rule's fallback."""
-    out = {}
+    """The calibrated rule's verdict on each null model (`ci.decide` on its evidence), against a null of the
+    OTHER models (leave-one-out: a model is never calibrated against itself), with their wide-probe statistics
+    when every model has one (two tests); inert models decide as the meta-gain rule's fallback."""
+    out, wide = {}, wide_scores(rows)
     for i, r in enumerate(rows):
-        if r["rules"]["meta-gain"]["fallback"]:
-            out[r["name"]] = {**r["rules"]["meta-gain"], "p_value": None}
+        if len(rows) < 2:  # a null of no models flags nothing
+            out[r["name"]] = {"verdict": "clean", "max_score": r["statistic"], "threshold": None, "p_value": 1.0,
+                              "fallback": None}
             continue
-        scores = tuple(o["statistic"] for j, o in enumerate(rows) if j != i)
-        others = NullStudy(backbone="", scores=scores, scan={}) if scores else None
-        p = others.p_value(r["statistic"]) if others else 1.0  # a null of no models flags nothing
-        thr = others.threshold(fpr) if others else None
-        out[r["name"]] = {"verdict": "backdoored" if p <= fpr else "clean", "max_score": r["statistic"],
-                          "threshold": thr, "p_value": p, "fallback": None}
+        others = NullStudy(backbone="", scan={}, scores=tuple(o["statistic"] for j, o in enumerate(rows) if j != i),
+                           wide_scores=tuple(w for j, w in enumerate(wide) if j != i))
+        ev = ci.Evidence(**r["evidence"]) if wide else ci.Evidence(**{**r["evidence"], "wide_probes": []})
+        d = ci.decide(ev, "calibrated", calibration=Calibration(others, fpr))
+        out[r["name"]] = {"verdict": d.verdict, "max_score": d.max_score, "threshold": d.threshold,
+                          "p_value": d.p_value, "fallback": d.fallback, "top_class": d.top_name}
     return out
 
 
@@ -161,23 +176,29 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
                           "max_score_median": scores[len(scores) // 2] if scores else None,
                           "fallbacks": sum(r["rules"][rule]["fallback"] is not None for r in rows)}
     default = per_rule[cfg.rule]
-    if cfg.rule == "calibrated":
-        full = NullStudy(backbone="", scores=tuple(r["statistic"] for r in rows), scan={})
+    cuts = None
+    if cfg.rule == "calibrated" and rows:
+        full = NullStudy(backbone="", scores=tuple(r["statistic"] for r in rows), scan={}, wide_scores=wide_scores(rows))
         threshold = full.threshold(cfg.fpr)
+        if full.wide_scores:  # two tests at fpr / 2 each: their cuts, in logits
+            cuts = {"meta-gain": full.threshold(cfg.fpr / 2), "wide-probe": full.threshold(cfg.fpr / 2, wide=True)}
+            threshold = None
     else:
         threshold = rows[0]["rules"][cfg.rule]["threshold"] if rows else None
     return {"n_models": len(rows), "rule": cfg.rule, "fpr_level": cfg.fpr if cfg.rule == "calibrated" else None,
-            "threshold": threshold,
+            "threshold": threshold, "cuts": cuts,
             "fpr": default["fpr"], "fpr_upper95": default["fpr_upper95"], "fpr_lower95": default["fpr_lower95"],
             "interval": f"two-sided {CONFIDENCE:.0%} Clopper-Pearson", "rules": per_rule}
 
 
 def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", workers: int = 1,
                cfg: ci.ScanConfig | None = None, progress: bool = True, space: NullSpace = NULL_SPACE,
-               build: bool = True, executor: Executor | None = None) -> dict:
+               build: bool = True, executor: Executor | None = None, wide: str | Path | None = None) -> dict:
     """Build and scan (or resume) the first n_models null models of `space`; returns the study's result.
     build=False: the result of the models finished so far, nothing built or scanned. executor: where the
-    models run (default: `workers` local processes); a model that fails is listed in "failed"."""
+    models run (default: `workers` local processes); a model that fails is listed in "failed". wide: a
+    `probe-budget` result on this study's kept scans (scanned without the wide probe): its units become each
+    row's wide probe (every finished row must be in it)."""
     cfg = cfg or ci.ScanConfig()
     ex = executor or Executor("local", workers=workers)
     out = Path(out_dir)
@@ -207,11 +228,33 @@ def null_study(out_dir: str | Path, n_models: int = 60, source: str = "world", w
         if "statistic" not in r or "evidence" not in r:
             ev = ci.ScanReport.load(scan_dir(out, source, r["name"])).evidence()
             r["statistic"], r["evidence"] = meta_gain_statistic(ev), evidence_row(ev)
+        r.setdefault("wide_statistic", wide_probe_statistic(ci.Evidence(**r["evidence"])))
+    added = None
+    if wide is not None:
+        rows, added = with_wide_probe(rows, wide)
     return {**summarise(rows, cfg), "ood": source, "wall_s": wall.total(), "per_model": rows,
             "complete": len(rows) == n_models, "failed": failed,
             "config": {"n_models": n_models, "space": asdict(space), "null_seed": NULL_SEED,
                        "null_class_seed": NULL_CLASS_SEED, "workers": ex.workers, "executor": ex.kind,
-                       "scan": asdict(cfg)}}
+                       "scan": asdict(cfg), "wide_probe": added}}
+
+
+def with_wide_probe(rows: list[dict], path: str | Path) -> tuple[list[dict], dict]:
+    """The rows with the wide probe of a `probe-budget` result (rows keyed by name, evidence.wide_probes) as
+    theirs; and {"eps", "file"}. A row missing from it, or one whose evidence differs, is a one-line error."""
+    d = json.loads(Path(path).read_text())
+    by_name = {r["name"]: r for r in d["per_model"]}
+    missing = [r["name"] for r in rows if r["name"] not in by_name]
+    if missing:
+        raise ci.CIError(f"{path} has no wide probe for {len(missing)} of the study's models ({missing[:3]}...): "
+                         "run probe-budget on the finished study first")
+    out = []
+    for r in rows:
+        w = by_name[r["name"]]
+        if {**w["evidence"], "wide_probes": []} != {**r["evidence"], "wide_probes": []}:
+            raise ci.CIError(f"{path}: {r['name']}'s evidence is not the study's (another scan)")
+        out.append({**r, "evidence": w["evidence"], "wide_statistic": w["wide_statistic"]})
+    return out, {"eps": d["config"]["probe2_eps"], "file": str(path)}
 
 
 def null_figure(result: dict, path: str | Path) -> None:
@@ -219,24 +262,33 @@ def null_figure(result: dict, path: str | Path) -> None:
     level, from all the study's models) and the fixed meta-gain threshold."""
     from matplotlib.figure import Figure
 
-    scores = sorted(r["statistic"] for r in result["per_model"])
-    fig = Figure(figsize=(6.4, 3.4))
-    ax = fig.subplots()
-    ax.plot(range(1, len(scores) + 1), scores, "o", ms=4, label="clean model")
-    if result.get("fpr_level") is not None and result["threshold"] is not None:
-        ax.axhline(result["threshold"], color="tab:red", ls="--", lw=1,
-                   label=f"calibrated threshold at FPR {result['fpr_level']:g} ({result['threshold']:.2f})")
-    ax.axhline(ci.detect.META_GAIN_THRESHOLD, color="k", ls=":", lw=1,
-               label=f"fixed meta-gain threshold {ci.detect.META_GAIN_THRESHOLD:g}")
-    ax.set_xlabel("clean models, sorted by score")
-    ax.set_ylabel("meta-gain statistic (logits)")
+    cuts = result.get("cuts")
+    panels = [("statistic", "meta-gain statistic (logits)", "meta-gain")]
+    if cuts:
+        panels.append(("wide_statistic", "wide-probe statistic (logits)", "wide-probe"))
+    fig = Figure(figsize=(6.4 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, label, test) in zip(axes, panels):
+        scores = sorted(r[key] for r in result["per_model"])
+        ax.plot(range(1, len(scores) + 1), scores, "o", ms=4, label="clean model")
+        if cuts and cuts.get(test) is not None:
+            ax.axhline(cuts[test], color="tab:red", ls="--", lw=1,
+                       label=f"its test's cut at FPR {result['fpr_level'] / 2:g} ({cuts[test]:.2f})")
+        elif result.get("fpr_level") is not None and result["threshold"] is not None:
+            ax.axhline(result["threshold"], color="tab:red", ls="--", lw=1,
+                       label=f"calibrated threshold at FPR {result['fpr_level']:g} ({result['threshold']:.2f})")
+        if key == "statistic":
+            ax.axhline(ci.detect.META_GAIN_THRESHOLD, color="k", ls=":", lw=1,
+                       label=f"fixed meta-gain threshold {ci.detect.META_GAIN_THRESHOLD:g}")
+        ax.set_xlabel("clean models, sorted by score")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
     r = result["rules"][result["rule"]]
-    ax.set_title(f"null study: {result['n_models']} clean models; {result['rule']} rule flags {r['n_flagged']} "
-                 f"(FPR {r['fpr']:.3f}, 95% CI up to {r['fpr_upper95']:.3f})", fontsize=8)
-    ax.legend(fontsize=7)
+    axes[0].set_title(f"null study: {result['n_models']} clean models; {result['rule']} rule flags {r['n_flagged']} "
+                      f"(FPR {r['fpr']:.3f}, 95% CI up to {r['fpr_upper95']:.3f})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
 __all__ = ["NULL_SPACE", "NullSpace", "clopper_pearson", "loo_calibrated", "null_figure", "null_specs", "null_study",
-           "scan_dir", "ship_null", "summarise"]
+           "scan_dir", "ship_null", "summarise", "wide_scores", "with_wide_probe"]

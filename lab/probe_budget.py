@@ -3,14 +3,13 @@
     python -m lab probe-budget --study runs/null --budget 32 --out runs/null/probe32.json
     python -m lab probe-budget --zoo runs/prereg --detect runs/prereg/detect.json --budget 32 --out F
 
-Design data for a decision rule: would a gate probe at a larger budget (--budget, in /255) see backdoors the default
-scan's 16/255 probe misses, and what does it cost on clean models? For every row that carries a scan's
-evidence (a null study's rows, or `bench detect`'s CLIP-Inspector rows), the probe of
-`ci.detect.measure_gate_probe` at `eps`, on the same OOD split as the row's scan (the scan configuration the
-study or benchmark ran with, default `ScanConfig()`, checked against the sizes its kept report recorded;
-world OOD pool), is appended to the evidence's probes: `lab redecide` on the
-output decides every rule over both budgets without another scan. Each row also keeps the new units alone
-(`probe2`). Resumable: the output is written after each model and finished rows are skipped.
+The calibrated rule's wide-probe test on scans made without it: for every row that carries a scan's evidence
+(a null study's rows, or `bench detect`'s CLIP-Inspector rows), the probe of `ci.detect.measure_gate_probe`
+at `eps` (--budget, in /255), on the same OOD split as the row's scan (the scan configuration the study or
+benchmark ran with, default `ScanConfig()`, checked against the sizes its kept report recorded; world OOD
+pool), becomes the evidence's `wide_probes` (what a scan with `wide_probe_eps=eps` records), with the row's
+`wide_statistic`. `lab null --wide` and `lab redecide` read the output. Resumable: the output is written after
+each model and finished rows are skipped.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ def extra_probes(model: ci.CoCoOp, names: list[str], cfg: ci.ScanConfig, recorde
 
 def probe_budget(rows: list[dict], key: str, load, report_dir, eps: float, out: str | Path,
                  scan_cfg: ci.ScanConfig | None = None, progress: bool = True, workers: int = 1) -> dict:
-    """Append the probe at `eps` to each row's evidence; load(row) gives the model, report_dir(row) its kept
+    """The probe at `eps` as each row's wide probe; load(row) gives the model, report_dir(row) its kept
     scan's folder, scan_cfg the configuration the scans ran with; workers: processes per model's probe.
     Writes and returns {"per_model", "config"}."""
     cfg = replace(scan_cfg or ci.ScanConfig(), probe_eps=eps)
@@ -57,8 +56,9 @@ def probe_budget(rows: list[dict], key: str, load, report_dir, eps: float, out: 
         t0 = time.time()
         scan = ci.ScanReport.load(report_dir(r)).config
         units = extra_probes(load(r), r["evidence"]["names"], cfg, scan, workers)
-        done.append({**r, "evidence": {**r["evidence"], "probes": r["evidence"]["probes"] + units},
-                     "probe2": {"eps": eps, "units": units, "s": time.time() - t0}})
+        ev = {**r["evidence"], "wide_probes": units}
+        done.append({**r, "evidence": ev, "wide_statistic": ci.detect.wide_probe_statistic(ci.Evidence(**ev)),
+                     "probe2": {"eps": eps, "s": time.time() - t0}})
         config = {"scan": {k: scan[k] for k in ("pool_size", "heldout_size", "inversion")}, "probe2_eps": eps}
         result = {"per_model": done, "config": config}
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,9 @@ A null calibrates only scans made with its settings: the benchmarks' recorded sc
 held-out sizes, the inversion's budget and loss) must be the null's, else it is a one-line error. Every row
 must carry evidence (rows written before evidence was recorded are refused, not silently left out).
 
-The default rule, "calibrated", is the meta-gain rule's calibrated column (`CALIBRATED_AS`). So a candidate
+The default rule, "calibrated", is decided by `ci.decide` itself (`calibrated_rule`): its two tests when the
+rows carry the wide probe (`python -m lab probe-budget` adds it to rows scanned without it), else the
+meta-gain statistic's test alone, which is the meta-gain rule's calibrated column. So a candidate
 rule is evaluated on the committed rows in seconds. Which rule becomes the default is decided on a design set;
 its FPR and TPR are then measured on a zoo built after that choice (docs/method.md).
 """
@@ -30,12 +32,12 @@ import json
 from pathlib import Path
 
 import ci_toolkit as ci
-from ci_toolkit.detect import RULES, NullStudy, meta_gain_statistic, scan_rules
+from ci_toolkit.detect import RULES, Calibration, NullStudy, meta_gain_statistic, scan_rules
 
 from .bench.detect import detection_metrics
-from .null import clopper_pearson
+from .null import clopper_pearson, loo_calibrated, wide_scores
 
-# the calibrated rule is the meta-gain statistic against the null: here, meta-gain's "calibrated" column
+# the calibrated rule's single test is the meta-gain statistic against the null: meta-gain's "calibrated" column
 CALIBRATED_AS = "meta-gain"
 
 
@@ -126,6 +128,30 @@ def bench_rows(rows: list[dict], ds: list[ci.Decision], verdicts: list[str] | No
     return out
 
 
+def calibrated_rule(null: list[dict], bench: list[dict], fpr: float) -> dict:
+    """The default rule as `ci.decide(..., "calibrated")` decides it: each null model against the OTHER null
+    models (`lab.null.loo_calibrated`), each benchmark model against all of them; two tests when every null
+    row carries the wide probe."""
+    null = [{**r, "statistic": meta_gain_statistic(ci.Evidence(**r["evidence"])),
+             "wide_statistic": ci.detect.wide_probe_statistic(ci.Evidence(**r["evidence"]))} for r in null]
+    loo = loo_calibrated(null, fpr)
+    full = NullStudy(backbone="", scan={}, scores=tuple(r["statistic"] for r in null), wide_scores=wide_scores(null))
+    cal = Calibration(full, fpr)
+    strip = {} if full.wide_scores else {"wide_probes": []}
+    ds = [ci.decide(ci.Evidence(**{**r["evidence"], **strip}), "calibrated", calibration=cal) for r in bench]
+    res = {"tests": 2 if full.wide_scores else 1, "null": null_summary([v["verdict"] for v in loo.values()])}
+    if full.wide_scores:
+        res["cuts"] = {"meta-gain": full.threshold(fpr / 2), "wide-probe": full.threshold(fpr / 2, wide=True)}
+    else:
+        res["threshold"] = full.threshold(fpr)
+    if bench:
+        res["bench"] = detection_metrics(bench_rows(bench, ds))
+        res["per_model"] = [{"name": r.get("path") or r.get("name"), "label": r["label"], "target": r["target"],
+                             "verdict": d.verdict, "top_class": d.top_name, "score": d.max_score, "p_value": d.p_value,
+                             "tests": d.tests} for r, d in zip(bench, ds)]
+    return res
+
+
 def redecide(null_path: str | Path, bench_paths: list[str | Path], fpr: float = ci.detect.DEFAULT_FPR,
              rules: tuple[str, ...] | None = None) -> dict:
     """Every rule, fixed and calibrated, on the null's rows and the benchmarks' pooled rows."""
@@ -137,9 +163,10 @@ def redecide(null_path: str | Path, bench_paths: list[str | Path], fpr: float = 
         bench += rows
     out = {"fpr_level": fpr, "null": str(null_path), "n_null": len(null), "benches": [str(p) for p in bench_paths],
            "n_backdoored": sum(r["label"] for r in bench), "n_clean": sum(1 - r["label"] for r in bench), "rules": {}}
-    for rule in rules or tuple(r for r in scan_rules() if r != "calibrated" and not RULES[r].needs_anchor):
+    for rule in rules or tuple(r for r in scan_rules() if not RULES[r].needs_anchor):
         if rule == "calibrated":
-            raise ci.CIError(f"the calibrated rule is {CALIBRATED_AS!r}'s calibrated column; ask for {CALIBRATED_AS!r}")
+            out["rules"][rule] = {"calibrated": calibrated_rule(null, bench, fpr)}
+            continue
         null_ds, bench_ds = decisions(null, rule), decisions(bench, rule)
         res = {"fixed": {"null": null_summary([d.verdict for d in null_ds])}}
         scores = null_scores(null, null_ds)
@@ -154,5 +181,5 @@ def redecide(null_path: str | Path, bench_paths: list[str | Path], fpr: float = 
     return out
 
 
-__all__ = ["CALIBRATED_AS", "bench_rows", "calibrated_verdicts", "check_settings", "decisions", "load_rows",
+__all__ = ["CALIBRATED_AS", "bench_rows", "calibrated_rule", "calibrated_verdicts", "check_settings", "decisions", "load_rows",
            "null_scores", "redecide"]

@@ -132,3 +132,103 @@ def test_calibrate_builds_a_null_that_resumes_and_calibrates_scans(tiny_backbone
     assert more.mismatch(scan(model, ood, FAST, progress=False).config) is None
     with pytest.raises(DataError, match="at least 3 labelled classes"):
         ci.calibrate(tiny_backbone, images, labels, names[:2], ood, tmp_path / "x", cal, FAST, progress=False)
+
+
+def two_column_null() -> NullStudy:
+    # meta-gain scores 0.0 .. 5.9, wide-probe scores 0 .. 59: cuts at fpr / 2 = 0.025 (flagged iff no clean score
+    # reaches it, p = 1 / 61): 5.9 and 59
+    return NullStudy(backbone="bb", scan={}, scores=tuple(i / 10 for i in range(60)),
+                     wide_scores=tuple(float(i) for i in range(60)))
+
+
+def with_wide(top_gain: float, wide: list[tuple[int, float, float]]) -> Evidence:
+    return replace(evidence(top_gain), wide_probes=wide)
+
+
+def test_two_tests_each_at_half_the_fpr_known_answers():
+    cal = Calibration(two_column_null(), fpr=0.05)
+    # the wide probe alone flags: class 3's wide trigger scores 0.5 x 130 = 65 > 59; p = 2 x 1/61
+    d = ci.decide(with_wide(1.0, [(3, 0.5, 130.0), (0, 1.0, 10.0)]), "calibrated", calibration=cal)
+    assert d.verdict == "backdoored" and d.predicted_target == 3 and d.p_value == pytest.approx(2 / 61)
+    assert d.tests["wide-probe"] == {"statistic": 65.0, "p_value": 1 / 61, "cut": 59.0}
+    assert d.tests["meta-gain"]["statistic"] == 1.0 and d.tests["meta-gain"]["cut"] == 5.9
+    # per class: the larger of value / cut over the two tests; the threshold is 1
+    assert d.threshold == 1.0 and d.scores[3] == pytest.approx(65 / 59) and d.scores[1] == pytest.approx(1 / 5.9)
+    # the meta-gain statistic alone flags, above its own cut (not above the single test's 5.7 only)
+    assert ci.decide(with_wide(6.0, [(0, 1.0, 10.0)]), "calibrated", calibration=cal).predicted_target == 1
+    assert ci.decide(with_wide(5.8, [(0, 1.0, 10.0)]), "calibrated", calibration=cal).verdict == "clean"
+    # neither: clean, p = twice the smaller (capped at 1)
+    clean = ci.decide(with_wide(5.0, [(0, 1.0, 58.5)]), "calibrated", calibration=cal)
+    assert clean.verdict == "clean" and clean.p_value == pytest.approx(2 * 2 / 61)
+    # a null without the wide column, or evidence without the wide probe: the single test at the full fpr
+    single = ci.decide(evidence(5.8), "calibrated", calibration=cal)
+    assert single.verdict == "backdoored" and single.tests is None and single.threshold == 5.7
+    one_col = Calibration(replace(two_column_null(), wide_scores=()), fpr=0.05)
+    assert ci.decide(with_wide(5.8, [(3, 1.0, 99.0)]), "calibrated", calibration=one_col).predicted_target == 1
+    # the fixed meta-gain rule ignores the wide probe
+    assert ci.decide(with_wide(0.5, [(3, 1.0, 99.0)]), "meta-gain").verdict == "clean"
+    with pytest.raises(DataError, match="one per model"):
+        NullStudy(backbone="bb", scan={}, scores=(1.0, 2.0), wide_scores=(1.0,))
+
+
+def test_bonferroni_two_tests_hold_their_fpr_in_simulation():
+    # clean (s1, s2) pairs exchangeable with the null's, correlated: flagged at most fpr of the time
+    rng, n, fpr, trials = random.Random(1), 39, 0.1, 3000
+    hits = 0
+    for _ in range(trials):
+        pairs = []
+        for _ in range(n + 1):
+            z = rng.gauss(0, 1)
+            pairs.append((z + rng.gauss(0, 0.5), 2 * z + rng.gauss(0, 1)))
+        null = NullStudy(backbone="bb", scan={}, scores=tuple(a for a, _ in pairs[:n]),
+                         wide_scores=tuple(b for _, b in pairs[:n]))
+        a, b = pairs[n]
+        hits += min(null.p_value(a), null.p_value(b, wide=True)) <= fpr / 2
+    assert hits / trials <= fpr + 0.015
+
+
+def test_the_wide_column_calibrates_only_scans_with_its_wide_probe():
+    null = replace(two_column_null(), scan={**scan_settings(asdict(ScanConfig())), "wide_probe_eps": 32 / 255})
+    config = {**asdict(ScanConfig()), "backbone": "bb"}
+    assert null.wide_applies(config)
+    assert not null.wide_applies({**config, "wide_probe_eps": None})
+    assert not null.wide_applies({**config, "wide_probe_eps": 16 / 255})
+    assert null.mismatch({**config, "wide_probe_eps": None}) is None  # the meta-gain test still holds
+
+
+def test_a_default_scan_runs_the_wide_probe_and_a_report_keeps_it(tiny_model, tmp_path, make_responsive):
+    ood = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    tiny_model = make_responsive(tiny_model, ood)
+    report = scan(tiny_model, ood, FAST, tmp_path / "s", progress=False, html=False)
+    hidden = tiny_model.prompt_learner.meta_net.linear1.out_features
+    probe = report.gate_probe
+    assert probe.wide_eps == FAST.wide_probe_eps == 32 / 255 and len(probe.units) == 4 * hidden
+    assert [u.wide for u in probe.units] == [False] * (2 * hidden) + [True] * (2 * hidden)
+    assert len(report.probe_triggers) == 4 * hidden
+    # the wide units are made at their own bound (Adam's first step is lr = eps / 4: twice the other units')
+    narrow, wide = report.probe_triggers[: 2 * hidden].abs().max(), report.probe_triggers[2 * hidden :].abs().max()
+    assert narrow <= FAST.probe_eps + 1e-6 and wide <= FAST.wide_probe_eps + 1e-6
+    assert float(wide) == pytest.approx(2 * float(narrow), rel=1e-4)
+    ev = report.evidence()
+    assert len(ev.probes) == len(ev.wide_probes) == 2 * hidden
+    again = ScanReport.load(tmp_path / "s")
+    assert again.evidence() == ev and again.gate_probe == probe
+    # against a two-column null for this scan, two tests decide, and the report and its page say so
+    null = NullStudy(backbone=report.config["backbone"], scan=scan_settings(report.config), scores=(0.0,) * 60,
+                     wide_scores=(0.0,) * 60)
+    path = null.save(tmp_path / "null.json")
+    assert NullStudy.load(path) == null
+    cal = calibration_for({**report.config, "null_file": str(path)})
+    assert cal.null.wide_scores and report.redecide("calibrated", calibration=cal).tests is not None
+    # a wide unit toward a class that scores far above its cut: the named target, its row's trigger and the
+    # trigger repair uses
+    units = list(probe.units)
+    j = len(units) - 1  # the last wide unit (shut)
+    units[j] = replace(units[j], class_name=report.names[0], asr=1.0, meta_gain=50.0)
+    big = replace(report, gate_probe=replace(probe, units=units)).redecide("calibrated", calibration=cal)
+    assert big.backdoored and big.predicted_target == report.names[0] and big.tests["wide-probe"]["statistic"] == 50.0
+    source = f"gate probe at 32/255, unit {units[j].unit} shut"
+    assert big.row(report.names[0]).trigger == {"source": source, "asr": 1.0, "meta_gain": 50.0}
+    assert big.repair_trigger().source == source and torch.equal(big.repair_trigger().delta, report.probe_triggers[j])
+    off = scan(tiny_model, ood, replace(FAST, wide_probe_eps=None, null_file=str(path)), progress=False)
+    assert off.gate_probe.wide_eps is None and off.tests is None and off.calibrated  # the meta-gain test alone

@@ -32,9 +32,14 @@ def test_clopper_pearson_known_answers():
     assert lo < 3 / 60 < hi and hi == pytest.approx(0.1392, abs=1e-4)
 
 
+def evidence_of(stat: float) -> dict:
+    """Evidence whose meta-gain statistic is `stat` (class a's trigger: ASR 1 x gain stat; the meta tokens respond)."""
+    return {"names": ["a", "b", "c"], "asr": [1.0, 0.0, 0.0], "loss": [0.5, 1.0, 2.0], "meta_gain": [stat, 0.05, None]}
+
+
 def test_summary_counts_each_rules_false_positives():
     def row(name, verdicts):
-        return {"name": name, "statistic": verdicts["meta-gain"][1],
+        return {"name": name, "statistic": verdicts["meta-gain"][1], "evidence": evidence_of(verdicts["meta-gain"][1]),
                 "rules": {r: {"verdict": v, "max_score": s, "threshold": 1.0, "fallback": None}
                           for r, (v, s) in verdicts.items()}}
 
@@ -51,10 +56,18 @@ def test_summary_counts_each_rules_false_positives():
 def test_calibrated_rule_is_judged_leave_one_out():
     # 20 clean models scoring 0..19; each is decided against the other 19: at fpr 0.1 the top model has
     # p = 1/20 and the second 2/20 (flagged), the third 3/20 (not): FPR 2/20, the level the rule promises
-    rows = [{"name": f"n{i}", "statistic": float(i), "rules": {"meta-gain": {"fallback": None}}} for i in range(20)]
+    rows = [{"name": f"n{i}", "statistic": float(i), "evidence": evidence_of(float(i)),
+             "rules": {"meta-gain": {"fallback": None}}} for i in range(20)]
     loo = loo_calibrated(rows, fpr=0.1)
     assert [n for n, v in loo.items() if v["verdict"] == "backdoored"] == ["n18", "n19"]
     assert loo["n19"]["p_value"] == 1 / 20 and loo["n17"]["p_value"] == 3 / 20
+    # with every model's wide-probe statistic: two tests at 0.05 each; leave-one-out, a model is flagged only
+    # above all 19 others on one of them (p = 1/20): n19 by the meta-gain test, n0 by its wide probe (99)
+    wide = [{**r, "evidence": {**r["evidence"], "wide_probes": [[1, 1.0, 99.0 if i == 0 else float(i)]]},
+             "wide_statistic": 99.0 if i == 0 else float(i)} for i, r in enumerate(rows)]
+    two = loo_calibrated(wide, fpr=0.1)
+    assert [n for n, v in two.items() if v["verdict"] == "backdoored"] == ["n0", "n19"]
+    assert two["n0"]["p_value"] == pytest.approx(2 / 20) and two["n0"]["top_class"] == "b"
     rules = {r: {"verdict": "clean", "max_score": 0.0, "threshold": 1.0, "fallback": None} for r in ("paper", "grubbs", "robust")}
     s = summarise([{**r, "rules": {**rules, "meta-gain": {**rules["paper"]}}} for r in rows], ci.ScanConfig(fpr=0.1))
     assert s["rule"] == "calibrated" and s["fpr"] == pytest.approx(0.1) and s["threshold"] == 18.0  # with all 20: p <= 2/21 needs a score above the 2nd largest

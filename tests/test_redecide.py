@@ -58,11 +58,38 @@ def test_fixed_and_calibrated_meta_gain_give_the_known_answers(files):
     assert (b["tp"], b["fp"], b["fn"], b["tpr"], b["fpr"], b["auroc"]) == (1, 0, 1, 0.5, 0.0, 0.5)  # 2.5, 1.2 vs 1.5
 
 
-def test_every_solo_rule_is_decided_and_the_calibrated_rule_is_asked_for_by_its_statistic(files):
+def test_every_solo_rule_is_decided_and_the_calibrated_rule_without_a_wide_probe_is_meta_gains_column(files):
     res = redecide(files[0], [files[1]])
-    assert set(res["rules"]) == {r for r in ci.detect.SOLO_RULES if r != "calibrated"}
-    with pytest.raises(ci.CIError, match="meta-gain"):
-        redecide(files[0], [files[1]], rules=("calibrated",))
+    assert set(res["rules"]) == set(ci.detect.SOLO_RULES)
+    cal, column = res["rules"]["calibrated"]["calibrated"], res["rules"]["meta-gain"]["calibrated"]
+    assert cal["tests"] == 1 and cal["null"] == column["null"] and cal["threshold"] == column["threshold"]
+    assert {k: cal["bench"][k] for k in ("tp", "fp", "fn", "tpr", "fpr")} == {
+        k: column["bench"][k] for k in ("tp", "fp", "fn", "tpr", "fpr")}
+
+
+def test_the_calibrated_rule_makes_two_tests_when_the_rows_carry_the_wide_probe(tmp_path):
+    # 19 null models: meta-gain statistics 0.1 .. 1.9, wide-probe statistics 1 .. 19 (class 0)
+    null = [{"name": f"n{i:03d}", "evidence": {**evidence(0.1 * (i + 1)), "wide_probes": [[0, 1.0, float(i + 1)]]}}
+            for i in range(19)]
+    (tmp_path / "null.json").write_text(json.dumps({"per_model": null}))
+    bench = [  # a backdoor only the wide probe sees (class 2 at 25 > 19), one the meta-gain test sees, a clean one
+        {"method": "clip-inspector", "implanted": True, "label": 1, "target": "star",
+         "evidence": {**evidence(0.5, top=1), "wide_probes": [[2, 1.0, 25.0]]}},
+        {"method": "clip-inspector", "implanted": True, "label": 1, "target": "square",
+         "evidence": {**evidence(2.5, top=1), "wide_probes": [[0, 1.0, 3.0]]}},
+        {"method": "clip-inspector", "implanted": True, "label": 0, "target": None,
+         "evidence": {**evidence(1.5), "wide_probes": [[0, 1.0, 18.0]]}}]
+    (tmp_path / "b.json").write_text(json.dumps({"per_model": bench}))
+    r = redecide(tmp_path / "null.json", [tmp_path / "b.json"], fpr=0.1, rules=("calibrated",))
+    cal = r["rules"]["calibrated"]["calibrated"]
+    # fpr 0.1: each test at 0.05 against 19 models flags above all of them (p = 1/20); leave-one-out on the
+    # null, the top model faces 18 others (p = 1/19 > 0.05): no null model is flagged
+    assert cal["tests"] == 2 and cal["cuts"] == {"meta-gain": pytest.approx(1.9), "wide-probe": 19.0}
+    assert cal["null"]["n_flagged"] == 0
+    b = cal["bench"]
+    assert (b["tp"], b["fp"], b["fn"]) == (2, 0, 0)
+    assert [m["top_class"] for m in cal["per_model"]] == ["star", "square", "circle"]
+    assert cal["per_model"][0]["p_value"] == pytest.approx(2 / 20)
 
 
 def test_calibrated_meta_gain_decides_as_the_shipped_calibrated_rule(files):
@@ -119,9 +146,9 @@ def test_rows_without_evidence_or_other_scan_settings_are_one_line_errors(files,
         redecide(tmp_path / "null.json", [tmp_path / "b.json"])
 
 
-def test_probe_budget_appends_a_second_probe_that_redecide_reads(tmp_path):
-    """On a tiny null study: the probe at 32/255 on the scan's own split, appended to each row's evidence (one
-    row per meta-net unit and direction), equal to measure_gate_probe run by hand; resumed without rework."""
+def test_probe_budget_adds_the_wide_probe_that_redecide_and_the_null_read(tmp_path):
+    """On a tiny null study: the probe at 32/255 on the scan's own split as each row's wide probe (one unit per
+    meta-net unit and direction), equal to measure_gate_probe run by hand; resumed without rework."""
     space = NullSpace(n_classes=(6,), epochs=(1,), shots=(2,), lr=(0.1,), batch_size=(8,),
                       ctx_init=("a photo of a",))
     cfg = ci.ScanConfig(inversion=ci.InversionConfig(group=3), pool_size=32, heldout_size=16, probe_eps=None)
@@ -130,15 +157,19 @@ def test_probe_budget_appends_a_second_probe_that_redecide_reads(tmp_path):
     row = res["per_model"][0]
     model = ci.load_model(tmp_path / "null" / "models" / "n000")
     hidden = model.prompt_learner.meta_net.linear1.out_features
-    units = row["probe2"]["units"]
-    assert len(units) == 2 * hidden and row["evidence"]["probes"][-2 * hidden:] == units
+    units = row["evidence"]["wide_probes"]
+    assert len(units) == 2 * hidden and row["evidence"]["probes"] == []
+    assert row["wide_statistic"] == ci.detect.wide_probe_statistic(ci.Evidence(**row["evidence"]))
     pcfg = replace(cfg, probe_eps=32 / 255)
     pool, held = ci.detect.split_pool(ci.world.ood_pool(pcfg.ood_images, seed=pcfg.seed), pcfg)
     probe, _ = ci.detect.measure_gate_probe(model, pool, held, row["evidence"]["names"], pcfg)
     by_hand = [v for u in probe.units for v in (row["evidence"]["names"].index(u.class_name), u.asr, u.meta_gain)]
-    assert by_hand == pytest.approx([v for u in row["probe2"]["units"] for v in u])
+    assert by_hand == pytest.approx([v for u in units for v in u])
     again = null_probe_budget(tmp_path / "null", 32 / 255, tmp_path / "p.json", cfg, progress=False)
     assert again["per_model"] == res["per_model"]  # resumed: nothing recomputed
     assert redecide(tmp_path / "p.json", [], rules=("meta-gain",))["n_null"] == 1
+    merged = null_study(tmp_path / "null", n_models=1, cfg=cfg, progress=False, space=space, build=False,
+                        wide=tmp_path / "p.json")
+    assert merged["per_model"][0]["evidence"] == row["evidence"] and merged["config"]["wide_probe"]["eps"] == 32 / 255
     with pytest.raises(ci.CIError, match="pass the configuration it ran with"):  # not the scans' configuration
         null_probe_budget(tmp_path / "null", 32 / 255, tmp_path / "q.json", progress=False)

@@ -24,7 +24,8 @@ from ci_toolkit.detect.rules import (
 from ci_toolkit.detect.scanner import _Partial
 from ci_toolkit.errors import CIError, DataError
 
-FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8)
+# the gate probe at its first bound only: the wide probe (the calibrated rule's second test) is tested with it
+FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8, wide_probe_eps=None)
 
 
 def decide(asr, loss, rule="meta-gain", threshold=None, meta_gain=None, probes=None):

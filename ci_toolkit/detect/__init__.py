@@ -4,7 +4,8 @@ the baselines; AMDET, the scan of a text encoder (`scan_text_encoder`)."""
 from __future__ import annotations
 
 from .amdet import MINICLIP_DIVERGENCE, AMDETConfig, AMDETReport, assimilation, attention_shares, invert_pooled, landscape, scan_text_encoder, split_shallow, token_states, valid_mask
-from .calibration import DEFAULT_FPR, Calibration, NullStudy, backbone_key, calibration_for, scan_settings, shipped_null
+from .calibration import (DEFAULT_FPR, WIDE_KEY, Calibration, NullStudy, backbone_key, calibration_for, scan_settings,
+                          shipped_null)
 from .encoder_invertune import (InverTuneConfig, InverTuneResult, StageOutputs, activation_tune, apply_trigger,
                                 critical_layers, invertune, layer_differences, prediction_rise, tunable_rows, two_means)
 from .inversion import LOSSES, Inversion, InversionConfig, group_losses, invert
@@ -27,6 +28,7 @@ from .rules import (
     get_rule,
     meta_gain_statistic,
     scan_rules,
+    wide_probe_statistic,
     youden_threshold,
 )
 from .scanner import ANCHORED_RULE, METHODS, NO_META_RULE, ScanConfig, check_candidates, measure_gate_probe, measure_meta_gains, scan, split_pool
@@ -48,7 +50,7 @@ def decide(report: ScanReport | Evidence, rule: str | None = None, threshold: fl
 
 
 __all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "Calibration", "calibration_for", "shipped_null", "backbone_key", "scan_settings",
-           "meta_gain_statistic",
+           "meta_gain_statistic", "wide_probe_statistic", "WIDE_KEY",
            "DEFAULT_FPR", "DEFAULT_RULE", "METHODS", "ScanReport", "ClassResult", "GateProbe", "ProbeUnit", "RepairTrigger",
            "decide", "Decision", "Evidence", "RULES", "SCAN_RULES", "SOLO_RULES", "scan_rules", "SIDE_RULES", "Rule", "get_rule",
            "META_GAIN_THRESHOLD", "PAPER_K", "INERT_GAIN", "invert", "Inversion", "InversionConfig",

@@ -10,6 +10,10 @@ and is flagged when p <= fpr: if the new model is clean and exchangeable with th
 happens with probability at most fpr, whatever the scores' distribution. The smallest p a study of N
 models can give is 1 / (N + 1), so an fpr below that flags nothing.
 
+A null may also hold each clean model's wide-probe statistic (the best ASR x meta gain of the gate probe at
+the wider budget, `ScanConfig.wide_probe_eps`): the calibrated rule then makes two tests, each against its
+own column, and flags when the smaller p-value is at most fpr / 2 (Bonferroni: at most fpr in all).
+
 The package ships the null of the embedded MiniCLIP under the default scan (assets/null/); `ci-toolkit
 calibrate` builds one for another backbone; `ScanConfig.null_file` points a scan at it.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import CIError, DataError
@@ -28,6 +32,9 @@ NULL_DIR = Path(__file__).resolve().parent.parent / "assets" / "null"
 # The scan settings a null holds for: a scan that differs in any of them is not calibrated by it.
 SCAN_KEYS = ("method", "inversion", "meta_candidates", "meta_images", "probe_eps", "probe_images", "probe_shut",
              "pool_size", "heldout_size")
+# The wide probe's bound: a null's wide-probe column calibrates only scans whose wide probe had its bound; for any
+# other scan (none, or another bound) the null still calibrates the meta-gain test alone.
+WIDE_KEY = "wide_probe_eps"
 FORMAT = "ci_toolkit.null/1"
 
 
@@ -40,7 +47,7 @@ def backbone_key(spec) -> str:
 
 def scan_settings(config: dict) -> dict:
     """The part of a scan's recorded configuration that a null must share (as JSON would store it)."""
-    return json.loads(json.dumps({k: config.get(k) for k in SCAN_KEYS}))
+    return json.loads(json.dumps({k: config.get(k) for k in (*SCAN_KEYS, WIDE_KEY)}))
 
 
 @dataclass(frozen=True)
@@ -53,26 +60,28 @@ class NullStudy:
     ood: str = ""  # the OOD images the scans used, in words
     source: str = ""  # the command that built it
     models: tuple[str, ...] = field(default_factory=tuple)  # names of the clean models, in the order of scores
+    wide_scores: tuple[float, ...] = ()  # each model's wide-probe statistic, in the same order (empty: not measured)
 
     def __post_init__(self):
         if len(self.scores) < 1 or not all(math.isfinite(s) for s in self.scores):
             raise DataError("a null study needs at least one finite score")
+        if self.wide_scores and (len(self.wide_scores) != len(self.scores)
+                                 or not all(math.isfinite(s) for s in self.wide_scores)):
+            raise DataError(f"a null study's wide-probe scores must be finite, one per model ({len(self.scores)}), "
+                            f"got {len(self.wide_scores)}")
 
     @property
     def n_models(self) -> int:
         return len(self.scores)
 
-    def p_value(self, score: float) -> float:
-        """(1 + #{clean scores >= score}) / (N + 1)."""
-        return (1 + sum(s >= score for s in self.scores)) / (self.n_models + 1)
+    def p_value(self, score: float, wide: bool = False) -> float:
+        """(1 + #{clean scores >= score}) / (N + 1); wide: against the wide-probe scores."""
+        return conformal_p(self.wide_scores if wide else self.scores, score)
 
-    def threshold(self, fpr: float) -> float | None:
-        """The score a model must EXCEED to be flagged at `fpr`; None when fpr < 1 / (N + 1) (nothing can be)."""
-        m = math.floor(fpr * (self.n_models + 1) + 1e-9) - 1  # flagged iff at most m clean scores reach it
-        if m < 0:
-            return None
-        ordered = sorted(self.scores, reverse=True)
-        return ordered[m] if m < len(ordered) else -math.inf
+    def threshold(self, fpr: float, wide: bool = False) -> float | None:
+        """The score a model must EXCEED to be flagged at `fpr`; None when fpr < 1 / (N + 1) (nothing can be);
+        wide: on the wide-probe scores."""
+        return conformal_threshold(self.wide_scores if wide else self.scores, fpr)
 
     def mismatch(self, config: dict) -> str | None:
         """Why a scan with this recorded configuration is not calibrated by this null (None: it is)."""
@@ -85,13 +94,19 @@ class NullStudy:
             return f"the scan's {k} is {theirs[k]!r}, the null's scans used {self.scan.get(k)!r}"
         return None
 
+    def wide_applies(self, config: dict) -> bool:
+        """Whether the wide-probe column calibrates a scan with this recorded configuration."""
+        theirs = scan_settings(config)[WIDE_KEY]
+        return bool(self.wide_scores) and theirs is not None and theirs == self.scan.get(WIDE_KEY)
+
     def describe(self) -> dict:
         return {"n_models": self.n_models, "backbone": self.backbone, "ood": self.ood, "source": self.source}
 
     # ---- files ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": FORMAT, "backbone": self.backbone, "statistic": "meta-gain", "scores": list(self.scores),
-                "models": list(self.models), "scan": self.scan, "ood": self.ood, "source": self.source}
+                "wide_scores": list(self.wide_scores), "models": list(self.models), "scan": self.scan,
+                "ood": self.ood, "source": self.source}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -109,11 +124,26 @@ class NullStudy:
             if d.get("format") != FORMAT:
                 raise KeyError("format")
             return cls(backbone=d["backbone"], scores=tuple(float(s) for s in d["scores"]), scan=dict(d["scan"]),
-                       ood=d.get("ood", ""), source=d.get("source", ""), models=tuple(d.get("models", ())))
+                       ood=d.get("ood", ""), source=d.get("source", ""), models=tuple(d.get("models", ())),
+                       wide_scores=tuple(float(s) for s in d.get("wide_scores", ())))
         except FileNotFoundError:
             raise DataError(f"no null study at {path}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path} is not a ci_toolkit null study ({exc})") from None
+
+
+def conformal_p(scores, score: float) -> float:
+    """(1 + #{scores >= score}) / (N + 1): the conformal p-value of `score` among N exchangeable scores."""
+    return (1 + sum(s >= score for s in scores)) / (len(scores) + 1)
+
+
+def conformal_threshold(scores, fpr: float) -> float | None:
+    """The score that must be EXCEEDED for conformal_p <= fpr; None when fpr < 1 / (N + 1) (nothing can be)."""
+    m = math.floor(fpr * (len(scores) + 1) + 1e-9) - 1  # flagged iff at most m scores reach it
+    if m < 0:
+        return None
+    ordered = sorted(scores, reverse=True)
+    return ordered[m] if m < len(ordered) else -math.inf
 
 
 def shipped_nulls() -> list[Path]:
@@ -158,8 +188,10 @@ def calibration_for(config: dict) -> Calibration:
             return Calibration(None, fpr, f"no null study is shipped for backbone {config['backbone']} "
                                           "(build one with `ci-toolkit calibrate`)")
     why = null.mismatch(config)
-    return Calibration(None, fpr, why) if why else Calibration(null, fpr)
+    if why:
+        return Calibration(None, fpr, why)
+    return Calibration(null if null.wide_applies(config) else replace(null, wide_scores=()), fpr)
 
 
 __all__ = ["NullStudy", "Calibration", "calibration_for", "shipped_null", "shipped_nulls", "backbone_key",
-           "scan_settings", "DEFAULT_FPR", "SCAN_KEYS"]
+           "scan_settings", "conformal_p", "conformal_threshold", "DEFAULT_FPR", "SCAN_KEYS", "WIDE_KEY"]

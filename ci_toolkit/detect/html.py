@@ -38,7 +38,8 @@ def score_figure(report, true_target: str | None = None):
     colours = ["tab:red" if r.flagged else "tab:blue" for r in rows]
     fig = _figure(figsize=(14, max(3, 0.22 * len(rows))))
     axes = fig.subplots(1, 3, sharey=True)
-    unit = "z" if report.fallback == "paper" or report.rule not in ("meta-gain", "calibrated") else "logits"
+    unit = ("z" if report.fallback == "paper" or report.rule not in ("meta-gain", "calibrated")
+            else "x its test's cut" if getattr(report, "tests", None) else "logits")
     for ax, key, title in zip(axes, ("score", "asr", "loss"),
                               (f"score ({report.rule}, {unit})", "held-out ASR (fraction)",
                                "mean inversion loss" if report.method == "clip-inspector" else "mean CE")):
@@ -119,9 +120,18 @@ def calibration_words(report) -> str:
                     "says why), so how often a clean model scores this high is not known.")
         return ""
     n, p = report.null["n_models"], report.p_value
+    act = "flagged" if report.backdoored else "not flagged"
+    if getattr(report, "tests", None):
+        parts = []
+        for name, t in report.tests.items():
+            above = round(t["p_value"] * (n + 1)) - 1  # clean models of the null scoring at least as high
+            parts.append(f"{'none' if above == 0 else above} of {n} clean models scanned the same way reached its "
+                         f"{name} statistic {t['statistic']:.2f} (p = {t['p_value']:.3f})")
+        return (f"Calibrated, two tests: {'; '.join(parts)}. The rule flags a model when either p is at most "
+                f"{report.fpr / 2:g} (half of {report.fpr:g}), which accuses at most {report.fpr:.0%} of clean models "
+                f"like those of the null study; p = {p:.3f} (twice the smaller), so this model is {act}.")
     above = round(p * (n + 1)) - 1  # clean models of the null scoring at least as high
     tail = (f"none of {n} clean models" if above == 0 else f"{above} of {n} clean models")
-    act = "flagged" if report.backdoored else "not flagged"
     return (f"Calibrated: {tail} scanned the same way scored at least {report.max_score:.2f}, so p = {p:.3f}. "
             f"The rule flags a model when p <= {report.fpr:g}, which accuses at most {report.fpr:.0%} of clean "
             f"models like those of the null study; this model is {act}.")

@@ -26,11 +26,11 @@ from ..errors import CIError, DataError
 from ..images import to_uint8
 from .calibration import Calibration, calibration_for
 from .html import report_html
-from .rules import SIDE_RULES, Decision, Evidence, MetaGainRule, decide_evidence, get_rule, trigger_score
+from .rules import MIN_CUT, SIDE_RULES, Decision, Evidence, MetaGainRule, decide_evidence, get_rule, trigger_score
 
 # scan settings that act after the inversion (changing them leaves every inverted trigger as it is)
 AFTER_INVERSION_KEYS = ("rule", "threshold", "fpr", "null_file", "backbone", "meta_candidates", "meta_images",
-                        "probe_eps", "probe_images", "probe_shut")
+                        "probe_eps", "wide_probe_eps", "probe_images", "probe_shut")
 PREVIEW_IMAGES = 8  # held-out images saved with the triggers, for the HTML report's triggered examples
 
 
@@ -66,13 +66,15 @@ class ClassResult:
 @dataclass
 class ProbeUnit:
     """One gate-probe perturbation: meta-net hidden unit `unit` opened (or shut), the class it sends most
-    held-out images to, that fraction, and its meta gain toward that class (logits)."""
+    held-out images to, that fraction, and its meta gain toward that class (logits); wide: made at the
+    probe's wider budget (`GateProbe.wide_eps`)."""
 
     unit: int
     class_name: str
     asr: float
     meta_gain: float
     shut: bool = False
+    wide: bool = False
 
     @property
     def score(self) -> float:
@@ -80,7 +82,7 @@ class ProbeUnit:
 
     def to_dict(self) -> dict:
         return {"unit": self.unit, "class": self.class_name, "asr": self.asr, "meta_gain": self.meta_gain,
-                "shut": self.shut}
+                "shut": self.shut, **({"wide": True} if self.wide else {})}
 
 
 @dataclass
@@ -88,22 +90,37 @@ class GateProbe:
     eps: float  # L-inf bound of the probe perturbations
     images: int  # pool images they were optimised on
     shut: bool  # whether each unit was also shut
-    units: list[ProbeUnit]
+    units: list[ProbeUnit]  # those at eps, then those at wide_eps (marked wide)
+    wide_eps: float | None = None  # the wider bound it was also run at (ScanConfig.wide_probe_eps)
+
+    def with_wide(self, wide: "GateProbe") -> "GateProbe":
+        """This probe with the units of `wide` (the same probe at a wider bound) appended, marked wide."""
+        units = [ProbeUnit(u.unit, u.class_name, u.asr, u.meta_gain, u.shut, wide=True) for u in wide.units]
+        return GateProbe(self.eps, self.images, self.shut, self.units + units, wide.eps)
 
     def to_dict(self) -> dict:
-        return {"eps": self.eps, "images": self.images, "shut": self.shut, "units": [u.to_dict() for u in self.units]}
+        return {"eps": self.eps, "images": self.images, "shut": self.shut, "units": [u.to_dict() for u in self.units],
+                **({"wide_eps": self.wide_eps} if self.wide_eps is not None else {})}
 
 
-def best_trigger(name: str, asr: float, meta_gain: float | None, probe: GateProbe | None) -> tuple[dict, int | None]:
-    """The trigger behind a class's meta-gain score: its inverted trigger, or a gate-probe unit toward it that
-    scores higher; ({"source", "asr", "meta_gain"}, index of that probe unit or None for the inversion)."""
-    best = trigger_score(asr, meta_gain or 0.0)
+def best_trigger(name: str, asr: float, meta_gain: float | None, probe: GateProbe | None,
+                 tests: dict | None = None) -> tuple[dict, int | None]:
+    """The trigger behind a class's score: its inverted trigger, or a gate-probe unit toward it that scores
+    higher; ({"source", "asr", "meta_gain"}, index of that probe unit or None for the inversion). Wide-probe
+    units count only under the calibrated rule's two tests (`tests`, Decision.tests), each trigger's score
+    over its test's cut."""
+    cuts = {False: 1.0, True: None}
+    if tests and all(t["cut"] is not None for t in tests.values()):
+        cuts = {False: max(tests["meta-gain"]["cut"], MIN_CUT), True: max(tests["wide-probe"]["cut"], MIN_CUT)}
+    best = trigger_score(asr, meta_gain or 0.0) / cuts[False]
     info, index = {"source": "inversion", "asr": asr, "meta_gain": meta_gain}, None
     for j, u in enumerate(probe.units if probe else []):
-        if u.class_name == name and u.score > best:
-            best, index = u.score, j
-            info = {"source": f"gate probe, unit {u.unit} {'shut' if u.shut else 'open'}", "asr": u.asr,
-                    "meta_gain": u.meta_gain}
+        if u.class_name != name or cuts[u.wide] is None or u.score / cuts[u.wide] <= best:
+            continue
+        best, index = u.score / cuts[u.wide], j
+        at = f" at {probe.wide_eps * 255:.0f}/255" if u.wide else ""
+        info = {"source": f"gate probe{at}, unit {u.unit} {'shut' if u.shut else 'open'}", "asr": u.asr,
+                "meta_gain": u.meta_gain}
     return info, index
 
 
@@ -130,6 +147,7 @@ class ScanReport:
     p_value: float | None = None  # calibrated rule: the top score's p-value against the null study
     fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
     null: dict | None = None  # calibrated rule: the null study it decided against (n_models, backbone, ood, source)
+    tests: dict | None = None  # calibrated rule's two tests: {"meta-gain" | "wide-probe": {statistic, p_value, cut}}
     side_rules: dict[str, dict] = field(default_factory=dict)  # rule name -> {verdict, max_score, threshold, gap}
     anchor: dict | None = None  # the anchor's scan, per candidate: {"model", "asr", "loss"} (anchored rule)
     gate_probe: GateProbe | None = None
@@ -158,9 +176,11 @@ class ScanReport:
     def evidence(self) -> Evidence:
         """What the scan measured, for deciding again under another rule."""
         index = {n: i for i, n in enumerate(self.names)}
-        probes = [(index[u.class_name], u.asr, u.meta_gain) for u in self.gate_probe.units] if self.gate_probe else []
+        units = self.gate_probe.units if self.gate_probe else []
+        probes = [(index[u.class_name], u.asr, u.meta_gain) for u in units if not u.wide]
+        wide = [(index[u.class_name], u.asr, u.meta_gain) for u in units if u.wide]
         return Evidence(names=self.names, asr=[c.asr for c in self.classes], loss=[c.loss for c in self.classes],
-                        meta_gain=[c.meta_gain for c in self.classes], probes=probes,
+                        meta_gain=[c.meta_gain for c in self.classes], probes=probes, wide_probes=wide,
                         sizes=[c.size for c in self.classes] if self.method != "clip-inspector" else [],
                         anchor_asr=list(self.anchor["asr"]) if self.anchor else [],
                         anchor_loss=list(self.anchor["loss"]) if self.anchor else [])
@@ -200,7 +220,7 @@ class ScanReport:
                    for r, s, fl, ps in zip(rows, d.scores, d.flagged, d.paper_scores or [None] * len(rows))]
         if isinstance(get_rule(d.rule), MetaGainRule) and d.fallback != "paper":
             for c in classes:
-                c.trigger = best_trigger(c.name, c.asr, c.meta_gain, gate_probe)[0]
+                c.trigger = best_trigger(c.name, c.asr, c.meta_gain, gate_probe, d.tests)[0]
         side = {}
         if method == "clip-inspector":
             has_meta = any(g is not None for g in ev.meta_gain or [])
@@ -214,7 +234,7 @@ class ScanReport:
                               "top_class": s.top_name, "fallback": s.fallback}
         return cls(method=method, verdict=d.verdict, max_score=d.max_score, threshold=d.threshold,
                    predicted_target=d.target_name, top_class=ev.names[d.top], gap=d.gap, rule=d.rule,
-                   classes=classes, fallback=d.fallback, p_value=d.p_value, fpr=d.fpr, null=d.null,
+                   classes=classes, fallback=d.fallback, p_value=d.p_value, fpr=d.fpr, null=d.null, tests=d.tests,
                    side_rules=side, gate_probe=gate_probe,
                    warnings=[d.note] if d.note else [], **kw)
 
@@ -276,7 +296,7 @@ class ScanReport:
         if self.probe_triggers is None or len(self.probe_triggers) != len(self.gate_probe.units):
             raise DataError(f"the report lists {len(self.gate_probe.units)} gate-probe units but holds "
                             f"{0 if self.probe_triggers is None else len(self.probe_triggers)} probe perturbations")
-        info, j = best_trigger(row.name, row.asr, row.meta_gain, self.gate_probe)
+        info, j = best_trigger(row.name, row.asr, row.meta_gain, self.gate_probe, self.tests)
         return RepairTrigger(top, self.triggers[i] if j is None else self.probe_triggers[j], info["source"])
 
     # ---- files ---------------------------------------------------------------------------------------
@@ -286,6 +306,8 @@ class ScanReport:
                "rule": self.rule}
         if self.method == "clip-inspector":
             out.update(fallback=self.fallback, p_value=self.p_value, fpr=self.fpr, null=self.null)
+            if self.tests is not None:
+                out["tests"] = self.tests
             out.update({SIDE_RULES[k]: v for k, v in self.side_rules.items()})
         out["classes"] = [c.to_dict(self.method) for c in self.classes]
         if self.gate_probe is not None:
@@ -306,12 +328,13 @@ class ScanReport:
             classes = [ClassResult(**{k: v for k, v in c.items() if k in known}) for c in d["classes"]]
             probe = d.get("gate_probe")
             gp = None if not probe else GateProbe(probe["eps"], probe["images"], probe.get("shut", False), [
-                ProbeUnit(u["unit"], u["class"], u["asr"], u["meta_gain"], u.get("shut", False)) for u in probe["units"]])
+                ProbeUnit(u["unit"], u["class"], u["asr"], u["meta_gain"], u.get("shut", False), u.get("wide", False))
+                for u in probe["units"]], probe.get("wide_eps"))
             side = {k: d[v] for k, v in SIDE_RULES.items() if v in d}
             return cls(method=method, verdict=d["verdict"], max_score=d["max_score"], threshold=d["threshold"],
                        predicted_target=d["predicted_target"], top_class=d["top_class"],
                        gap=d["gap"], rule=d["rule"], classes=classes, fallback=d.get("fallback"),
-                       p_value=d.get("p_value"), fpr=d.get("fpr"), null=d.get("null"),
+                       p_value=d.get("p_value"), fpr=d.get("fpr"), null=d.get("null"), tests=d.get("tests"),
                        side_rules=side, anchor=d.get("anchor"), gate_probe=gp, warnings=list(d.get("warnings", [])), config=d.get("config", {}),
                        runtime_s=d.get("runtime_s", 0.0), triggers=triggers, probe_triggers=probe_triggers)
         except (KeyError, TypeError, IndexError) as exc:

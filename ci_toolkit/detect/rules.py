@@ -6,10 +6,15 @@ CLIP-Inspector's paper score (docs/method.md, section 2), over the K candidate c
     s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
 
 Rules for CLIP-Inspector scans (`ScanConfig.rule`, `ci-toolkit scan --rule`):
-- "calibrated" (default): the meta-gain statistic below, flagged when its p-value against a null study of
-  clean models (`calibration.py`) is at most `ScanConfig.fpr`: the verdict's false-positive rate is a stated
-  property. Without a null that holds for the scan (another backbone, other scan settings) it decides as
-  "meta-gain" and says so in a note.
+- "calibrated" (default): two tests against a null study of clean models (`calibration.py`), each at half
+  of `ScanConfig.fpr` (Bonferroni): the meta-gain statistic below, and the wide-probe statistic (the same
+  ASR x meta gain over the gate probe's triggers at the wider budget, `ScanConfig.wide_probe_eps`: a
+  meta-path trigger larger than the scan's other budgets). Flagged when the smaller p-value is at most
+  fpr / 2; the report's p-value is twice it. A class scores the larger of its two values, each divided by
+  its test's cut (the null's threshold at fpr / 2), so the threshold is 1. With a null or a scan without
+  the wide probe, one test, the meta-gain statistic's, at fpr. Either way the verdict's false-positive rate
+  is a stated property. Without a null that holds for the scan (another backbone, other scan settings) it
+  decides as "meta-gain" and says so in a note.
 - "meta-gain": does a trigger the scan found work THROUGH THE PROMPT LEARNER? Each trigger (the
   inverted ones whose meta gain was measured, and the gate probe's) is worth ASR x max(meta gain, 0):
   logits gained through the meta tokens per held-out image (`trigger_score`). A class scores the best of
@@ -54,6 +59,9 @@ INERT_GAIN = 0.01
 # (benchmarks/encoder_null_pooled.json: encoder-null and encoder-null2 pooled)
 ANCHORED_THRESHOLD = 0.8100
 ALPHA = 0.05  # family-wise error of the Grubbs and robust bounds
+# the calibrated rule's two-test scores divide by each test's cut, floored here (logits: far below any trigger
+# score a scan reports as meaningful) so that a null whose cut is 0 still gives finite scores
+MIN_CUT = 1e-3
 MAD_K = 2.0  # Neural Cleanse and Pixel Backdoor flag classes whose anomaly index exceeds 2 (their papers)
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): x MAD estimates a normal standard deviation
 MEAN_ABS_TO_STD = 1.2533  # sqrt(pi / 2): x mean absolute deviation estimates a normal standard deviation
@@ -64,7 +72,8 @@ class Evidence:
     """What a scan measured, per candidate class (lists follow the candidate order).
 
     meta_gain: logits gained through the meta tokens by each candidate's inverted trigger (None: not
-    measured); probes: (class index, ASR, meta gain) of each gate-probe trigger; sizes: the baselines'
+    measured); probes: (class index, ASR, meta gain) of each gate-probe trigger; wide_probes: the same for
+    the gate probe at the wider budget (the calibrated rule's second test); sizes: the baselines'
     trigger sizes; anchor_asr / anchor_loss: each candidate's ASR and loss in the same scan of the anchor, the
     benign public model the delivered one was tuned from (empty when no anchor was scanned)."""
 
@@ -74,6 +83,7 @@ class Evidence:
     meta_gain: list[float | None] = field(default_factory=list)
     probes: list[tuple[int, float, float]] = field(default_factory=list)
     sizes: list[float] = field(default_factory=list)
+    wide_probes: list[tuple[int, float, float]] = field(default_factory=list)
     anchor_asr: list[float] = field(default_factory=list)  # the same scan of the anchor model (empty: none)
     anchor_loss: list[float] = field(default_factory=list)
 
@@ -98,6 +108,8 @@ class Decision:
     p_value: float | None = None  # calibrated rule: the top score's p-value against the null study
     fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
     null: dict | None = None  # calibrated rule: the null study decided against (NullStudy.describe())
+    # calibrated rule with two tests: per test ("meta-gain", "wide-probe"), its statistic, p-value and cut
+    tests: dict | None = None
 
     @property
     def target_name(self) -> str | None:
@@ -289,6 +301,24 @@ def meta_gain_values(ev: Evidence) -> tuple[list[float], float, int]:
     return value, max(abs(g) for _, _, g in triggers), len(triggers)
 
 
+def wide_probe_values(ev: Evidence) -> list[float]:
+    """Per candidate class, the best ASR x max(meta gain, 0) of the wide gate probe's triggers toward it (all 0
+    without a wide probe)."""
+    value = [0.0] * len(ev.names)
+    for c, a, g in ev.wide_probes:
+        if not (math.isfinite(a) and math.isfinite(g)):
+            raise CIError("non-finite meta gain or ASR among the wide probe's triggers: the model produces NaN/Inf")
+        if not 0 <= int(c) < len(value):
+            raise CIError("a wide-probe class index is out of the candidate range")
+        value[int(c)] = max(value[int(c)], trigger_score(a, g))
+    return value
+
+
+def wide_probe_statistic(ev: Evidence) -> float | None:
+    """The top class's wide-probe value: the calibrated rule's second statistic (None: no wide probe ran)."""
+    return max(wide_probe_values(ev)) if ev.wide_probes else None
+
+
 def meta_gain_statistic(ev: Evidence) -> float:
     """The top class's meta-gain value: what a null study records per clean model."""
     return max(meta_gain_values(ev)[0])
@@ -356,10 +386,29 @@ class CalibratedRule(MetaGainRule):
                       "whose false-positive rate is not measured for this scan.")
             return d
         null = cal.null
+        if null.wide_scores and ev.wide_probes:
+            return self.two_tests(ev, value, null, cal.fpr)
         p = null.p_value(mx)
         thr = null.threshold(cal.fpr)
         return self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
                              null=null.describe())
+
+    def two_tests(self, ev: Evidence, value: list[float], null, fpr: float) -> Decision:
+        """The meta-gain and wide-probe statistics, each against its null column at fpr / 2 (Bonferroni)."""
+        wide = wide_probe_values(ev)
+        half = fpr / 2
+        tests = {}
+        for name, v, is_wide in (("meta-gain", value, False), ("wide-probe", wide, True)):
+            cut = null.threshold(half, wide=is_wide)
+            tests[name] = {"statistic": max(v), "p_value": null.p_value(max(v), wide=is_wide), "cut": cut}
+        p = min(1.0, 2 * min(t["p_value"] for t in tests.values()))
+        cuts = [t["cut"] for t in tests.values()]
+        if any(c is None for c in cuts):  # too few null models to flag at fpr / 2: nothing is flagged
+            scores, thr = list(value), math.inf
+        else:  # each value over its test's cut: a class above 1 is flagged by one of the tests
+            c1, c2 = (max(c, MIN_CUT) for c in cuts)
+            scores, thr = [max(a / c1, b / c2) for a, b in zip(value, wide)], 1.0
+        return self.by_value(ev, scores, p <= fpr, thr, p_value=p, fpr=fpr, null=null.describe(), tests=tests)
 
 
 class MadRule(Rule):
@@ -422,7 +471,8 @@ def youden_threshold(max_scores, labels) -> float:
     return (t + max(below)) / 2 if below else t - 1e-9
 
 
-__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic", "SCAN_RULES", "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE", "get_rule",
+__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic", "wide_probe_values",
+           "wide_probe_statistic", "SCAN_RULES", "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE", "get_rule",
            "decide_evidence", "paper_scores", "zscore", "robust_zscore", "grubbs_bound", "bonferroni_bound",
            "trigger_score", "mad_index", "youden_threshold", "PAPER_K", "ANCHORED_THRESHOLD", "META_GAIN_THRESHOLD", "INERT_GAIN",
            "ALPHA", "MAD_K"]

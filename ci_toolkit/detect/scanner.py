@@ -56,7 +56,10 @@ class ScanConfig:
     null_file: str | None = None  # the calibrated rule's null study; None: the one shipped for the backbone
     meta_candidates: int = 8  # the highest-ASR candidates whose triggers' meta gain is measured
     meta_images: int = 64  # held-out images the meta gains are measured on
-    probe_eps: float | None = 16 / 255  # gate-probe bound; None: no probe
+    probe_eps: float | None = 16 / 255  # gate-probe bound; None: no probe (at either budget)
+    # the gate probe again at a wider bound: the calibrated rule's second test, for a meta-path trigger that the
+    # scan's smaller budgets do not reach (docs/method.md, "Two tests"); None: not run
+    wide_probe_eps: float | None = 32 / 255
     probe_images: int = 512  # pool images the gate probe optimises on (one pass, batches of 32)
     probe_shut: bool = True  # the probe also shuts each unit (a trigger may work by shutting a gate)
     pool_size: int = 1000  # OOD images used for inversion
@@ -184,6 +187,10 @@ def scan(model: CoCoOp, ood: torch.Tensor, config: ScanConfig | None = None, out
         by_index = {**done, **{r.index: r for r in results}}
         inv = [by_index[i] for i in range(len(names))]
         probe, probe_deltas = measure_gate_probe(model, pool, heldout, names, cfg, workers, progress)
+        if probe is not None and cfg.wide_probe_eps is not None:
+            wide, wide_deltas = measure_gate_probe(model, pool, heldout, names, cfg, workers, progress,
+                                                   eps=cfg.wide_probe_eps)
+            probe, probe_deltas = probe.with_wide(wide), torch.cat([probe_deltas, wide_deltas])
         report = inversion_report(inv, cfg, measure_meta_gains(model, heldout, inv, names, cfg), probe,
                                   calibration_for(recorded))
         report.probe_triggers = probe_deltas
@@ -218,8 +225,10 @@ def inversion_report(inv: list[Inversion], cfg: ScanConfig, meta_gain: list[floa
     (the calibrated rule against `calibration`)."""
     names = [r.name for r in inv]
     index = {n: i for i, n in enumerate(names)}
+    units = probe.units if probe else []
     ev = Evidence(names=names, asr=[r.asr for r in inv], loss=[r.loss for r in inv], meta_gain=list(meta_gain),
-                  probes=[(index[u.class_name], u.asr, u.meta_gain) for u in probe.units] if probe else [])
+                  probes=[(index[u.class_name], u.asr, u.meta_gain) for u in units if not u.wide],
+                  wide_probes=[(index[u.class_name], u.asr, u.meta_gain) for u in units if u.wide])
     rows = [{"name": r.name, "asr": r.asr, "loss": r.loss, "meta_gain": g, "losses": r.losses}
             for r, g in zip(inv, meta_gain)]
     d = decide_evidence(ev, cfg.rule, cfg.threshold, calibration)
@@ -242,14 +251,15 @@ def measure_meta_gains(model: CoCoOp, heldout: torch.Tensor, inv: list[Inversion
 
 
 def _probe_worker(model: CoCoOp, pool, heldout, names, cfg: ScanConfig, tasks: list[tuple[bool, int]], threads: int,
-                  on_unit=None):
-    """Gate-probe rows and deltas for (shut, unit) tasks, each row marked with its direction."""
+                  on_unit=None, eps: float | None = None):
+    """Gate-probe rows and deltas for (shut, unit) tasks at eps (default cfg.probe_eps), each row marked with its
+    direction."""
     torch.set_num_threads(threads)
     rows, deltas = [], []
     for shut in (False, True):
         units = [u for s, u in tasks if s == shut]
         if units:
-            r, d = gate_probe(model, pool, heldout, cfg.probe_eps, model.prompts_for(names), cfg.meta_images,
+            r, d = gate_probe(model, pool, heldout, eps or cfg.probe_eps, model.prompts_for(names), cfg.meta_images,
                               cfg.seed, units, shut=shut, on_unit=on_unit)
             rows += [{**row, "shut": shut} for row in r]
             deltas.append(d)
@@ -257,12 +267,14 @@ def _probe_worker(model: CoCoOp, pool, heldout, names, cfg: ScanConfig, tasks: l
 
 
 def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor, names: list[str], cfg: ScanConfig,
-                       workers: int = 1, progress: bool = False) -> tuple[GateProbe | None, torch.Tensor | None]:
-    """The gate probe at cfg.probe_eps (each meta-net unit opened, then each shut when cfg.probe_shut) and its
-    perturbations in the order of its units; (None, None) when cfg.probe_eps is None. workers > 1: the
-    (direction, unit) tasks are split over that many processes."""
+                       workers: int = 1, progress: bool = False,
+                       eps: float | None = None) -> tuple[GateProbe | None, torch.Tensor | None]:
+    """The gate probe at eps (default cfg.probe_eps; each meta-net unit opened, then each shut when
+    cfg.probe_shut) and its perturbations in the order of its units; (None, None) when cfg.probe_eps is None.
+    workers > 1: the (direction, unit) tasks are split over that many processes."""
     if cfg.probe_eps is None:
         return None, None
+    eps = eps or cfg.probe_eps
     pool = pool[: cfg.probe_images]
     hidden = model.prompt_learner.meta_net.linear1.out_features
     tasks = [(shut, u) for shut in ((False, True) if cfg.probe_shut else (False,)) for u in range(hidden)]
@@ -273,17 +285,17 @@ def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor,
             chunks = [tasks[i::n] for i in range(n)]
             threads = max(1, torch.get_num_threads() // workers)
             with process_pool(n) as ex:
-                parts = [f.result() for f in [ex.submit(_probe_worker, model, pool, heldout, names, cfg, c, threads)
-                                              for c in chunks]]
+                parts = [f.result() for f in [ex.submit(_probe_worker, model, pool, heldout, names, cfg, c, threads,
+                                                        None, eps) for c in chunks]]
             pairs = sorted(((r, d) for p in parts for r, d in zip(p[0], p[1])),
                            key=lambda rd: (rd[0]["shut"], rd[0]["unit"]))
             rows, deltas = [r for r, _ in pairs], torch.stack([d for _, d in pairs])
             bar.update(len(tasks))
         else:
             rows, deltas = _probe_worker(model, pool, heldout, names, cfg, tasks, torch.get_num_threads(),
-                                         on_unit=lambda: bar.update(1))
+                                         on_unit=lambda: bar.update(1), eps=eps)
     units = [ProbeUnit(r["unit"], names[r["class"]], r["asr"], r["meta_gain"], r["shut"]) for r in rows]
-    return GateProbe(cfg.probe_eps, len(pool), cfg.probe_shut, units), deltas
+    return GateProbe(eps, len(pool), cfg.probe_shut, units), deltas
 
 
 __all__ = ["METHODS", "ScanConfig", "scan", "inversion_report", "measure_meta_gains", "measure_gate_probe",

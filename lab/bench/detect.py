@@ -42,7 +42,7 @@ SIDE_METHOD_KEYS = {"paper": "clip_inspector_paper_k2", "grubbs": "clip_inspecto
 # (the rule and threshold are not among them: a scan is decided again under any rule).
 SCAN_SETTINGS = {
     "clip-inspector": ("inversion", "seed", "pool_size", "heldout_size", "meta_candidates", "meta_images",
-                       "probe_eps", "probe_images", "probe_shut"),
+                       "probe_eps", "wide_probe_eps", "probe_images", "probe_shut"),
     "baselines": ("baseline", "seed", "pool_size", "heldout_size"),
 }
 
