@@ -389,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("probe-budget", help="the wide gate probe on kept scans made without it",
                        description="For each row with evidence of a null study (--study DIR) or of a bench-detect "
                                    "result (--zoo DIR --detect FILE), the gate probe at --budget/255 on the scan's own "
-                                   "OOD split, as the row's wide probe (the calibrated rule's second test): `redecide` "
-                                   "and `null --wide` read the output. Resumable. Scan options: those the scans ran with.")
+                                   "OOD split, as the row's wide probe (the calibrated rule's second test): "
+                                   "`redecide` and `null --wide` read the output. Resumable. Scan options: those "
+                                   "the scans ran with.")
     s.add_argument("--study", default=None, help="a null study folder (rows_world.json, models/, scans/world/)")
     s.add_argument("--zoo", default=None, help="a zoo folder (with --detect)")
     s.add_argument("--detect", default=None, help="the zoo's bench-detect result (its scans kept beside it)")

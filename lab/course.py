@@ -98,7 +98,8 @@ def ship_course_scans(out_dir: str | Path, methods: list[str], names: list[str],
     return written
 
 
-def widen_scan(folder: str | Path, model: ci.CoCoOp, ood: torch.Tensor, cfg: ci.ScanConfig | None = None) -> ci.ScanReport:
+def widen_scan(folder: str | Path, model: ci.CoCoOp, ood: torch.Tensor,
+               cfg: ci.ScanConfig | None = None) -> ci.ScanReport:
     """A kept CLIP-Inspector scan of `model` on `ood` made without the wide gate probe, with the probe at
     cfg.wide_probe_eps (default ScanConfig()'s) added on the scan's own split, as a fresh scan runs it after the
     inversion, then decided again under its rule; saved in place (report.json, gate_probe.safetensors)."""
@@ -108,7 +109,8 @@ def widen_scan(folder: str | Path, model: ci.CoCoOp, ood: torch.Tensor, cfg: ci.
     if report.method != "clip-inspector" or report.gate_probe is None or report.probe_triggers is None:
         raise ci.CIError(f"{folder}: not a CLIP-Inspector scan with a gate probe and its perturbations")
     if report.gate_probe.wide_eps is not None:
-        raise ci.CIError(f"{folder}: the scan already ran the wide probe (at {report.gate_probe.wide_eps * 255:.0f}/255)")
+        raise ci.CIError(f"{folder}: the scan already ran the wide probe "
+                         f"(at {report.gate_probe.wide_eps * 255:.0f}/255)")
     scan_cfg = replace(ci.ScanConfig(), pool_size=rec["pool_size"], heldout_size=rec["heldout_size"], seed=rec["seed"],
                        probe_eps=rec["probe_eps"], probe_images=rec["probe_images"], probe_shut=rec["probe_shut"],
                        meta_images=rec["meta_images"])

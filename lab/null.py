@@ -104,7 +104,8 @@ def run_one(out: Path, spec: dict, source: str, cfg: ci.ScanConfig) -> dict:
                        "top_class": d.top_name, "fallback": d.fallback}
     ev = report.evidence()
     return {**spec, "acc_seen": acc, "n_candidates": len(report.classes), "rules": rules,
-            "statistic": meta_gain_statistic(ev), "wide_statistic": wide_probe_statistic(ev), "evidence": evidence_row(ev),
+            "statistic": meta_gain_statistic(ev), "wide_statistic": wide_probe_statistic(ev),
+            "evidence": evidence_row(ev),
             "scan_s": report.runtime_s, "total_s": time.time() - t0}
 
 
@@ -178,7 +179,8 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
     default = per_rule[cfg.rule]
     cuts = None
     if cfg.rule == "calibrated" and rows:
-        full = NullStudy(backbone="", scores=tuple(r["statistic"] for r in rows), scan={}, wide_scores=wide_scores(rows))
+        full = NullStudy(backbone="", scores=tuple(r["statistic"] for r in rows), scan={},
+                         wide_scores=wide_scores(rows))
         threshold = full.threshold(cfg.fpr)
         if full.wide_scores:  # two tests at fpr / 2 each: their cuts, in logits
             cuts = {"meta-gain": full.threshold(cfg.fpr / 2), "wide-probe": full.threshold(cfg.fpr / 2, wide=True)}

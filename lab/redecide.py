@@ -181,5 +181,5 @@ def redecide(null_path: str | Path, bench_paths: list[str | Path], fpr: float = 
     return out
 
 
-__all__ = ["CALIBRATED_AS", "bench_rows", "calibrated_rule", "calibrated_verdicts", "check_settings", "decisions", "load_rows",
-           "null_scores", "redecide"]
+__all__ = ["CALIBRATED_AS", "bench_rows", "calibrated_rule", "calibrated_verdicts", "check_settings", "decisions",
+           "load_rows", "null_scores", "redecide"]
