@@ -94,7 +94,7 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
     # prereg: seeds 1000-1009, their own class lists of 20, 30 or 40 classes; each implanting attack at the
     # world's strength and a weaker one (BadCLIP eps 4/255 instead of BACKDOOR_EPS 8/255; Blended alpha 0.1
     # instead of 0.2), four models each. Committed before its first scan; the null study shares no seed
-    # (700-899) and no class list (class seeds 1-200) with it. benchmarks/detect_preregistered.json
+    # (700-899) and no class list (class seeds 1-200) with it. benchmarks/detect_prereg.json
     "prereg": ZooProfile("prereg", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
                                             "blended"),
                          attack_kwargs=((), (("eps", 4 / 255),), (), (("eps", 4 / 255),), (), (("alpha", 0.1),)),
@@ -103,7 +103,7 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
     # prereg2: seeds 1010-1019, own class lists of 25, 35 or 45 classes; strengths between prereg's two, where
     # prereg's weaker ones mostly did not implant (BadCLIP and BadCLIP-adaptive at eps 6/255, Blended alpha
     # 0.15) and BadCLIP-adaptive at the world's strength again. Committed before its first build; evaluated
-    # with prereg (benchmarks/detect_preregistered.json)
+    # with prereg (benchmarks/detect_prereg_pooled.json)
     "prereg2": ZooProfile("prereg2", attacks=("badclip", "badclip_adaptive", "badclip_adaptive", "blended"),
                           attack_kwargs=((("eps", 6 / 255),), (), (("eps", 6 / 255),), (("alpha", 0.15),)),
                           seeds=tuple(range(1010, 1020)), per_attack=4, class_counts=(25, 35, 45),
