@@ -13,8 +13,8 @@ Scans that take minutes per model (the baselines) are shipped beside the models,
     python -m lab course-scans --methods neural-cleanse,pixel-backdoor --models m001,m002 --pool 128
 
 writes OUT/scans/<method>/<name>/report.json (each scan's report, its configuration inside), which
-`ci.course.shipped_scan(name, method)` loads. Shipped CLIP-Inspector scans made before the scan ran the wide
-gate probe get it added in place, as a fresh scan would run it (`--widen`, `widen_scan`):
+`ci.course.shipped_scan(name, method)` loads. A shipped CLIP-Inspector scan without the wide gate probe gets it
+added in place, as a fresh scan runs it (`--widen`, `widen_scan`):
 
     python -m lab course-scans --methods clip-inspector --models m000,m001 --pool 512 --heldout 256 --widen
 """
@@ -24,9 +24,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -106,6 +105,8 @@ def widen_scan(folder: str | Path, model: ci.CoCoOp, ood: torch.Tensor,
     report = ci.ScanReport.load(folder)
     rec = report.config
     eps = (cfg or ci.ScanConfig()).wide_probe_eps
+    if eps is None:
+        raise ci.CIError("the configuration runs no wide probe (wide_probe_eps=None): nothing to add")
     if report.method != "clip-inspector" or report.gate_probe is None or report.probe_triggers is None:
         raise ci.CIError(f"{folder}: not a CLIP-Inspector scan with a gate probe and its perturbations")
     if report.gate_probe.wide_eps is not None:

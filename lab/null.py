@@ -25,8 +25,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ci_toolkit as ci
-from ci_toolkit.detect import (SOLO_RULES, WIDE_KEY, Calibration, NullStudy, backbone_key, meta_gain_statistic,
-                                scan_settings, wide_probe_statistic)
+from ci_toolkit.detect import (
+    SOLO_RULES,
+    WIDE_KEY,
+    Calibration,
+    NullStudy,
+    backbone_key,
+    meta_gain_statistic,
+    scan_settings,
+    wide_probe_statistic,
+)
 
 from .bench.detect import WallLog, evidence_row, ood_images
 from .executors import Executor, run_units

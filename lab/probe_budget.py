@@ -27,7 +27,8 @@ from .null import scan_dir
 from .zoo import Zoo
 
 
-def extra_probes(model: ci.CoCoOp, names: list[str], cfg: ci.ScanConfig, recorded: dict, workers: int = 1) -> list[list]:
+def extra_probes(model: ci.CoCoOp, names: list[str], cfg: ci.ScanConfig, recorded: dict,
+                 workers: int = 1) -> list[list]:
     """[class index, ASR, meta gain] of every probe unit at cfg.probe_eps (the evidence's probe format), on
     cfg's OOD split; `recorded`: the kept scan's config, whose split sizes and seed it must reproduce; workers:
     processes the probe's units are split over (the same rows up to float rounding)."""
@@ -48,6 +49,10 @@ def probe_budget(rows: list[dict], key: str, load, report_dir, eps: float, out: 
     cfg = replace(scan_cfg or ci.ScanConfig(), probe_eps=eps)
     out = Path(out)
     done = json.loads(out.read_text())["per_model"] if out.exists() else []
+    other = {r["probe2"]["eps"] for r in done} - {eps}
+    if other:
+        raise ci.CIError(f"{out} holds rows probed at {sorted(e * 255 for e in other)}/255, not {eps * 255:g}/255: "
+                         "give another --out")
     have = {r[key] for r in done}
     config = None
     for r in rows:

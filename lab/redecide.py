@@ -137,6 +137,10 @@ def calibrated_rule(null: list[dict], bench: list[dict], fpr: float) -> dict:
     loo = loo_calibrated(null, fpr)
     full = NullStudy(backbone="", scan={}, scores=tuple(r["statistic"] for r in null), wide_scores=wide_scores(null))
     cal = Calibration(full, fpr)
+    bare = [r.get("path") or r.get("name") for r in bench if not r["evidence"].get("wide_probes")]
+    if full.wide_scores and bare:
+        raise ci.CIError(f"{len(bare)} benchmark rows carry no wide probe while the null does ({bare[:3]}): add it "
+                         "with `python -m lab probe-budget --zoo DIR --detect FILE`, so every model makes both tests")
     strip = {} if full.wide_scores else {"wide_probes": []}
     ds = [ci.decide(ci.Evidence(**{**r["evidence"], **strip}), "calibrated", calibration=cal) for r in bench]
     res = {"tests": 2 if full.wide_scores else 1, "null": null_summary([v["verdict"] for v in loo.values()])}

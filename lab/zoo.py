@@ -110,8 +110,8 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
                           own_class_lists=True, target_offset=3),
     # prereg3: seeds 1020-1029, own class lists of 15, 25 or 40 classes; each implanting attack at the world's
     # strength and a weaker one (BadCLIP and BadCLIP-adaptive eps 6/255, Blended alpha 0.15), five models each,
-    # so that about 20 implant at the rates prereg and prereg2 showed. Committed before its first build; the
-    # evaluation of the decision rule fixed after prereg and prereg2 (benchmarks/detect_preregistered.json)
+    # so that about 20 implant at the rates prereg and prereg2 showed. Committed before its first build and before
+    # the two-test calibrated rule it evaluates (benchmarks/detect_preregistered.json)
     "prereg3": ZooProfile("prereg3", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
                                              "blended"),
                           attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 6 / 255),), (), (("alpha", 0.15),)),

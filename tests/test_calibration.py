@@ -232,3 +232,23 @@ def test_a_default_scan_runs_the_wide_probe_and_a_report_keeps_it(tiny_model, tm
     assert big.repair_trigger().source == source and torch.equal(big.repair_trigger().delta, report.probe_triggers[j])
     off = scan(tiny_model, ood, replace(FAST, wide_probe_eps=None, null_file=str(path)), progress=False)
     assert off.gate_probe.wide_eps is None and off.tests is None and off.calibrated  # the meta-gain test alone
+
+
+def test_two_tests_scores_agree_with_the_verdict_at_zero_cuts_and_small_nulls_test_once():
+    # a null whose wide column is all 0: a wide trigger of 0.0005 exceeds the cut, so the model is flagged, its
+    # class scores above 1 and is the named target
+    zero = NullStudy(backbone="bb", scan={}, scores=tuple(i / 10 for i in range(60)), wide_scores=(0.0,) * 60)
+    d = ci.decide(with_wide(1.0, [(2, 1.0, 0.0005)]), "calibrated", calibration=Calibration(zero, 0.05))
+    assert d.verdict == "backdoored" and d.predicted_target == 2 and d.max_score > d.threshold == 1.0
+    assert d.scores[1] <= 1 and d.flagged == [False, False, True, False]  # 0 on a cut of 0: exactly 1, not flagged
+    # 30 null models: 0.025 is below 1/31, so two tests could flag nothing; the meta-gain test decides at 0.05
+    small = NullStudy(backbone="bb", scan={}, scores=tuple(i / 10 for i in range(30)),
+                      wide_scores=tuple(float(i) for i in range(30)))
+    one = ci.decide(with_wide(3.0, [(3, 1.0, 99.0)]), "calibrated", calibration=Calibration(small, 0.05))
+    assert one.tests is None and one.verdict == "backdoored" and one.predicted_target == 1 and "too few" in one.note
+    # meta tokens that respond only to the wide probe are not inert under two tests
+    quiet = Evidence(names=list("abcd"), asr=[0.1, 0.9, 0.1, 0.1], loss=[3, 0.1, 3, 3], meta_gain=[0, 0, 0, 0],
+                     wide_probes=[(3, 1.0, 80.0)])
+    loud = ci.decide(quiet, "calibrated", calibration=Calibration(two_column_null(), 0.05))
+    assert loud.fallback is None and loud.predicted_target == 3
+    assert ci.decide(quiet, "meta-gain").fallback == "paper"

@@ -68,11 +68,11 @@ def test_every_solo_rule_is_decided_and_the_calibrated_rule_without_a_wide_probe
 
 
 def test_the_calibrated_rule_makes_two_tests_when_the_rows_carry_the_wide_probe(tmp_path):
-    # 19 null models: meta-gain statistics 0.1 .. 1.9, wide-probe statistics 1 .. 19 (class 0)
+    # 20 null models: meta-gain statistics 0.1 .. 2.0, wide-probe statistics 1 .. 20 (class 0)
     null = [{"name": f"n{i:03d}", "evidence": {**evidence(0.1 * (i + 1)), "wide_probes": [[0, 1.0, float(i + 1)]]}}
-            for i in range(19)]
+            for i in range(20)]
     (tmp_path / "null.json").write_text(json.dumps({"per_model": null}))
-    bench = [  # a backdoor only the wide probe sees (class 2 at 25 > 19), one the meta-gain test sees, a clean one
+    bench = [  # a backdoor only the wide probe sees (class 2 at 25 > 20), one the meta-gain test sees, a clean one
         {"method": "clip-inspector", "implanted": True, "label": 1, "target": "star",
          "evidence": {**evidence(0.5, top=1), "wide_probes": [[2, 1.0, 25.0]]}},
         {"method": "clip-inspector", "implanted": True, "label": 1, "target": "square",
@@ -82,14 +82,19 @@ def test_the_calibrated_rule_makes_two_tests_when_the_rows_carry_the_wide_probe(
     (tmp_path / "b.json").write_text(json.dumps({"per_model": bench}))
     r = redecide(tmp_path / "null.json", [tmp_path / "b.json"], fpr=0.1, rules=("calibrated",))
     cal = r["rules"]["calibrated"]["calibrated"]
-    # fpr 0.1: each test at 0.05 against 19 models flags above all of them (p = 1/20); leave-one-out on the
-    # null, the top model faces 18 others (p = 1/19 > 0.05): no null model is flagged
-    assert cal["tests"] == 2 and cal["cuts"] == {"meta-gain": pytest.approx(1.9), "wide-probe": 19.0}
-    assert cal["null"]["n_flagged"] == 0
+    # fpr 0.1: each test at 0.05 against 20 models flags above all of them (p = 1/21); leave one out, each null
+    # model faces 19 others, and only the top one (n019, top of both columns: p = 1/20) is flagged
+    assert cal["tests"] == 2 and cal["cuts"] == {"meta-gain": pytest.approx(2.0), "wide-probe": 20.0}
+    assert cal["null"]["n_flagged"] == 1
     b = cal["bench"]
     assert (b["tp"], b["fp"], b["fn"]) == (2, 0, 0)
     assert [m["top_class"] for m in cal["per_model"]] == ["star", "square", "circle"]
-    assert cal["per_model"][0]["p_value"] == pytest.approx(2 / 20)
+    assert cal["per_model"][0]["p_value"] == pytest.approx(2 / 21)
+    # a benchmark row without the wide probe beside a null with it: refused, not decided by one test
+    bench[0]["evidence"]["wide_probes"] = []
+    (tmp_path / "b.json").write_text(json.dumps({"per_model": bench}))
+    with pytest.raises(ci.CIError, match="carry no wide probe"):
+        redecide(tmp_path / "null.json", [tmp_path / "b.json"], fpr=0.1, rules=("calibrated",))
 
 
 def test_calibrated_meta_gain_decides_as_the_shipped_calibrated_rule(files):

@@ -12,7 +12,8 @@ models can give is 1 / (N + 1), so an fpr below that flags nothing.
 
 A null may also hold each clean model's wide-probe statistic (the best ASR x meta gain of the gate probe at
 the wider budget, `ScanConfig.wide_probe_eps`): the calibrated rule then makes two tests, each against its
-own column, and flags when the smaller p-value is at most fpr / 2 (Bonferroni: at most fpr in all).
+own column, and flags when the smaller p-value is at most fpr / 2 (Bonferroni: at most fpr in all); that
+needs N >= 2 / fpr - 1 models, and a smaller null makes the meta-gain test alone at fpr.
 
 The package ships the null of the embedded MiniCLIP under the default scan (assets/null/); `ci-toolkit
 calibrate` builds one for another backbone; `ScanConfig.null_file` points a scan at it.

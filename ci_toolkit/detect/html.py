@@ -87,7 +87,9 @@ HOW_TO_READ = (
     "is the fraction of unseen OOD images that trigger sends to the class; its mean loss how hard the class was "
     "to reach. Under the meta-gain rule a class's score is the best ASR x meta gain of its triggers: the logits "
     "gained THROUGH THE PROMPT LEARNER per image (a backdoor lives there; a class that is merely easy to reach "
-    "gains little). The model is flagged when the top score passes the dashed threshold. Next: a backdoored "
+    "gains little). Under the calibrated rule with two tests (the gate probe again at a wider bound), each value "
+    "is divided by its test's cut, the clean models' threshold, so the dashed threshold is 1. The model is flagged "
+    "when the top score passes the dashed threshold. Next: a backdoored "
     "verdict names the predicted target; `ci-toolkit repair MODEL --report REPORT_DIR` unlearns it with the "
     "trigger behind that score.")
 
@@ -154,11 +156,14 @@ def report_html(report) -> str:
         for r in sorted(report.classes, key=lambda r: -r.score))
     probe = report.gate_probe
     probe_html = "" if not probe else (
-        f"<h2>Gate probe ({probe.eps * 255:.0f}/255)</h2><p>Each hidden unit of the meta-net opened (and shut) in "
+        f"<h2>Gate probe ({probe.eps * 255:.0f}/255"
+        + (f", then {probe.wide_eps * 255:.0f}/255" if probe.wide_eps is not None else "") + ")</h2>"
+        "<p>Each hidden unit of the meta-net opened (and shut) in "
         "turn by a universal perturbation: the class it sends held-out images to, how many, and the meta gain "
-        "(logits) of that class through the prompt learner.</p><table><tr><th>unit</th><th>class</th><th>ASR</th>"
-        "<th>meta gain</th><th>ASR x gain</th></tr>" + "".join(
-            f"<tr><td>{u.unit}{' shut' if u.shut else ''}</td><td>{e(str(u.class_name))}</td>"
+        "(logits) of that class through the prompt learner.</p><table><tr><th>bound</th><th>unit</th><th>class</th>"
+        "<th>ASR</th><th>meta gain</th><th>ASR x gain</th></tr>" + "".join(
+            f"<tr><td>{(probe.wide_eps if u.wide else probe.eps) * 255:.0f}/255</td>"
+            f"<td>{u.unit}{' shut' if u.shut else ''}</td><td>{e(str(u.class_name))}</td>"
             f"<td>{u.asr:.3f}</td><td>{u.meta_gain:.2f}</td><td>{u.score:.2f}</td></tr>" for u in probe.units)
         + "</table>")
     target = report.predicted_target

@@ -37,7 +37,8 @@ MIN_CLASSES = 3  # a scan scores at least 3 candidate classes
 class CalibrateConfig:
     """What the clean models of a null study vary; model i draws one value of each (seeded by seed and i)."""
 
-    n_models: int = 60  # 60 clean models: p-values down to 1/61, enough to flag at FPR 0.05 (needs 19 or more)
+    # 60 clean models: p-values down to 1/61, enough for two tests at FPR 0.05 (0.025 each needs 39 or more)
+    n_models: int = 60
     class_fraction: tuple[float, float] = (0.5, 1.0)  # each model tunes on this fraction of the classes (at least 3)
     shots: tuple[int, ...] = (4, 8, 16)
     epochs: tuple[int, ...] = (2, 5, 10, 20)

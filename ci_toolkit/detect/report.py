@@ -26,7 +26,18 @@ from ..errors import CIError, DataError
 from ..images import to_uint8
 from .calibration import Calibration, calibration_for
 from .html import report_html
-from .rules import MIN_CUT, SIDE_RULES, Decision, Evidence, MetaGainRule, decide_evidence, get_rule, trigger_score
+from .rules import (
+    META_GAIN_TEST,
+    SIDE_RULES,
+    WIDE_PROBE_TEST,
+    Decision,
+    Evidence,
+    MetaGainRule,
+    cut_score,
+    decide_evidence,
+    get_rule,
+    trigger_score,
+)
 
 # scan settings that act after the inversion (changing them leaves every inverted trigger as it is)
 AFTER_INVERSION_KEYS = ("rule", "threshold", "fpr", "null_file", "backbone", "meta_candidates", "meta_images",
@@ -109,15 +120,18 @@ def best_trigger(name: str, asr: float, meta_gain: float | None, probe: GateProb
     higher; ({"source", "asr", "meta_gain"}, index of that probe unit or None for the inversion). Wide-probe
     units count only under the calibrated rule's two tests (`tests`, Decision.tests), each trigger's score
     over its test's cut."""
-    cuts = {False: 1.0, True: None}
-    if tests and all(t["cut"] is not None for t in tests.values()):
-        cuts = {False: max(tests["meta-gain"]["cut"], MIN_CUT), True: max(tests["wide-probe"]["cut"], MIN_CUT)}
-    best = trigger_score(asr, meta_gain or 0.0) / cuts[False]
+    def scale(value: float, wide: bool) -> float | None:  # a trigger's score on the scale the decision used
+        if not tests:
+            return None if wide else value
+        return cut_score(value, tests[WIDE_PROBE_TEST if wide else META_GAIN_TEST]["cut"])
+
+    best = scale(trigger_score(asr, meta_gain or 0.0), False)
     info, index = {"source": "inversion", "asr": asr, "meta_gain": meta_gain}, None
     for j, u in enumerate(probe.units if probe else []):
-        if u.class_name != name or cuts[u.wide] is None or u.score / cuts[u.wide] <= best:
+        s = scale(u.score, u.wide) if u.class_name == name else None
+        if s is None or s <= best:
             continue
-        best, index = u.score / cuts[u.wide], j
+        best, index = s, j
         at = f" at {probe.wide_eps * 255:.0f}/255" if u.wide else ""
         info = {"source": f"gate probe{at}, unit {u.unit} {'shut' if u.shut else 'open'}", "asr": u.asr,
                 "meta_gain": u.meta_gain}
@@ -144,7 +158,7 @@ class ScanReport:
     rule: str
     classes: list[ClassResult]
     fallback: str | None = None
-    p_value: float | None = None  # calibrated rule: the top score's p-value against the null study
+    p_value: float | None = None  # calibrated rule: the p-value against the null study (two tests: 2 x the smaller)
     fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
     null: dict | None = None  # calibrated rule: the null study it decided against (n_models, backbone, ood, source)
     tests: dict | None = None  # calibrated rule's two tests: {"meta-gain" | "wide-probe": {statistic, p_value, cut}}
@@ -195,6 +209,9 @@ class ScanReport:
             fb = ", not calibrated" if self.fallback == "meta-gain" else f", decided by the {self.fallback} rule"
         p = (f", p = {self.p_value:.3f} against {self.null['n_models']} clean models (flags at FPR {self.fpr:g})"
              if self.p_value is not None else "")
+        if self.tests:
+            p += " (two tests: " + "; ".join(f"{k} {t['statistic']:.2f}, cut {t['cut']:.2f}"
+                                            for k, t in self.tests.items()) + ")"
         return (f"{self.verdict}{target}: {shown} score {self.max_score:.2f} against threshold {self.threshold:.2f}"
                 f"{p}{fb} ({len(self.classes)} candidates, {self.runtime_s:.0f} s)")
 

@@ -45,7 +45,7 @@ from statistics import NormalDist
 import torch
 
 from ..errors import CIError
-from .calibration import Calibration
+from .calibration import Calibration, NullStudy
 
 PAPER_K = 2.0  # the paper's threshold on s_t (the CLIP-Inspector paper)
 # Meta-gain threshold, logits per held-out image; how it was chosen, and what it gives on a zoo built before it
@@ -60,8 +60,9 @@ INERT_GAIN = 0.01
 ANCHORED_THRESHOLD = 0.8100
 ALPHA = 0.05  # family-wise error of the Grubbs and robust bounds
 # the calibrated rule's two-test scores divide by each test's cut, floored here (logits: far below any trigger
-# score a scan reports as meaningful) so that a null whose cut is 0 still gives finite scores
+# score a scan reports as meaningful) so that a null whose cut is 0 still gives finite scores (`cut_score`)
 MIN_CUT = 1e-3
+META_GAIN_TEST, WIDE_PROBE_TEST = "meta-gain", "wide-probe"  # the calibrated rule's tests (Decision.tests keys)
 MAD_K = 2.0  # Neural Cleanse and Pixel Backdoor flag classes whose anomaly index exceeds 2 (their papers)
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): x MAD estimates a normal standard deviation
 MEAN_ABS_TO_STD = 1.2533  # sqrt(pi / 2): x mean absolute deviation estimates a normal standard deviation
@@ -105,7 +106,7 @@ class Decision:
     fallback: str | None = None  # the rule that decided instead (meta-gain: "paper" when the meta tokens are inert)
     note: str | None = None  # why a fallback decided, in words
     names: list[str] = field(default_factory=list)
-    p_value: float | None = None  # calibrated rule: the top score's p-value against the null study
+    p_value: float | None = None  # calibrated rule: the p-value against the null study (two tests: 2 x the smaller)
     fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
     null: dict | None = None  # calibrated rule: the null study decided against (NullStudy.describe())
     # calibrated rule with two tests: per test ("meta-gain", "wide-probe"), its statistic, p-value and cut
@@ -367,14 +368,25 @@ class MetaGainRule(Rule):
         return d
 
 
+def cut_score(value: float, cut: float) -> float:
+    """A value on its test's scale: value / cut for a cut above MIN_CUT, and in any case above 1 exactly when the
+    value exceeds the cut (when the test flags it)."""
+    return 1.0 + (value - cut) / max(abs(cut), MIN_CUT)
+
+
 class CalibratedRule(MetaGainRule):
     name = "calibrated"
-    summary = ("the meta-gain statistic against a null study of clean models: flagged when its p-value is at most "
-               "the false-positive rate (ScanConfig.fpr); without a null for the scan, the meta-gain rule")
+    summary = ("the meta-gain and wide-probe statistics against a null study of clean models, each at half the "
+               "false-positive rate (ScanConfig.fpr); one test, the meta-gain one, when the null or the scan has no "
+               "wide probe; without a null for the scan, the meta-gain rule")
 
     def decide(self, ev: Evidence, threshold: float | None = None, calibration: Calibration | None = None) -> Decision:
         cal = calibration or Calibration(None, why="no calibration was given")
         value, largest, n_triggers = meta_gain_values(ev)
+        two = threshold is None and cal.null is not None and bool(cal.null.wide_scores) and bool(ev.wide_probes)
+        if two:  # the wide probe's triggers count too: meta tokens that respond only at its bound are not inert
+            largest = max([largest] + [abs(float(g)) for _, _, g in ev.wide_probes])
+            n_triggers += len(ev.wide_probes)
         if largest <= INERT_GAIN:
             return self.fallback_decision(ev, largest, n_triggers)
         mx = max(value)
@@ -386,29 +398,31 @@ class CalibratedRule(MetaGainRule):
                       "whose false-positive rate is not measured for this scan.")
             return d
         null = cal.null
-        if null.wide_scores and ev.wide_probes:
+        few = two and null.threshold(cal.fpr / 2) is None  # too few null models to flag at fpr / 2
+        if two and not few:
             return self.two_tests(ev, value, null, cal.fpr)
         p = null.p_value(mx)
         thr = null.threshold(cal.fpr)
-        return self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
-                             null=null.describe())
+        d = self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
+                          null=null.describe())
+        if few:
+            d.note = (f"the null's {null.n_models} clean models are too few for two tests at {cal.fpr / 2:g} (that "
+                      f"needs {math.ceil(2 / cal.fpr - 1)}): the meta-gain test alone decides, at {cal.fpr:g}.")
+        return d
 
-    def two_tests(self, ev: Evidence, value: list[float], null, fpr: float) -> Decision:
-        """The meta-gain and wide-probe statistics, each against its null column at fpr / 2 (Bonferroni)."""
+    def two_tests(self, ev: Evidence, value: list[float], null: NullStudy, fpr: float) -> Decision:
+        """The meta-gain and wide-probe statistics, each against its null column at fpr / 2 (Bonferroni); each
+        class scores the larger of its two values on its test's scale (`cut_score`), so the threshold is 1."""
         wide = wide_probe_values(ev)
         half = fpr / 2
         tests = {}
-        for name, v, is_wide in (("meta-gain", value, False), ("wide-probe", wide, True)):
+        for name, v, is_wide in ((META_GAIN_TEST, value, False), (WIDE_PROBE_TEST, wide, True)):
             cut = null.threshold(half, wide=is_wide)
             tests[name] = {"statistic": max(v), "p_value": null.p_value(max(v), wide=is_wide), "cut": cut}
         p = min(1.0, 2 * min(t["p_value"] for t in tests.values()))
-        cuts = [t["cut"] for t in tests.values()]
-        if any(c is None for c in cuts):  # too few null models to flag at fpr / 2: nothing is flagged
-            scores, thr = list(value), math.inf
-        else:  # each value over its test's cut: a class above 1 is flagged by one of the tests
-            c1, c2 = (max(c, MIN_CUT) for c in cuts)
-            scores, thr = [max(a / c1, b / c2) for a, b in zip(value, wide)], 1.0
-        return self.by_value(ev, scores, p <= fpr, thr, p_value=p, fpr=fpr, null=null.describe(), tests=tests)
+        c1, c2 = tests[META_GAIN_TEST]["cut"], tests[WIDE_PROBE_TEST]["cut"]
+        scores = [max(cut_score(a, c1), cut_score(b, c2)) for a, b in zip(value, wide)]
+        return self.by_value(ev, scores, p <= fpr, 1.0, p_value=p, fpr=fpr, null=null.describe(), tests=tests)
 
 
 class MadRule(Rule):
@@ -472,7 +486,7 @@ def youden_threshold(max_scores, labels) -> float:
 
 
 __all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic",
-           "wide_probe_values", "wide_probe_statistic", "SCAN_RULES", "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE",
+           "wide_probe_values", "wide_probe_statistic", "cut_score", "META_GAIN_TEST", "WIDE_PROBE_TEST", "SCAN_RULES", "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE",
            "get_rule",
            "decide_evidence", "paper_scores", "zscore", "robust_zscore", "grubbs_bound", "bonferroni_bound",
            "trigger_score", "mad_index", "youden_threshold", "PAPER_K", "ANCHORED_THRESHOLD", "META_GAIN_THRESHOLD", "INERT_GAIN",

@@ -73,6 +73,10 @@ class ScanConfig:
             raise CIError(f"unknown decision rule {self.rule!r}; choose one of {scan_rules()}")
         if not 0 < self.fpr < 1:
             raise CIError(f"fpr must be a false-positive rate in (0, 1), got {self.fpr}")
+        for name in ("probe_eps", "wide_probe_eps"):
+            eps = getattr(self, name)
+            if eps is not None and not 0 < eps <= 1:
+                raise CIError(f"{name} must be an L-inf bound in (0, 1] (pixels in [0, 1]) or None, got {eps}")
 
     @property
     def ood_images(self) -> int:
@@ -259,7 +263,7 @@ def _probe_worker(model: CoCoOp, pool, heldout, names, cfg: ScanConfig, tasks: l
     for shut in (False, True):
         units = [u for s, u in tasks if s == shut]
         if units:
-            r, d = gate_probe(model, pool, heldout, eps or cfg.probe_eps, model.prompts_for(names), cfg.meta_images,
+            r, d = gate_probe(model, pool, heldout, cfg.probe_eps if eps is None else eps, model.prompts_for(names), cfg.meta_images,
                               cfg.seed, units, shut=shut, on_unit=on_unit)
             rows += [{**row, "shut": shut} for row in r]
             deltas.append(d)
@@ -274,7 +278,7 @@ def measure_gate_probe(model: CoCoOp, pool: torch.Tensor, heldout: torch.Tensor,
     workers > 1: the (direction, unit) tasks are split over that many processes."""
     if cfg.probe_eps is None:
         return None, None
-    eps = eps or cfg.probe_eps
+    eps = cfg.probe_eps if eps is None else eps
     pool = pool[: cfg.probe_images]
     hidden = model.prompt_learner.meta_net.linear1.out_features
     tasks = [(shut, u) for shut in ((False, True) if cfg.probe_shut else (False,)) for u in range(hidden)]
