@@ -117,6 +117,12 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
                           attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 6 / 255),), (), (("alpha", 0.15),)),
                           seeds=tuple(range(1020, 1030)), per_attack=5, class_counts=(15, 25, 40),
                           own_class_lists=True, target_offset=5),
+    # prereg4: seeds 1030-1031, own class lists of 20 or 35 classes; BadCLIP and BadCLIP-adaptive at the world's
+    # strength, three models each, two clean: prereg3 implanted 18 of its 30 backdoors, below the 20 its
+    # evaluation needs. Committed before its build, after the rule and before any prereg3 result; pooled with
+    # prereg3 (benchmarks/detect_preregistered.json)
+    "prereg4": ZooProfile("prereg4", attacks=("badclip", "badclip_adaptive"), seeds=(1030, 1031), per_attack=3,
+                          class_counts=(20, 35), own_class_lists=True, target_offset=4),
     # course: seeds 900-901, two models per implanting attack: the delivered models shipped with the tutorial
     # (`python -m lab course`, ci_toolkit/assets/course/)
     "course": ZooProfile("course", attacks=_IMPLANTING, seeds=(900, 901), per_attack=2),

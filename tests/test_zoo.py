@@ -160,6 +160,8 @@ def test_the_third_preregistered_zoo_is_new_and_has_what_its_evaluation_needs():
     from lab.null import null_specs
 
     specs = model_specs(ZOO_PROFILES["prereg3"])
+    more = model_specs(ZOO_PROFILES["prereg4"])
+    assert sum(s["attack"] != "clean" for s in more) == 6 and {s["n_classes"] for s in more} == {20, 35}
     bad = [s for s in specs if s["attack"] != "clean"]
     assert len(bad) == 30 and sum(s["attack"] == "clean" for s in specs) == 10
     for attack in ci.world.IMPLANTING:  # the world's strength and a weaker one, five models each
@@ -169,9 +171,10 @@ def test_the_third_preregistered_zoo_is_new_and_has_what_its_evaluation_needs():
     assert {s["n_classes"] for s in specs} == {15, 25, 40} and all(s["target"] < (s["n_classes"] + 1) // 2 for s in bad)
     null = null_specs(200)
     earlier = [s for n in ("prereg", "prereg2") for s in model_specs(ZOO_PROFILES[n])]
+    specs += more
     assert not {s["class_seed"] for s in specs} & ({n["class_seed"] for n in null} | {s["class_seed"] for s in earlier}
                                                    | {0})
-    others = {s["seed"] for n, p in ZOO_PROFILES.items() if n != "prereg3" for s in model_specs(p)}
+    others = {s["seed"] for n, p in ZOO_PROFILES.items() if n not in ("prereg3", "prereg4") for s in model_specs(p)}
     assert not {s["seed"] for s in specs} & (others | {n["seed"] for n in null})
 
 
@@ -181,7 +184,7 @@ def test_profiles_hold_the_seeds_and_targets_the_benchmarks_were_built_with():
                      "holdout2": list(range(300, 306)), "holdout3": list(range(400, 406)),
                      "holdout4": list(range(500, 506)), "holdout5": list(range(600, 606)), "course": [900, 901],
                      "prereg": list(range(1000, 1010)), "prereg2": list(range(1010, 1020)),
-                     "prereg3": list(range(1020, 1030))}
+                     "prereg3": list(range(1020, 1030)), "prereg4": [1030, 1031]}
     targets = {name: [s["target"] for s in model_specs(p) if s["attack"] != "clean"] for name, p in ZOO_PROFILES.items()}
     assert targets["smoke"] == [3, 0]
     assert targets["classroom"] == [4, 11, 18, 0, 7, 14]
