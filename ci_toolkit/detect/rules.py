@@ -486,7 +486,8 @@ def youden_threshold(max_scores, labels) -> float:
 
 
 __all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic",
-           "wide_probe_values", "wide_probe_statistic", "cut_score", "META_GAIN_TEST", "WIDE_PROBE_TEST", "SCAN_RULES", "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE",
+           "wide_probe_values", "wide_probe_statistic", "cut_score", "META_GAIN_TEST", "WIDE_PROBE_TEST", "SCAN_RULES",
+           "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE",
            "get_rule",
            "decide_evidence", "paper_scores", "zscore", "robust_zscore", "grubbs_bound", "bonferroni_bound",
            "trigger_score", "mad_index", "youden_threshold", "PAPER_K", "ANCHORED_THRESHOLD", "META_GAIN_THRESHOLD", "INERT_GAIN",

@@ -263,7 +263,8 @@ def _probe_worker(model: CoCoOp, pool, heldout, names, cfg: ScanConfig, tasks: l
     for shut in (False, True):
         units = [u for s, u in tasks if s == shut]
         if units:
-            r, d = gate_probe(model, pool, heldout, cfg.probe_eps if eps is None else eps, model.prompts_for(names), cfg.meta_images,
+            bound = cfg.probe_eps if eps is None else eps
+            r, d = gate_probe(model, pool, heldout, bound, model.prompts_for(names), cfg.meta_images,
                               cfg.seed, units, shut=shut, on_unit=on_unit)
             rows += [{**row, "shut": shut} for row in r]
             deltas.append(d)
