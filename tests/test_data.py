@@ -43,6 +43,15 @@ def test_flat_folder_is_an_unlabeled_pool_with_conversions(tmp_path):
     assert s.skipped == []
 
 
+def test_class_folders_read_as_an_unlabeled_pool(tmp_path):
+    _img(tmp_path / "red" / "a.png")
+    _img(tmp_path / "blue" / "b.png", colour=(0, 0, 255))
+    _img(tmp_path / "blue" / "c.png", colour=(0, 0, 255))
+    s = load_image_folder(tmp_path, image_size=8, labelled=False, progress=False)
+    assert s.labels is None and s.classnames is None
+    assert s.files == ["blue/b.png", "blue/c.png", "red/a.png"]
+
+
 def test_broken_files_are_reported_by_name(tmp_path):
     _img(tmp_path / "ok.png")
     _img(tmp_path / "tiny.png", size=(3, 3))
