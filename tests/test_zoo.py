@@ -17,7 +17,8 @@ import ci_toolkit as ci
 from ci_toolkit.detect import ScanReport
 from lab.bench.attacks import attacks_from_zoo
 from lab.bench.collapse import DIRECTION, bench_collapse
-from lab.bench.detect import bench_detect, combine_detect, detection_metrics, evidence_row, roc_figure, scan_folder
+from lab.bench.detect import (baseline_subset, bench_detect, combine_detect, detection_metrics, evidence_row,
+                              roc_figure, scan_folder)
 from lab.bench.gates import bench_gates
 from lab.bench.repair import bench_repair
 from lab.executors import Executor
@@ -486,3 +487,12 @@ def test_bench_detect_on_a_photo_folder_scans_a_part_and_keeps_its_scans_apart(z
     assert sorted(r["label"] for r in res["per_model"]) == [0, 1]  # one clean, one backdoored
     with pytest.raises(ci.CIError, match="OOD images from 'world'"):
         bench_detect(out, copy_of(detected[0], tmp_path), cfg=SCAN_CFG, min_asr=0.0, progress=False, ood=str(photos))
+
+
+def test_baseline_subset_covers_every_attack():
+    rows = ([{"path": f"c{i}", "attack": "clean"} for i in range(3)]
+            + [{"path": f"b{i}", "attack": "badclip"} for i in range(4)]
+            + [{"path": f"l{i}", "attack": "blended"} for i in range(2)])
+    picked = [m["path"] for m in baseline_subset(rows, 6)]
+    assert picked == ["c0", "b0", "l0", "c1", "b1", "l1"]
+    assert len(baseline_subset(rows, 100)) == len(rows)

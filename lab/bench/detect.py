@@ -198,8 +198,9 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
     ood: "world" (the world's OOD pool) or an unlabeled image folder (real photos); models_per_label: scan
     only the first that many clean and that many backdoored models (a part of the zoo, e.g. for a slower pool).
 
-    baseline_models / baseline_pool: scan only that many models (clean and backdoored interleaved) with the
-    slow baselines, on that many pool images (their 5 epochs of full-graph steps cost ~10x an inversion).
+    baseline_models / baseline_pool: scan only that many models (`baseline_subset`: clean and backdoored
+    interleaved, every attack in turn) with the slow baselines, on that many pool images (their 5 epochs of
+    full-graph steps cost ~10x an inversion).
     workers > 1 scans several models at once in processes that split the CPU threads (small models use
     one core poorly: 2 x 1 thread beats 1 x 2 threads on 2 cores). executor: where the scans run (default:
     `workers` local processes; `Executor("ray", ...)`: a Ray cluster). A scan that fails after its retries is
@@ -233,7 +234,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         if method == "clip-inspector" or baseline_models is None:
             models = scannable
         else:
-            models = _subset(scannable, baseline_models)
+            models = baseline_subset(scannable, baseline_models)
         folders = {m["path"]: scan_folder(out, method, m) for m in models}
         wall = WallLog(out, method)
         # cached scans first: one made with other settings stops the run before anything is scanned
@@ -300,10 +301,17 @@ def combine_detect(results: list[dict]) -> dict:
     return out
 
 
-def _subset(rows: list[dict], n: int) -> list[dict]:
-    """n models, clean and backdoored interleaved (one clean, two backdoored; for the slow baselines)."""
+def baseline_subset(rows: list[dict], n: int) -> list[dict]:
+    """n models for the slow baselines: one clean, then two backdoored, repeated; the backdoored ones taken
+    from each attack in turn (manifest order within an attack), so a small subset covers every attack."""
     clean = [m for m in rows if m["attack"] == "clean"]
-    bad = [m for m in rows if m["attack"] != "clean"]
+    by_attack: dict[str, list[dict]] = {}
+    for m in rows:
+        if m["attack"] != "clean":
+            by_attack.setdefault(m["attack"], []).append(m)
+    bad = []
+    while any(by_attack.values()):
+        bad += [group.pop(0) for group in by_attack.values() if group]
     out = []
     while len(out) < n and (clean or bad):
         for group in (clean, bad, bad):
