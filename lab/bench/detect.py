@@ -196,7 +196,8 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
     """Scan the zoo; returns the benchmark dict (and keeps the per-model scans under out_dir/scans).
 
     ood: "world" (the world's OOD pool) or an unlabeled image folder (real photos); models_per_label: scan
-    only the first that many clean and that many backdoored models (a part of the zoo, e.g. for a slower pool).
+    only the first that many clean and that many backdoored models (`attacks_in_turn`; a part of the zoo, e.g.
+    for a slower pool).
 
     baseline_models / baseline_pool: scan only that many models (`baseline_subset`: clean and backdoored
     interleaved, every attack in turn) with the slow baselines, on that many pool images (their 5 epochs of
@@ -229,7 +230,7 @@ def bench_detect(zoo: str | Path, out_dir: str | Path, methods=("clip-inspector"
         skipped = [m for m in manifest if m not in scannable]  # listed as not implanted
         if models_per_label is not None:  # a part of the zoo: the others are neither scanned nor listed
             scannable = ([m for m in scannable if m["attack"] == "clean"][:models_per_label]
-                         + [m for m in scannable if m["attack"] != "clean"][:models_per_label])
+                         + attacks_in_turn(scannable)[:models_per_label])
             skipped = []
         if method == "clip-inspector" or baseline_models is None:
             models = scannable
@@ -301,17 +302,23 @@ def combine_detect(results: list[dict]) -> dict:
     return out
 
 
-def baseline_subset(rows: list[dict], n: int) -> list[dict]:
-    """n models for the slow baselines: one clean, then two backdoored, repeated; the backdoored ones taken
-    from each attack in turn (manifest order within an attack), so a small subset covers every attack."""
-    clean = [m for m in rows if m["attack"] == "clean"]
+def attacks_in_turn(rows: list[dict]) -> list[dict]:
+    """The backdoored rows, one of each attack in turn (manifest order within an attack): any first few of
+    them cover every attack."""
     by_attack: dict[str, list[dict]] = {}
     for m in rows:
         if m["attack"] != "clean":
             by_attack.setdefault(m["attack"], []).append(m)
-    bad = []
+    out = []
     while any(by_attack.values()):
-        bad += [group.pop(0) for group in by_attack.values() if group]
+        out += [group.pop(0) for group in by_attack.values() if group]
+    return out
+
+
+def baseline_subset(rows: list[dict], n: int) -> list[dict]:
+    """n models for the slow baselines: one clean, then two backdoored (`attacks_in_turn`), repeated."""
+    clean = [m for m in rows if m["attack"] == "clean"]
+    bad = attacks_in_turn(rows)
     out = []
     while len(out) < n and (clean or bad):
         for group in (clean, bad, bad):
