@@ -439,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pool images for the baselines (default: --pool-size)")
     s.add_argument("--ood", default="world", help="'world' (default) or an unlabeled image folder, e.g. real photos")
     s.add_argument("--models-per-label", type=int, default=None,
-                   help="scan only the first N clean and N backdoored models (a part of the zoo)")
+                   help="scan only the first N clean and N backdoored models, the backdoored attack by attack "
+                        "(a part of the zoo)")
     s.add_argument("--workers", type=int, default=1, help="models scanned in parallel (2 on a 2-core machine)")
     add_executor_args(s)
     add_scan_options(s, method_choice=False)

@@ -303,8 +303,8 @@ def combine_detect(results: list[dict]) -> dict:
 
 
 def attacks_in_turn(rows: list[dict]) -> list[dict]:
-    """The backdoored rows, one of each attack in turn (manifest order within an attack): any first few of
-    them cover every attack."""
+    """The backdoored rows, one of each attack name in turn (manifest order within an attack, so strengths of
+    one attack come in the manifest's order): any first few of them cover every attack."""
     by_attack: dict[str, list[dict]] = {}
     for m in rows:
         if m["attack"] != "clean":
