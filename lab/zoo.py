@@ -123,6 +123,15 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
     # prereg3 (benchmarks/detect_preregistered.json)
     "prereg4": ZooProfile("prereg4", attacks=("badclip", "badclip_adaptive"), seeds=(1030, 1031), per_attack=3,
                           class_counts=(20, 35), own_class_lists=True, target_offset=4),
+    # prereg5: seeds 1040-1051, own class lists of 20, 30 or 35 classes; BadCLIP at the world's strength and eps
+    # 6/255, BadCLIP-adaptive at the world's strength and eps 7/255, Blended alpha 0.2 and 0.15, six models each,
+    # twelve clean: prereg3 implanted 18 of 30 at such strengths, its 15-class Blended models none. Committed before
+    # its build and before the rule it evaluates (benchmarks/detect_preregistered5.json)
+    "prereg5": ZooProfile("prereg5", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
+                                             "blended"),
+                          attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 7 / 255),), (), (("alpha", 0.15),)),
+                          seeds=tuple(range(1040, 1052)), per_attack=6, class_counts=(20, 30, 35),
+                          own_class_lists=True, target_offset=1),
     # course: seeds 900-901, two models per implanting attack: the delivered models shipped with the tutorial
     # (`python -m lab course`, ci_toolkit/assets/course/)
     "course": ZooProfile("course", attacks=_IMPLANTING, seeds=(900, 901), per_attack=2),
