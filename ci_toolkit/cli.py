@@ -391,14 +391,16 @@ def cmd_calibrate(args) -> None:
     cfg = scan_config(args)
     ood = load_ood(args.ood, size, cfg)
     null = calibrate(bb, images, labels, names, ood, args.out, CalibrateConfig(n_models=args.models, seed=args.seed), cfg)
-    half = cfg.fpr / 2
-    if null.wide_scores and null.threshold(half) is not None:
-        flags = (f"two tests at {half:g} each: meta-gain score above {null.threshold(half):.4g} or wide-probe score "
-                 f"above {null.threshold(half, wide=True):.4g}")
+    joint = bool(null.wide_scores)
+    cut = null.threshold(cfg.fpr, joint=joint)
+    if cut is None:
+        flags = f"nothing at {cfg.fpr:g}: {null.n_models} models are too few (build more with --models)"
+    elif joint:
+        ms, mw = null.scales()
+        flags = (f"one test at {cfg.fpr:g}: meta-gain score / {ms:.4g} + wide-probe score / {mw:.4g} (the clean "
+                 f"medians) above {cut:.4g}")
     else:
-        cut = null.threshold(cfg.fpr)
-        flags = (f"one test at {cfg.fpr:g}: meta-gain score above {cut:.4g}" if cut is not None
-                 else f"nothing at {cfg.fpr:g}: {null.n_models} models are too few (build more with --models)")
+        flags = f"one test at {cfg.fpr:g}: meta-gain score above {cut:.4g}"
     print(f"null study of {null.n_models} clean models -> {Path(args.out) / 'null.json'}; it flags with {flags}. "
           f"Scan with: ci-toolkit scan MODEL --null {Path(args.out) / 'null.json'} (and the same scan options)")
 

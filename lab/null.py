@@ -154,7 +154,7 @@ def ood_key(source: str) -> str:
 def loo_calibrated(rows: list[dict], fpr: float) -> dict[str, dict]:
     """The calibrated rule's verdict on each null model (`ci.decide` on its evidence), against a null of the
     OTHER models (leave-one-out: a model is never calibrated against itself), with their wide-probe statistics
-    when every model has one (two tests); inert models decide as the meta-gain rule's fallback."""
+    when every model has one (the joint test); inert models decide as the meta-gain rule's fallback."""
     out, wide = {}, wide_scores(rows)
     for i, r in enumerate(rows):
         if len(rows) < 2:  # a null of no models flags nothing
@@ -189,10 +189,9 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
     if cfg.rule == "calibrated" and rows:
         full = NullStudy(backbone="", scores=tuple(r["statistic"] for r in rows), scan={},
                          wide_scores=wide_scores(rows))
-        threshold = full.threshold(cfg.fpr)
-        if full.wide_scores:  # two tests at fpr / 2 each: their cuts, in logits
-            cuts = {"meta-gain": full.threshold(cfg.fpr / 2), "wide-probe": full.threshold(cfg.fpr / 2, wide=True)}
-            threshold = None
+        threshold = full.threshold(cfg.fpr, joint=bool(full.wide_scores))
+        if full.wide_scores:  # the joint test: its units (the clean medians, logits) and its cut, in those units
+            cuts = {"meta-gain scale": full.scales()[0], "wide-probe scale": full.scales()[1], "joint": threshold}
     else:
         threshold = rows[0]["rules"][cfg.rule]["threshold"] if rows else None
     return {"n_models": len(rows), "rule": cfg.rule, "fpr_level": cfg.fpr if cfg.rule == "calibrated" else None,
@@ -273,17 +272,21 @@ def null_figure(result: dict, path: str | Path) -> None:
     from matplotlib.figure import Figure
 
     cuts = result.get("cuts")
-    panels = [("statistic", "meta-gain statistic (logits)", "meta-gain")]
-    if cuts:
-        panels.append(("wide_statistic", "wide-probe statistic (logits)", "wide-probe"))
+    rows = result["per_model"]
+    panels = [("meta-gain statistic (logits)", [r["statistic"] for r in rows], "statistic")]
+    if cuts:  # the joint test: each column with its unit, and the joint scores with the cut
+        ms, mw = cuts["meta-gain scale"], cuts["wide-probe scale"]
+        panels += [("wide-probe statistic (logits)", [r["wide_statistic"] for r in rows], "wide"),
+                   ("joint score (in clean medians)",
+                    [r["statistic"] / ms + r["wide_statistic"] / mw for r in rows], "joint")]
     fig = Figure(figsize=(6.4 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (key, label, test) in zip(axes, panels):
-        scores = sorted(r[key] for r in result["per_model"])
+    for ax, (label, values, key) in zip(axes, panels):
+        scores = sorted(values)
         ax.plot(range(1, len(scores) + 1), scores, "o", ms=4, label="clean model")
-        if cuts and cuts.get(test) is not None:
-            ax.axhline(cuts[test], color="tab:red", ls="--", lw=1,
-                       label=f"its test's cut at FPR {result['fpr_level'] / 2:g} ({cuts[test]:.2f})")
+        if cuts and key != "joint":
+            unit = ms if key == "statistic" else mw
+            ax.axhline(unit, color="tab:gray", ls="--", lw=1, label=f"median, the joint score's unit ({unit:.3g})")
         elif result.get("fpr_level") is not None and result["threshold"] is not None:
             ax.axhline(result["threshold"], color="tab:red", ls="--", lw=1,
                        label=f"calibrated threshold at FPR {result['fpr_level']:g} ({result['threshold']:.2f})")

@@ -19,7 +19,7 @@ A null calibrates only scans made with its settings: the benchmarks' recorded sc
 held-out sizes, the inversion's budget and loss) must be the null's, else it is a one-line error. Every row
 must carry evidence (rows written before evidence was recorded are refused, not silently left out).
 
-The default rule, "calibrated", is decided by `ci.decide` itself (`calibrated_rule`): its two tests when the
+The default rule, "calibrated", is decided by `ci.decide` itself (`calibrated_rule`): its joint test when the
 rows carry the wide probe (`python -m lab probe-budget` adds it to rows scanned without it), else the
 meta-gain statistic's test alone, which is the meta-gain rule's calibrated column. So a candidate
 rule is evaluated on the committed rows in seconds. Which rule becomes the default is decided on a design set;
@@ -130,7 +130,7 @@ def bench_rows(rows: list[dict], ds: list[ci.Decision], verdicts: list[str] | No
 
 def calibrated_rule(null: list[dict], bench: list[dict], fpr: float) -> dict:
     """The default rule as `ci.decide(..., "calibrated")` decides it: each null model against the OTHER null
-    models (`lab.null.loo_calibrated`), each benchmark model against all of them; two tests when every null
+    models (`lab.null.loo_calibrated`), each benchmark model against all of them; the joint test when every null
     row carries the wide probe."""
     null = [{**r, "statistic": meta_gain_statistic(ci.Evidence(**r["evidence"])),
              "wide_statistic": ci.detect.wide_probe_statistic(ci.Evidence(**r["evidence"]))} for r in null]
@@ -143,11 +143,11 @@ def calibrated_rule(null: list[dict], bench: list[dict], fpr: float) -> dict:
                          "with `python -m lab probe-budget --zoo DIR --detect FILE`, so every model makes both tests")
     strip = {} if full.wide_scores else {"wide_probes": []}
     ds = [ci.decide(ci.Evidence(**{**r["evidence"], **strip}), "calibrated", calibration=cal) for r in bench]
-    res = {"tests": 2 if full.wide_scores else 1, "null": null_summary([v["verdict"] for v in loo.values()])}
-    if full.wide_scores:
-        res["cuts"] = {"meta-gain": full.threshold(fpr / 2), "wide-probe": full.threshold(fpr / 2, wide=True)}
-    else:
-        res["threshold"] = full.threshold(fpr)
+    joint = bool(full.wide_scores)
+    res = {"joint": joint, "null": null_summary([v["verdict"] for v in loo.values()]),
+           "threshold": full.threshold(fpr, joint=joint)}
+    if joint:  # the units the joint statistic adds its two values in (logits per unit)
+        res["scales"] = dict(zip(("meta-gain", "wide-probe"), full.scales()))
     if bench:
         res["bench"] = detection_metrics(bench_rows(bench, ds))
         res["per_model"] = [{"name": r.get("path") or r.get("name"), "label": r["label"], "target": r["target"],

@@ -12,7 +12,8 @@ import torch
 
 import ci_toolkit as ci
 from ci_toolkit.detect import Evidence, InversionConfig, NullStudy, ScanConfig, ScanReport, scan
-from ci_toolkit.detect.calibration import Calibration, backbone_key, calibration_for, scan_settings, shipped_nulls
+from ci_toolkit.detect.calibration import (MIN_SCALE, Calibration, backbone_key, calibration_for, scan_settings,
+                                           shipped_nulls)
 from ci_toolkit.detect.rules import INERT_GAIN, META_GAIN_THRESHOLD
 from ci_toolkit.errors import CIError, DataError
 
@@ -135,8 +136,8 @@ def test_calibrate_builds_a_null_that_resumes_and_calibrates_scans(tiny_backbone
 
 
 def two_column_null() -> NullStudy:
-    # meta-gain scores 0.0 .. 5.9, wide-probe scores 0 .. 59: cuts at fpr / 2 = 0.025 (flagged iff no clean score
-    # reaches it, p = 1 / 61): 5.9 and 59
+    # meta-gain scores 0.0 .. 5.9 (median 2.95), wide-probe scores 0 .. 59 (median 29.5): model i's joint score is
+    # 2 i / 29.5, so at fpr 0.05 (flagged iff at most 2 clean joint scores reach it) the cut is 2 x 57 / 29.5
     return NullStudy(backbone="bb", scan={}, scores=tuple(i / 10 for i in range(60)),
                      wide_scores=tuple(float(i) for i in range(60)))
 
@@ -145,22 +146,25 @@ def with_wide(top_gain: float, wide: list[tuple[int, float, float]]) -> Evidence
     return replace(evidence(top_gain), wide_probes=wide)
 
 
-def test_two_tests_each_at_half_the_fpr_known_answers():
-    cal = Calibration(two_column_null(), fpr=0.05)
-    # the wide probe alone flags: class 3's wide trigger scores 0.5 x 130 = 65 > 59; p = 2 x 1/61
-    d = ci.decide(with_wide(1.0, [(3, 0.5, 130.0), (0, 1.0, 10.0)]), "calibrated", calibration=cal)
-    assert d.verdict == "backdoored" and d.predicted_target == 3 and d.p_value == pytest.approx(2 / 61)
-    assert d.tests["wide-probe"] == {"statistic": 65.0, "p_value": 1 / 61, "cut": 59.0}
-    assert d.tests["meta-gain"]["statistic"] == 1.0 and d.tests["meta-gain"]["cut"] == 5.9
-    # per class: the larger of value / cut over the two tests; the threshold is 1
-    assert d.threshold == 1.0 and d.scores[3] == pytest.approx(65 / 59) and d.scores[1] == pytest.approx(1 / 5.9)
-    # the meta-gain statistic alone flags, above its own cut (not above the single test's 5.7 only)
-    assert ci.decide(with_wide(6.0, [(0, 1.0, 10.0)]), "calibrated", calibration=cal).predicted_target == 1
-    assert ci.decide(with_wide(5.8, [(0, 1.0, 10.0)]), "calibrated", calibration=cal).verdict == "clean"
-    # neither: clean, p = twice the smaller (capped at 1)
-    clean = ci.decide(with_wide(5.0, [(0, 1.0, 58.5)]), "calibrated", calibration=cal)
-    assert clean.verdict == "clean" and clean.p_value == pytest.approx(2 * 2 / 61)
-    # a null without the wide column, or evidence without the wide probe: the single test at the full fpr
+def test_the_joint_test_known_answers():
+    null = two_column_null()
+    cal = Calibration(null, fpr=0.05)
+    assert null.scales() == (pytest.approx(2.95), 29.5) and null.joint_scores()[-1] == pytest.approx(4.0)
+    # the wide probe alone flags: class 3's wide trigger scores 0.5 x 240 = 120 logits, 120 / 29.5 = 4.07 units,
+    # above every clean joint score (p = 1 / 61)
+    d = ci.decide(with_wide(1.0, [(3, 0.5, 240.0), (0, 1.0, 10.0)]), "calibrated", calibration=cal)
+    assert d.verdict == "backdoored" and d.predicted_target == 3 and d.p_value == pytest.approx(1 / 61)
+    assert d.threshold == pytest.approx(114 / 29.5) and d.max_score == pytest.approx(120 / 29.5)
+    assert d.tests == {"meta-gain": {"statistic": 1.0, "scale": pytest.approx(2.95)},
+                       "wide-probe": {"statistic": 120.0, "scale": 29.5}}
+    # per class the two values add, each in its unit: class 0 = 0.05 / 2.95 + 10 / 29.5, class 1 = 1 / 2.95
+    assert d.scores[0] == pytest.approx(0.05 / 2.95 + 10 / 29.5) and d.scores[1] == pytest.approx(1 / 2.95)
+    # evidence on one class adds up: 1 unit of meta gain and 2.9 of wide probe on class 1 pass the cut (3.86) ...
+    both = ci.decide(with_wide(2.95, [(1, 1.0, 2.9 * 29.5)]), "calibrated", calibration=cal)
+    assert both.verdict == "backdoored" and both.predicted_target == 1
+    # ... the same values on two classes do not
+    assert ci.decide(with_wide(2.95, [(3, 1.0, 2.9 * 29.5)]), "calibrated", calibration=cal).verdict == "clean"
+    # a null without the wide column, or evidence without the wide probe: the meta-gain test alone, in logits
     single = ci.decide(evidence(5.8), "calibrated", calibration=cal)
     assert single.verdict == "backdoored" and single.tests is None and single.threshold == 5.7
     one_col = Calibration(replace(two_column_null(), wide_scores=()), fpr=0.05)
@@ -169,22 +173,48 @@ def test_two_tests_each_at_half_the_fpr_known_answers():
     assert ci.decide(with_wide(0.5, [(3, 1.0, 99.0)]), "meta-gain").verdict == "clean"
     with pytest.raises(DataError, match="one per model"):
         NullStudy(backbone="bb", scan={}, scores=(1.0, 2.0), wide_scores=(1.0,))
+    with pytest.raises(DataError, match="no wide-probe column"):
+        replace(null, wide_scores=()).joint_scores()
 
 
-def test_bonferroni_two_tests_hold_their_fpr_in_simulation():
-    # clean (s1, s2) pairs exchangeable with the null's, correlated: flagged at most fpr of the time
-    rng, n, fpr, trials = random.Random(1), 39, 0.1, 3000
+def test_the_joint_test_holds_its_fpr_in_simulation():
+    # clean models of K classes, each class with correlated (meta-gain, wide-probe) values; the null keeps each
+    # model's two maxima, a new clean model is tested on its top class: flagged at most fpr of the time
+    rng, n, k, fpr, trials = random.Random(1), 39, 5, 0.1, 2000
     hits = 0
     for _ in range(trials):
-        pairs = []
+        models = []
         for _ in range(n + 1):
-            z = rng.gauss(0, 1)
-            pairs.append((z + rng.gauss(0, 0.5), 2 * z + rng.gauss(0, 1)))
-        null = NullStudy(backbone="bb", scan={}, scores=tuple(a for a, _ in pairs[:n]),
-                         wide_scores=tuple(b for _, b in pairs[:n]))
-        a, b = pairs[n]
-        hits += min(null.p_value(a), null.p_value(b, wide=True)) <= fpr / 2
+            pairs = []
+            for _ in range(k):
+                z = rng.expovariate(1.0)
+                pairs.append((z + rng.expovariate(2.0), 3 * z + rng.expovariate(0.5)))
+            models.append(pairs)
+        null = NullStudy(backbone="bb", scan={}, scores=tuple(max(a for a, _ in m) for m in models[:n]),
+                         wide_scores=tuple(max(b for _, b in m) for m in models[:n]))
+        ms, mw = null.scales()
+        hits += null.p_value(max(a / ms + b / mw for a, b in models[n]), joint=True) <= fpr
     assert hits / trials <= fpr + 0.015
+
+
+def test_joint_scores_stay_finite_at_zero_medians_and_small_nulls_flag_nothing():
+    # a null whose wide column is all 0: its unit is MIN_SCALE, so a wide trigger of 0.0025 logits is 2.5 units
+    zero = NullStudy(backbone="bb", scan={}, scores=tuple(i / 10 for i in range(60)), wide_scores=(0.0,) * 60)
+    assert zero.scales()[1] == MIN_SCALE
+    d = ci.decide(with_wide(1.0, [(2, 1.0, 0.0025)]), "calibrated", calibration=Calibration(zero, 0.05))
+    assert d.verdict == "backdoored" and d.predicted_target == 2 and d.max_score > d.threshold
+    assert d.flagged == [False, False, True, False]
+    # 10 null models: 1 / 11 > 0.05, nothing can be flagged, the threshold is infinite
+    small = NullStudy(backbone="bb", scan={}, scores=tuple(i / 10 for i in range(10)),
+                      wide_scores=tuple(float(i) for i in range(10)))
+    none = ci.decide(with_wide(30.0, [(1, 1.0, 900.0)]), "calibrated", calibration=Calibration(small, 0.05))
+    assert none.verdict == "clean" and none.threshold == float("inf") and none.p_value == pytest.approx(1 / 11)
+    # meta tokens that respond only to the wide probe are not inert under the joint test
+    quiet = Evidence(names=list("abcd"), asr=[0.1, 0.9, 0.1, 0.1], loss=[3, 0.1, 3, 3], meta_gain=[0, 0, 0, 0],
+                     wide_probes=[(3, 1.0, 120.0)])
+    loud = ci.decide(quiet, "calibrated", calibration=Calibration(two_column_null(), 0.05))
+    assert loud.fallback is None and loud.predicted_target == 3
+    assert ci.decide(quiet, "meta-gain").fallback == "paper"
 
 
 def test_the_wide_column_calibrates_only_scans_with_its_wide_probe():
@@ -213,7 +243,7 @@ def test_a_default_scan_runs_the_wide_probe_and_a_report_keeps_it(tiny_model, tm
     assert len(ev.probes) == len(ev.wide_probes) == 2 * hidden
     again = ScanReport.load(tmp_path / "s")
     assert again.evidence() == ev and again.gate_probe == probe
-    # against a two-column null for this scan, two tests decide, and the report and its page say so
+    # against a two-column null for this scan, the joint test decides, and the report and its page say so
     null = NullStudy(backbone=report.config["backbone"], scan=scan_settings(report.config), scores=(0.0,) * 60,
                      wide_scores=(0.0,) * 60)
     path = null.save(tmp_path / "null.json")
@@ -234,21 +264,3 @@ def test_a_default_scan_runs_the_wide_probe_and_a_report_keeps_it(tiny_model, tm
     assert off.gate_probe.wide_eps is None and off.tests is None and off.calibrated  # the meta-gain test alone
 
 
-def test_two_tests_scores_agree_with_the_verdict_at_zero_cuts_and_small_nulls_test_once():
-    # a null whose wide column is all 0: a wide trigger of 0.0005 exceeds the cut, so the model is flagged, its
-    # class scores above 1 and is the named target
-    zero = NullStudy(backbone="bb", scan={}, scores=tuple(i / 10 for i in range(60)), wide_scores=(0.0,) * 60)
-    d = ci.decide(with_wide(1.0, [(2, 1.0, 0.0005)]), "calibrated", calibration=Calibration(zero, 0.05))
-    assert d.verdict == "backdoored" and d.predicted_target == 2 and d.max_score > d.threshold == 1.0
-    assert d.scores[1] <= 1 and d.flagged == [False, False, True, False]  # 0 on a cut of 0: exactly 1, not flagged
-    # 30 null models: 0.025 is below 1/31, so two tests could flag nothing; the meta-gain test decides at 0.05
-    small = NullStudy(backbone="bb", scan={}, scores=tuple(i / 10 for i in range(30)),
-                      wide_scores=tuple(float(i) for i in range(30)))
-    one = ci.decide(with_wide(3.0, [(3, 1.0, 99.0)]), "calibrated", calibration=Calibration(small, 0.05))
-    assert one.tests is None and one.verdict == "backdoored" and one.predicted_target == 1 and "too few" in one.note
-    # meta tokens that respond only to the wide probe are not inert under two tests
-    quiet = Evidence(names=list("abcd"), asr=[0.1, 0.9, 0.1, 0.1], loss=[3, 0.1, 3, 3], meta_gain=[0, 0, 0, 0],
-                     wide_probes=[(3, 1.0, 80.0)])
-    loud = ci.decide(quiet, "calibrated", calibration=Calibration(two_column_null(), 0.05))
-    assert loud.fallback is None and loud.predicted_target == 3
-    assert ci.decide(quiet, "meta-gain").fallback == "paper"

@@ -61,13 +61,14 @@ def test_calibrated_rule_is_judged_leave_one_out():
     loo = loo_calibrated(rows, fpr=0.1)
     assert [n for n, v in loo.items() if v["verdict"] == "backdoored"] == ["n18", "n19"]
     assert loo["n19"]["p_value"] == 1 / 20 and loo["n17"]["p_value"] == 3 / 20
-    # with every model's wide-probe statistic: two tests at 0.05 each; leave-one-out, a model is flagged only
-    # above all 19 others on one of them (p = 1/20): n19 by the meta-gain test, n0 by its wide probe (99)
+    # with every model's wide-probe statistic (on another class than its meta-gain one): the joint test at 0.1;
+    # leave-one-out, n0 is flagged by its wide probe (99, ten times the others' median); n19's two values sit on two
+    # classes, so its top class scores one of them, below the others' joint scores (each adds its two maxima)
     wide = [{**r, "evidence": {**r["evidence"], "wide_probes": [[1, 1.0, 99.0 if i == 0 else float(i)]]},
              "wide_statistic": 99.0 if i == 0 else float(i)} for i, r in enumerate(rows)]
     two = loo_calibrated(wide, fpr=0.1)
-    assert [n for n, v in two.items() if v["verdict"] == "backdoored"] == ["n0", "n19"]
-    assert two["n0"]["p_value"] == pytest.approx(2 / 20) and two["n0"]["top_class"] == "b"
+    assert [n for n, v in two.items() if v["verdict"] == "backdoored"] == ["n0"]
+    assert two["n0"]["p_value"] == pytest.approx(1 / 20) and two["n0"]["top_class"] == "b"
     rules = {r: {"verdict": "clean", "max_score": 0.0, "threshold": 1.0, "fallback": None} for r in ("paper", "grubbs", "robust")}
     s = summarise([{**r, "rules": {**rules, "meta-gain": {**rules["paper"]}}} for r in rows], ci.ScanConfig(fpr=0.1))
     assert s["rule"] == "calibrated" and s["fpr"] == pytest.approx(0.1) and s["threshold"] == 18.0  # with all 20: p <= 2/21 needs a score above the 2nd largest

@@ -62,34 +62,37 @@ def test_every_solo_rule_is_decided_and_the_calibrated_rule_without_a_wide_probe
     res = redecide(files[0], [files[1]])
     assert set(res["rules"]) == set(ci.detect.SOLO_RULES)
     cal, column = res["rules"]["calibrated"]["calibrated"], res["rules"]["meta-gain"]["calibrated"]
-    assert cal["tests"] == 1 and cal["null"] == column["null"] and cal["threshold"] == column["threshold"]
+    assert not cal["joint"] and cal["null"] == column["null"] and cal["threshold"] == column["threshold"]
     assert {k: cal["bench"][k] for k in ("tp", "fp", "fn", "tpr", "fpr")} == {
         k: column["bench"][k] for k in ("tp", "fp", "fn", "tpr", "fpr")}
 
 
-def test_the_calibrated_rule_makes_two_tests_when_the_rows_carry_the_wide_probe(tmp_path):
+def test_the_calibrated_rule_makes_the_joint_test_when_the_rows_carry_the_wide_probe(tmp_path):
     # 20 null models: meta-gain statistics 0.1 .. 2.0, wide-probe statistics 1 .. 20 (class 0)
     null = [{"name": f"n{i:03d}", "evidence": {**evidence(0.1 * (i + 1)), "wide_probes": [[0, 1.0, float(i + 1)]]}}
             for i in range(20)]
     (tmp_path / "null.json").write_text(json.dumps({"per_model": null}))
-    bench = [  # a backdoor only the wide probe sees (class 2 at 25 > 20), one the meta-gain test sees, a clean one
+    # units: the medians 1.05 and 10.5; null model i's joint score (i + 1) x (0.1 / 1.05 + 1 / 10.5) = (i + 1) x 4 / 21
+    bench = [  # a backdoor only the wide probe sees (class 2 at 45: 4.29 units), one only the meta-gain sees (4.5 on
+        # class 1: 4.29 units), a clean one (1.5 and 18 on class 0: 3.14 units)
         {"method": "clip-inspector", "implanted": True, "label": 1, "target": "star",
-         "evidence": {**evidence(0.5, top=1), "wide_probes": [[2, 1.0, 25.0]]}},
+         "evidence": {**evidence(0.5, top=1), "wide_probes": [[2, 1.0, 45.0]]}},
         {"method": "clip-inspector", "implanted": True, "label": 1, "target": "square",
-         "evidence": {**evidence(2.5, top=1), "wide_probes": [[0, 1.0, 3.0]]}},
+         "evidence": {**evidence(4.5, top=1), "wide_probes": [[0, 1.0, 3.0]]}},
         {"method": "clip-inspector", "implanted": True, "label": 0, "target": None,
          "evidence": {**evidence(1.5), "wide_probes": [[0, 1.0, 18.0]]}}]
     (tmp_path / "b.json").write_text(json.dumps({"per_model": bench}))
     r = redecide(tmp_path / "null.json", [tmp_path / "b.json"], fpr=0.1, rules=("calibrated",))
     cal = r["rules"]["calibrated"]["calibrated"]
-    # fpr 0.1: each test at 0.05 against 20 models flags above all of them (p = 1/21); leave one out, each null
-    # model faces 19 others, and only the top one (n019, top of both columns: p = 1/20) is flagged
-    assert cal["tests"] == 2 and cal["cuts"] == {"meta-gain": pytest.approx(2.0), "wide-probe": 20.0}
-    assert cal["null"]["n_flagged"] == 1
+    # fpr 0.1 against 20 models flags above the 2nd largest joint score, 19 x 4 / 21; leave one out, each null model
+    # faces 19 others and the top two are flagged (p = 1/20, 2/20): the level the rule promises
+    assert cal["joint"] and cal["scales"] == {"meta-gain": pytest.approx(1.05), "wide-probe": 10.5}
+    assert cal["threshold"] == pytest.approx(19 * 4 / 21) and cal["null"]["n_flagged"] == 2
     b = cal["bench"]
     assert (b["tp"], b["fp"], b["fn"]) == (2, 0, 0)
     assert [m["top_class"] for m in cal["per_model"]] == ["star", "square", "circle"]
-    assert cal["per_model"][0]["p_value"] == pytest.approx(2 / 21)
+    assert cal["per_model"][0]["p_value"] == pytest.approx(1 / 21)
+    assert cal["per_model"][2]["p_value"] == pytest.approx(5 / 21)
     # a benchmark row without the wide probe beside a null with it: refused, not decided by one test
     bench[0]["evidence"]["wide_probes"] = []
     (tmp_path / "b.json").write_text(json.dumps({"per_model": bench}))

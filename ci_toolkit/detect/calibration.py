@@ -11,9 +11,11 @@ happens with probability at most fpr, whatever the scores' distribution. The sma
 models can give is 1 / (N + 1), so an fpr below that flags nothing.
 
 A null may also hold each clean model's wide-probe statistic (the best ASR x meta gain of the gate probe at
-the wider budget, `ScanConfig.wide_probe_eps`): the calibrated rule then makes two tests, each against its
-own column, and flags when the smaller p-value is at most fpr / 2 (Bonferroni: at most fpr in all); that
-needs N >= 2 / fpr - 1 models, and a smaller null makes the meta-gain test alone at fpr.
+the wider budget, `ScanConfig.wide_probe_eps`): the calibrated rule then joins the two. Each column's median
+over the null is its unit (`scales`); a clean model's joint score is its meta-gain statistic plus its
+wide-probe statistic, each in its unit (`joint_scores`), and a scan's joint statistic (its top class's two
+values so added, at most its two maxima so added) is tested against them at fpr: one test, no Bonferroni
+split, and conservative, since the null's joint scores add each model's two maxima.
 
 The package ships the null of the embedded MiniCLIP under the default scan (assets/null/); `ci-toolkit
 calibrate` builds one for another backbone; `ScanConfig.null_file` points a scan at it.
@@ -36,6 +38,9 @@ SCAN_KEYS = ("method", "inversion", "meta_candidates", "meta_images", "probe_eps
 # The wide probe's bound: a null's wide-probe column calibrates only scans whose wide probe had its bound; for any
 # other scan (none, or another bound) the null still calibrates the meta-gain test alone.
 WIDE_KEY = "wide_probe_eps"
+# a column's unit (its median) is floored here, in logits far below any trigger score a scan reports as meaningful,
+# so that a null whose clean models mostly score 0 still gives finite joint scores
+MIN_SCALE = 1e-3
 FORMAT = "ci_toolkit.null/1"
 
 
@@ -75,14 +80,34 @@ class NullStudy:
     def n_models(self) -> int:
         return len(self.scores)
 
-    def p_value(self, score: float, wide: bool = False) -> float:
-        """(1 + #{clean scores >= score}) / (N + 1); wide: against the wide-probe scores."""
-        return conformal_p(self.wide_scores if wide else self.scores, score)
+    def scales(self) -> tuple[float, float]:
+        """The units of the joint statistic: the medians of the meta-gain and wide-probe columns (each at least
+        MIN_SCALE); the wide one is 1.0 for a null without the wide column."""
+        def median(v) -> float:
+            o = sorted(v)
+            return (o[(len(o) - 1) // 2] + o[len(o) // 2]) / 2
+        wide = max(median(self.wide_scores), MIN_SCALE) if self.wide_scores else 1.0
+        return max(median(self.scores), MIN_SCALE), wide
 
-    def threshold(self, fpr: float, wide: bool = False) -> float | None:
+    def joint_scores(self) -> tuple[float, ...]:
+        """Each clean model's meta-gain plus wide-probe statistic, each in its column's unit (`scales`)."""
+        if not self.wide_scores:
+            raise DataError("this null study has no wide-probe column to join")
+        ms, mw = self.scales()
+        return tuple(s / ms + w / mw for s, w in zip(self.scores, self.wide_scores))
+
+    def _column(self, wide: bool, joint: bool) -> tuple[float, ...]:
+        return self.joint_scores() if joint else self.wide_scores if wide else self.scores
+
+    def p_value(self, score: float, wide: bool = False, joint: bool = False) -> float:
+        """(1 + #{clean scores >= score}) / (N + 1); wide: against the wide-probe scores; joint: against
+        `joint_scores`."""
+        return conformal_p(self._column(wide, joint), score)
+
+    def threshold(self, fpr: float, wide: bool = False, joint: bool = False) -> float | None:
         """The score a model must EXCEED to be flagged at `fpr`; None when fpr < 1 / (N + 1) (nothing can be);
-        wide: on the wide-probe scores."""
-        return conformal_threshold(self.wide_scores if wide else self.scores, fpr)
+        wide: on the wide-probe scores; joint: on `joint_scores`."""
+        return conformal_threshold(self._column(wide, joint), fpr)
 
     def mismatch(self, config: dict) -> str | None:
         """Why a scan with this recorded configuration is not calibrated by this null (None: it is)."""
@@ -195,4 +220,4 @@ def calibration_for(config: dict) -> Calibration:
 
 
 __all__ = ["NullStudy", "Calibration", "calibration_for", "shipped_null", "shipped_nulls", "backbone_key",
-           "scan_settings", "conformal_p", "conformal_threshold", "DEFAULT_FPR", "SCAN_KEYS", "WIDE_KEY"]
+           "scan_settings", "conformal_p", "conformal_threshold", "DEFAULT_FPR", "SCAN_KEYS", "WIDE_KEY", "MIN_SCALE"]

@@ -39,7 +39,7 @@ def score_figure(report, true_target: str | None = None):
     fig = _figure(figsize=(14, max(3, 0.22 * len(rows))))
     axes = fig.subplots(1, 3, sharey=True)
     unit = ("z" if report.fallback == "paper" or report.rule not in ("meta-gain", "calibrated")
-            else "x its test's cut" if getattr(report, "tests", None) else "logits")
+            else "in null medians" if getattr(report, "tests", None) else "logits")
     for ax, key, title in zip(axes, ("score", "asr", "loss"),
                               (f"score ({report.rule}, {unit})", "held-out ASR (fraction)",
                                "mean inversion loss" if report.method == "clip-inspector" else "mean CE")):
@@ -87,9 +87,9 @@ HOW_TO_READ = (
     "is the fraction of unseen OOD images that trigger sends to the class; its mean loss how hard the class was "
     "to reach. Under the meta-gain rule a class's score is the best ASR x meta gain of its triggers: the logits "
     "gained THROUGH THE PROMPT LEARNER per image (a backdoor lives there; a class that is merely easy to reach "
-    "gains little). Under the calibrated rule with two tests (the gate probe again at a wider bound), each value "
-    "is divided by its test's cut, the clean models' threshold, so the dashed threshold is 1. The model is flagged "
-    "when the top score passes the dashed threshold. Next: a backdoored "
+    "gains little). Under the calibrated rule with the wide probe (the gate probe again at a wider bound), a class "
+    "scores that value plus its wide-probe value, each over its median among clean models, and the dashed threshold "
+    "is the clean models' cut. The model is flagged when the top score passes the dashed threshold. Next: a backdoored "
     "verdict names the predicted target; `ci-toolkit repair MODEL --report REPORT_DIR` unlearns it with the "
     "trigger behind that score.")
 
@@ -124,14 +124,15 @@ def calibration_words(report) -> str:
     n, p = report.null["n_models"], report.p_value
     act = "flagged" if report.backdoored else "not flagged"
     if getattr(report, "tests", None):
-        parts = []
-        for name, t in report.tests.items():
-            above = round(t["p_value"] * (n + 1)) - 1  # clean models of the null scoring at least as high
-            parts.append(f"{'none' if above == 0 else above} of {n} clean models scanned the same way reached its "
-                         f"{name} statistic {t['statistic']:.2f} (p = {t['p_value']:.3f})")
-        return (f"Calibrated, two tests: {'; '.join(parts)}. The rule flags a model when either p is at most "
-                f"{report.fpr / 2:g} (half of {report.fpr:g}), which accuses at most {report.fpr:.0%} of clean models "
-                f"like those of the null study; p = {p:.3f} (twice the smaller), so this model is {act}.")
+        above = round(p * (n + 1)) - 1  # clean models of the null scoring at least as high
+        units = " and ".join(f"its {name} statistic {t['statistic']:.2f} over the clean median {t['scale']:.3g}"
+                             for name, t in report.tests.items())
+        return (f"Calibrated, one joint test: a class scores its meta-gain and wide-probe values, each over its median "
+                f"among {n} clean models scanned the same way, added; this model's top class scores "
+                f"{report.max_score:.2f} ({units}). {'None' if above == 0 else above} of the {n} clean models "
+                f"reached that with their two largest values so added, so p = {p:.3f}. The rule flags a model when "
+                f"p <= {report.fpr:g}, which accuses at most {report.fpr:.0%} of clean models like those of the null "
+                f"study; this model is {act}.")
     above = round(p * (n + 1)) - 1  # clean models of the null scoring at least as high
     tail = (f"none of {n} clean models" if above == 0 else f"{above} of {n} clean models")
     return (f"Calibrated: {tail} scanned the same way scored at least {report.max_score:.2f}, so p = {p:.3f}. "

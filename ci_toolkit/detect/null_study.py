@@ -37,7 +37,7 @@ MIN_CLASSES = 3  # a scan scores at least 3 candidate classes
 class CalibrateConfig:
     """What the clean models of a null study vary; model i draws one value of each (seeded by seed and i)."""
 
-    # 60 clean models: p-values down to 1/61, enough for two tests at FPR 0.05 (0.025 each needs 39 or more)
+    # 60 clean models: p-values down to 1/61, so that a test at FPR 0.05 flags above the 3rd largest clean score
     n_models: int = 60
     class_fraction: tuple[float, float] = (0.5, 1.0)  # each model tunes on this fraction of the classes (at least 3)
     shots: tuple[int, ...] = (4, 8, 16)

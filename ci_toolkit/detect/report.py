@@ -33,7 +33,6 @@ from .rules import (
     Decision,
     Evidence,
     MetaGainRule,
-    cut_score,
     decide_evidence,
     get_rule,
     trigger_score,
@@ -118,12 +117,12 @@ def best_trigger(name: str, asr: float, meta_gain: float | None, probe: GateProb
                  tests: dict | None = None) -> tuple[dict, int | None]:
     """The trigger behind a class's score: its inverted trigger, or a gate-probe unit toward it that scores
     higher; ({"source", "asr", "meta_gain"}, index of that probe unit or None for the inversion). Wide-probe
-    units count only under the calibrated rule's two tests (`tests`, Decision.tests), each trigger's score
-    over its test's cut."""
+    units count only under the calibrated rule's joint test (`tests`, Decision.tests), each trigger's score
+    in its statistic's unit (the null median)."""
     def scale(value: float, wide: bool) -> float | None:  # a trigger's score on the scale the decision used
         if not tests:
             return None if wide else value
-        return cut_score(value, tests[WIDE_PROBE_TEST if wide else META_GAIN_TEST]["cut"])
+        return value / tests[WIDE_PROBE_TEST if wide else META_GAIN_TEST]["scale"]
 
     best = scale(trigger_score(asr, meta_gain or 0.0), False)
     info, index = {"source": "inversion", "asr": asr, "meta_gain": meta_gain}, None
@@ -158,10 +157,10 @@ class ScanReport:
     rule: str
     classes: list[ClassResult]
     fallback: str | None = None
-    p_value: float | None = None  # calibrated rule: the p-value against the null study (two tests: 2 x the smaller)
+    p_value: float | None = None  # calibrated rule: the p-value against the null study (joint: of the joint score)
     fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
     null: dict | None = None  # calibrated rule: the null study it decided against (n_models, backbone, ood, source)
-    tests: dict | None = None  # calibrated rule's two tests: {"meta-gain" | "wide-probe": {statistic, p_value, cut}}
+    tests: dict | None = None  # calibrated rule's joint test: {"meta-gain" | "wide-probe": {statistic, scale}}
     side_rules: dict[str, dict] = field(default_factory=dict)  # rule name -> {verdict, max_score, threshold, gap}
     anchor: dict | None = None  # the anchor's scan, per candidate: {"model", "asr", "loss"} (anchored rule)
     gate_probe: GateProbe | None = None
@@ -210,8 +209,8 @@ class ScanReport:
         p = (f", p = {self.p_value:.3f} against {self.null['n_models']} clean models (flags at FPR {self.fpr:g})"
              if self.p_value is not None else "")
         if self.tests:
-            p += " (two tests: " + "; ".join(f"{k} {t['statistic']:.2f}, cut {t['cut']:.2f}"
-                                            for k, t in self.tests.items()) + ")"
+            p += " (joint: " + "; ".join(f"{k} {t['statistic']:.2f} over its null median {t['scale']:.3g}"
+                                        for k, t in self.tests.items()) + ")"
         return (f"{self.verdict}{target}: {shown} score {self.max_score:.2f} against threshold {self.threshold:.2f}"
                 f"{p}{fb} ({len(self.classes)} candidates, {self.runtime_s:.0f} s)")
 

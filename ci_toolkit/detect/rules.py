@@ -6,15 +6,15 @@ CLIP-Inspector's paper score (docs/method.md, section 2), over the K candidate c
     s_t = (a_t - mean(a)) / std(a)                (standardised again within the model)
 
 Rules for CLIP-Inspector scans (`ScanConfig.rule`, `ci-toolkit scan --rule`):
-- "calibrated" (default): two tests against a null study of clean models (`calibration.py`), each at half
-  of `ScanConfig.fpr` (Bonferroni): the meta-gain statistic below, and the wide-probe statistic (the same
+- "calibrated" (default): the meta-gain statistic below joined with the wide-probe statistic (the same
   ASR x meta gain over the gate probe's triggers at the wider budget, `ScanConfig.wide_probe_eps`: a
-  meta-path trigger larger than the scan's other budgets). Flagged when the smaller p-value is at most
-  fpr / 2; the report's p-value is twice it. A class scores the larger of its two values, each divided by
-  its test's cut (the null's threshold at fpr / 2), so the threshold is 1. With a null or a scan without
-  the wide probe, one test, the meta-gain statistic's, at fpr. Either way the verdict's false-positive rate
-  is a stated property. Without a null that holds for the scan (another backbone, other scan settings) it
-  decides as "meta-gain" and says so in a note.
+  meta-path trigger larger than the scan's other budgets), against a null study of clean models
+  (`calibration.py`). A class scores its meta-gain value plus its wide-probe value, each in units of its
+  null column's median (`NullStudy.scales`); the top class's score is one test at `ScanConfig.fpr` against
+  the null's joint scores (each clean model's two maxima so added: a conservative null, `joint_test`). With a
+  null or a scan without the wide probe, the meta-gain statistic alone in logits. Either way the verdict's
+  false-positive rate is a stated property. Without a null that holds for the scan (another backbone, other
+  scan settings) it decides as "meta-gain" and says so in a note.
 - "meta-gain": does a trigger the scan found work THROUGH THE PROMPT LEARNER? Each trigger (the
   inverted ones whose meta gain was measured, and the gate probe's) is worth ASR x max(meta gain, 0):
   logits gained through the meta tokens per held-out image (`trigger_score`). A class scores the best of
@@ -59,10 +59,7 @@ INERT_GAIN = 0.01
 # (benchmarks/encoder_null_pooled.json: encoder-null and encoder-null2 pooled)
 ANCHORED_THRESHOLD = 0.8100
 ALPHA = 0.05  # family-wise error of the Grubbs and robust bounds
-# the calibrated rule's two-test scores divide by each test's cut, floored here (logits: far below any trigger
-# score a scan reports as meaningful) so that a null whose cut is 0 still gives finite scores (`cut_score`)
-MIN_CUT = 1e-3
-META_GAIN_TEST, WIDE_PROBE_TEST = "meta-gain", "wide-probe"  # the calibrated rule's tests (Decision.tests keys)
+META_GAIN_TEST, WIDE_PROBE_TEST = "meta-gain", "wide-probe"  # the calibrated rule's joined statistics (Decision.tests)
 MAD_K = 2.0  # Neural Cleanse and Pixel Backdoor flag classes whose anomaly index exceeds 2 (their papers)
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): x MAD estimates a normal standard deviation
 MEAN_ABS_TO_STD = 1.2533  # sqrt(pi / 2): x mean absolute deviation estimates a normal standard deviation
@@ -106,10 +103,10 @@ class Decision:
     fallback: str | None = None  # the rule that decided instead (meta-gain: "paper" when the meta tokens are inert)
     note: str | None = None  # why a fallback decided, in words
     names: list[str] = field(default_factory=list)
-    p_value: float | None = None  # calibrated rule: the p-value against the null study (two tests: 2 x the smaller)
+    p_value: float | None = None  # calibrated rule: the p-value against the null study (joint: of the joint score)
     fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
     null: dict | None = None  # calibrated rule: the null study decided against (NullStudy.describe())
-    # calibrated rule with two tests: per test ("meta-gain", "wide-probe"), its statistic, p-value and cut
+    # calibrated rule's joint test: per joined statistic ("meta-gain", "wide-probe"), its maximum and unit (null median)
     tests: dict | None = None
 
     @property
@@ -368,23 +365,18 @@ class MetaGainRule(Rule):
         return d
 
 
-def cut_score(value: float, cut: float) -> float:
-    """A value on its test's scale: value / cut for a cut above MIN_CUT, and in any case above 1 exactly when the
-    value exceeds the cut (when the test flags it)."""
-    return 1.0 + (value - cut) / max(abs(cut), MIN_CUT)
-
-
 class CalibratedRule(MetaGainRule):
     name = "calibrated"
-    summary = ("the meta-gain and wide-probe statistics against a null study of clean models, each at half the "
-               "false-positive rate (ScanConfig.fpr); one test, the meta-gain one, when the null or the scan has no "
-               "wide probe; without a null for the scan, the meta-gain rule")
+    summary = ("the meta-gain and wide-probe statistics, each in units of its median over a null study of clean "
+               "models and added, tested against the null at the false-positive rate ScanConfig.fpr; the meta-gain "
+               "statistic alone when the null or the scan has no wide probe; without a null for the scan, the "
+               "meta-gain rule")
 
     def decide(self, ev: Evidence, threshold: float | None = None, calibration: Calibration | None = None) -> Decision:
         cal = calibration or Calibration(None, why="no calibration was given")
         value, largest, n_triggers = meta_gain_values(ev)
-        two = threshold is None and cal.null is not None and bool(cal.null.wide_scores) and bool(ev.wide_probes)
-        if two:  # the wide probe's triggers count too: meta tokens that respond only at its bound are not inert
+        joint = threshold is None and cal.null is not None and bool(cal.null.wide_scores) and bool(ev.wide_probes)
+        if joint:  # the wide probe's triggers count too: meta tokens that respond only at its bound are not inert
             largest = max([largest] + [abs(float(g)) for _, _, g in ev.wide_probes])
             n_triggers += len(ev.wide_probes)
         if largest <= INERT_GAIN:
@@ -398,31 +390,26 @@ class CalibratedRule(MetaGainRule):
                       "whose false-positive rate is not measured for this scan.")
             return d
         null = cal.null
-        few = two and null.threshold(cal.fpr / 2) is None  # too few null models to flag at fpr / 2
-        if two and not few:
-            return self.two_tests(ev, value, null, cal.fpr)
+        if joint:
+            return self.joint_test(ev, value, null, cal.fpr)
         p = null.p_value(mx)
         thr = null.threshold(cal.fpr)
-        d = self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
-                          null=null.describe())
-        if few:
-            d.note = (f"the null's {null.n_models} clean models are too few for two tests at {cal.fpr / 2:g} (that "
-                      f"needs {math.ceil(2 / cal.fpr - 1)}): the meta-gain test alone decides, at {cal.fpr:g}.")
-        return d
+        return self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
+                             null=null.describe())
 
-    def two_tests(self, ev: Evidence, value: list[float], null: NullStudy, fpr: float) -> Decision:
-        """The meta-gain and wide-probe statistics, each against its null column at fpr / 2 (Bonferroni); each
-        class scores the larger of its two values on its test's scale (`cut_score`), so the threshold is 1."""
+    def joint_test(self, ev: Evidence, value: list[float], null: NullStudy, fpr: float) -> Decision:
+        """Class c scores v_c / m_meta + w_c / m_wide (its meta-gain and wide-probe values over their null medians,
+        `NullStudy.scales`); the top class's score against the null's joint scores at fpr. A clean model's joint
+        score adds its two maxima, which may come from two classes, so it is at least what its top class would
+        score: the test flags a clean model at most fpr of the time."""
         wide = wide_probe_values(ev)
-        half = fpr / 2
-        tests = {}
-        for name, v, is_wide in ((META_GAIN_TEST, value, False), (WIDE_PROBE_TEST, wide, True)):
-            cut = null.threshold(half, wide=is_wide)
-            tests[name] = {"statistic": max(v), "p_value": null.p_value(max(v), wide=is_wide), "cut": cut}
-        p = min(1.0, 2 * min(t["p_value"] for t in tests.values()))
-        c1, c2 = tests[META_GAIN_TEST]["cut"], tests[WIDE_PROBE_TEST]["cut"]
-        scores = [max(cut_score(a, c1), cut_score(b, c2)) for a, b in zip(value, wide)]
-        return self.by_value(ev, scores, p <= fpr, 1.0, p_value=p, fpr=fpr, null=null.describe(), tests=tests)
+        ms, mw = null.scales()
+        scores = [a / ms + b / mw for a, b in zip(value, wide)]
+        p, cut = null.p_value(max(scores), joint=True), null.threshold(fpr, joint=True)
+        tests = {META_GAIN_TEST: {"statistic": max(value), "scale": ms},
+                 WIDE_PROBE_TEST: {"statistic": max(wide), "scale": mw}}
+        return self.by_value(ev, scores, p <= fpr, math.inf if cut is None else cut, p_value=p, fpr=fpr,
+                             null=null.describe(), tests=tests)
 
 
 class MadRule(Rule):
@@ -486,7 +473,7 @@ def youden_threshold(max_scores, labels) -> float:
 
 
 __all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic",
-           "wide_probe_values", "wide_probe_statistic", "cut_score", "META_GAIN_TEST", "WIDE_PROBE_TEST", "SCAN_RULES",
+           "wide_probe_values", "wide_probe_statistic", "META_GAIN_TEST", "WIDE_PROBE_TEST", "SCAN_RULES",
            "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE",
            "get_rule",
            "decide_evidence", "paper_scores", "zscore", "robust_zscore", "grubbs_bound", "bonferroni_bound",
