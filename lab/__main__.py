@@ -28,6 +28,7 @@ from lab.bench.encoder import (
 from lab.bench.executors import bench_executors
 from lab.bench.gates import EPS_255, bench_gates
 from lab.bench.notebooks import bench_notebooks
+from lab.bench.paths import bench_paths
 from lab.bench.repair import bench_repair
 from lab.bench.speed import MODELS, bench_speed
 from lab.bench.world import bench_world
@@ -266,6 +267,15 @@ def cmd_bench_collapse(args) -> None:
         print(f"{name} ({row['n_models']} implanted): AUROC backdoored vs clean: {auc or 'n/a'}")
 
 
+def cmd_bench_paths(args) -> None:
+    result = bench_paths(args.zoo, args.detect, min_asr=args.min_asr)
+    write_json(args.out, result)
+    for name, row in result["per_attack"].items():
+        seen = (f"; the default rule found {row['found']} ({row['found_static']} of the static ones)"
+                if "found" in row else "")
+        print(f"{name}: {row['static_path']} of {row['n_models']} implanted take the static path{seen}")
+
+
 def cmd_bench_gates(args) -> None:
     result = bench_gates(args.zoo, eps_255=tuple(float(e) for e in args.eps.split(",")), min_asr=args.min_asr)
     write_json(args.out, result)
@@ -477,6 +487,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attacked models below this seen ASR count as not implanted")
     s.add_argument("--per-class", type=int, default=4, help="task-domain images per class")
     s.set_defaults(func=cmd_bench_collapse)
+
+    s = bsub.add_parser("paths", help="which path each implanted backdoor takes: meta tokens or static context",
+                        description="With each attacker's own trigger on the default scan's held-out OOD images: "
+                                    "ASR, ASR with the clean meta tokens, meta gain (logits) and L-inf size; with "
+                                    "a bench detect result, whether the default rule found it.")
+    s.add_argument("--zoo", required=True)
+    s.add_argument("--detect", default=None, help="a bench detect result of the same zoo (detect.json)")
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.add_argument("--min-asr", type=float, default=MIN_ASR,
+                   help="attacked models below this seen ASR count as not implanted")
+    s.set_defaults(func=cmd_bench_paths)
 
     s = bsub.add_parser("gates", help="can an eps-bounded perturbation open the meta-net unit a backdoor uses?",
                         description="For every implanted zoo model: the meta-net hidden unit its trigger raises most, "

@@ -62,3 +62,30 @@ def test_bench_decomp_on_a_smoke_zoo_writes_the_documented_keys(tmp_path):
     assert 0 <= bad["det_patchmap_auroc"] <= 1 and 0 <= bad["patchmap_located"] <= 1
     assert (tmp_path / "decomp.png").stat().st_size > 0
     assert (zoo / "decomp" / "m001.json").exists()  # cached: a rerun skips the model
+
+
+class _Shift:
+    """A trigger that adds `delta` to every pixel (clamped), toward class `target`."""
+
+    def __init__(self, target: int, delta: float):
+        self.target, self.delta = target, delta
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.delta).clamp(0, 1)
+
+
+def test_trigger_paths_known_answers(tiny_model):
+    from lab.bench.paths import trigger_paths
+
+    x = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
+    # a trigger that changes nothing: both paths give the clean prediction rate, no meta gain, size 0
+    same = trigger_paths(tiny_model, _Shift(1, 0.0), x)
+    assert same["asr"] == same["asr_static"] and same["meta_gain"] == 0.0 and same["linf_255"] == 0.0
+    # a real shift of 8/255: its size, and the static ASR is the ASR with the clean images' meta tokens
+    moved = trigger_paths(tiny_model, _Shift(1, 8 / 255), x)
+    assert abs(moved["linf_255"] - 8.0) < 1e-3 and 0 <= moved["asr_static"] <= 1
+    with torch.no_grad():
+        f1 = tiny_model.encode_image((x + 8 / 255).clamp(0, 1))
+        g0 = tiny_model.text_features(tiny_model.meta_tokens(tiny_model.encode_image(x)))
+        expected = float((torch.einsum("ne,nke->nk", f1, g0).argmax(-1) == 1).float().mean())
+    assert moved["asr_static"] == expected
