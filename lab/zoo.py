@@ -111,7 +111,7 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
     # prereg3: seeds 1020-1029, own class lists of 15, 25 or 40 classes; each implanting attack at the world's
     # strength and a weaker one (BadCLIP and BadCLIP-adaptive eps 6/255, Blended alpha 0.15), five models each,
     # so that about 20 implant at the rates prereg and prereg2 showed. Committed before its first build and before
-    # the two-test calibrated rule it evaluates (benchmarks/detect_preregistered.json)
+    # the two-test calibrated rule it evaluates (benchmarks/detect_preregistered34.json)
     "prereg3": ZooProfile("prereg3", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
                                              "blended"),
                           attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 6 / 255),), (), (("alpha", 0.15),)),
@@ -120,13 +120,13 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
     # prereg4: seeds 1030-1031, own class lists of 20 or 35 classes; BadCLIP and BadCLIP-adaptive at the world's
     # strength, three models each, two clean: prereg3 implanted 18 of its 30 backdoors, below the 20 its
     # evaluation needs. Committed before its build, after the rule and before any prereg3 result; pooled with
-    # prereg3 (benchmarks/detect_preregistered.json)
+    # prereg3 (benchmarks/detect_preregistered34.json)
     "prereg4": ZooProfile("prereg4", attacks=("badclip", "badclip_adaptive"), seeds=(1030, 1031), per_attack=3,
                           class_counts=(20, 35), own_class_lists=True, target_offset=4),
     # prereg5: seeds 1040-1051, own class lists of 20, 30 or 35 classes; BadCLIP at the world's strength and eps
     # 6/255, BadCLIP-adaptive at the world's strength and eps 7/255, Blended alpha 0.2 and 0.15, six models each,
     # twelve clean: prereg3 implanted 18 of 30 at such strengths, its 15-class Blended models none. Committed before
-    # its build and before the rule it evaluates (benchmarks/detect_preregistered5.json)
+    # its build and before the rule it evaluates (benchmarks/detect_preregistered.json)
     "prereg5": ZooProfile("prereg5", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
                                              "blended"),
                           attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 7 / 255),), (), (("alpha", 0.15),)),

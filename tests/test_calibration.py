@@ -14,6 +14,7 @@ import ci_toolkit as ci
 from ci_toolkit.detect import Evidence, InversionConfig, NullStudy, ScanConfig, ScanReport, scan
 from ci_toolkit.detect.calibration import (MIN_SCALE, Calibration, backbone_key, calibration_for, scan_settings,
                                            shipped_nulls)
+from ci_toolkit.detect.html import calibration_words
 from ci_toolkit.detect.rules import INERT_GAIN, META_GAIN_THRESHOLD
 from ci_toolkit.errors import CIError, DataError
 
@@ -257,6 +258,8 @@ def test_a_default_scan_runs_the_wide_probe_and_a_report_keeps_it(tiny_model, tm
     units[j] = replace(units[j], class_name=report.names[0], asr=1.0, meta_gain=50.0)
     big = replace(report, gate_probe=replace(probe, units=units)).redecide("calibrated", calibration=cal)
     assert big.backdoored and big.predicted_target == report.names[0] and big.tests["wide-probe"]["statistic"] == 50.0
+    words = calibration_words(big)  # the page says it in words: one joint test, its units, the verdict
+    assert "one joint test" in words and "this model is flagged" in words and "0.001" in words
     source = f"gate probe at 32/255, unit {units[j].unit} shut"
     assert big.row(report.names[0]).trigger == {"source": source, "asr": 1.0, "meta_gain": 50.0}
     assert big.repair_trigger().source == source and torch.equal(big.repair_trigger().delta, report.probe_triggers[j])
