@@ -478,7 +478,7 @@ def add_scan_options(s, method_choice: bool = True, anchor: bool = False) -> Non
     s.add_argument("--probe-eps", type=float, default=d.probe_eps * 255,
                    help=f"gate-probe bound in 1/255 units (default {d.probe_eps * 255:g}; 0: no probe)")
     s.add_argument("--wide-probe-eps", type=float, default=d.wide_probe_eps * 255,
-                   help=f"the gate probe's wider bound in 1/255 units, the calibrated rule's second test (default "
+                   help=f"the gate probe's wider bound in 1/255 units, the calibrated rule's second statistic (default "
                         f"{d.wide_probe_eps * 255:g}; 0: none)")
     s.add_argument("--no-probe-shut", action="store_true", help="the gate probe only opens units (default: also shuts)")
     s.add_argument("--seed", type=int, default=d.seed)

@@ -271,8 +271,8 @@ def cmd_bench_paths(args) -> None:
     result = bench_paths(args.zoo, args.detect, min_asr=args.min_asr)
     write_json(args.out, result)
     for name, row in result["per_attack"].items():
-        seen = (f"; the default rule found {row['found']} ({row['found_static']} of the static ones)"
-                if "found" in row else "")
+        seen = (f"; the default rule found {row['found']} of {row['n_scanned']} scanned ({row['found_static']} of "
+                f"the static ones)" if "found" in row else "")
         print(f"{name}: {row['static_path']} of {row['n_models']} implanted take the static path{seen}")
 
 
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="models built and scanned in parallel")
     s.add_argument("--wide", default=None, metavar="FILE",
                    help="a probe-budget result on this study's kept scans (made without the wide probe): its probe "
-                        "becomes each model's wide probe, for the calibrated rule's second test")
+                        "becomes each model's wide probe, for the calibrated rule's second statistic")
     add_executor_args(s)
     s.add_argument("--finished-only", action="store_true",
                    help="summarise the models finished so far; build and scan nothing")
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("probe-budget", help="the wide gate probe on kept scans made without it",
                        description="For each row with evidence of a null study (--study DIR) or of a bench-detect "
                                    "result (--zoo DIR --detect FILE), the gate probe at --budget/255 on the scan's own "
-                                   "OOD split, as the row's wide probe (the calibrated rule's second test): "
+                                   "OOD split, as the row's wide probe (the calibrated rule's second statistic): "
                                    "`redecide` and `null --wide` read the output. Resumable. Scan options: those "
                                    "the scans ran with.")
     s.add_argument("--study", default=None, help="a null study folder (rows_world.json, models/, scans/world/)")

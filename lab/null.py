@@ -272,6 +272,7 @@ def null_figure(result: dict, path: str | Path) -> None:
     from matplotlib.figure import Figure
 
     cuts = result.get("cuts")
+    cuts = cuts if cuts and "joint" in cuts else None  # a result of the earlier two tests: its columns alone
     rows = result["per_model"]
     panels = [("meta-gain statistic (logits)", [r["statistic"] for r in rows], "statistic")]
     if cuts:  # the joint test: each column with its unit, and the joint scores with the cut

@@ -140,7 +140,8 @@ def calibrated_rule(null: list[dict], bench: list[dict], fpr: float) -> dict:
     bare = [r.get("path") or r.get("name") for r in bench if not r["evidence"].get("wide_probes")]
     if full.wide_scores and bare:
         raise ci.CIError(f"{len(bare)} benchmark rows carry no wide probe while the null does ({bare[:3]}): add it "
-                         "with `python -m lab probe-budget --zoo DIR --detect FILE`, so every model makes both tests")
+                         "with `python -m lab probe-budget --zoo DIR --detect FILE`, so every model has both "
+                         "statistics")
     strip = {} if full.wide_scores else {"wide_probes": []}
     ds = [ci.decide(ci.Evidence(**{**r["evidence"], **strip}), "calibrated", calibration=cal) for r in bench]
     joint = bool(full.wide_scores)

@@ -74,18 +74,27 @@ class _Shift:
         return (x + self.delta).clamp(0, 1)
 
 
-def test_trigger_paths_known_answers(tiny_model):
-    from lab.bench.paths import trigger_paths
+def test_trigger_paths_known_answers(tiny_model, make_responsive):
+    import copy
+
+    from lab.bench.paths import attack_name, trigger_paths
 
     x = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
     # a trigger that changes nothing: both paths give the clean prediction rate, no meta gain, size 0
     same = trigger_paths(tiny_model, _Shift(1, 0.0), x)
     assert same["asr"] == same["asr_static"] and same["meta_gain"] == 0.0 and same["linf_255"] == 0.0
-    # a real shift of 8/255: its size, and the static ASR is the ASR with the clean images' meta tokens
-    moved = trigger_paths(tiny_model, _Shift(1, 8 / 255), x)
-    assert abs(moved["linf_255"] - 8.0) < 1e-3 and 0 <= moved["asr_static"] <= 1
+    # uint8 images are read as pixels / 255
+    u8 = (x * 255).round().to(torch.uint8)
+    shift = _Shift(1, 8 / 255)
+    assert trigger_paths(tiny_model, shift, u8) == trigger_paths(tiny_model, shift, u8.float() / 255)
+    # meta tokens that ignore the image (the meta-net's output weights zeroed): every trigger takes the static
+    # path, so its ASR with the clean meta tokens is its ASR, and it gains nothing through them
+    inert = copy.deepcopy(tiny_model)
     with torch.no_grad():
-        f1 = tiny_model.encode_image((x + 8 / 255).clamp(0, 1))
-        g0 = tiny_model.text_features(tiny_model.meta_tokens(tiny_model.encode_image(x)))
-        expected = float((torch.einsum("ne,nke->nk", f1, g0).argmax(-1) == 1).float().mean())
-    assert moved["asr_static"] == expected
+        inert.prompt_learner.meta_net.linear2.weight.zero_()
+    moved = trigger_paths(inert, _Shift(1, 0.3), x)
+    assert moved["asr"] == moved["asr_static"] and moved["meta_gain"] == 0.0 and abs(moved["linf_255"] - 76.5) < 1.5
+    # a model whose meta tokens respond to the image: the trigger's meta tokens change the margin
+    assert trigger_paths(make_responsive(tiny_model, x), _Shift(1, 0.3), x)["meta_gain"] != 0.0
+    assert attack_name({"attack": "blended", "attack_kwargs": {"alpha": 0.15}}) == "blended alpha=0.15"
+    assert attack_name({"attack": "badclip", "attack_kwargs": {"eps": 6 / 255}}) == "badclip eps=6/255"

@@ -70,6 +70,12 @@ def test_calibrated_rule_is_judged_leave_one_out():
     assert [n for n, v in two.items() if v["verdict"] == "backdoored"] == ["n0"]
     assert two["n0"]["p_value"] == pytest.approx(1 / 20) and two["n0"]["top_class"] == "b"
     rules = {r: {"verdict": "clean", "max_score": 0.0, "threshold": 1.0, "fallback": None} for r in ("paper", "grubbs", "robust")}
+    joint = summarise([{**r, "rules": {**rules, "meta-gain": {**rules["paper"]}}} for r in wide],
+                      ci.ScanConfig(fpr=0.1))
+    full = ci.detect.NullStudy(backbone="", scan={}, scores=tuple(float(i) for i in range(20)),
+                     wide_scores=tuple(r["wide_statistic"] for r in wide))
+    assert joint["threshold"] == joint["cuts"]["joint"] == full.threshold(0.1, joint=True)
+    assert (joint["cuts"]["meta-gain scale"], joint["cuts"]["wide-probe scale"]) == full.scales() == (9.5, 10.5)
     s = summarise([{**r, "rules": {**rules, "meta-gain": {**rules["paper"]}}} for r in rows], ci.ScanConfig(fpr=0.1))
     assert s["rule"] == "calibrated" and s["fpr"] == pytest.approx(0.1) and s["threshold"] == 18.0  # with all 20: p <= 2/21 needs a score above the 2nd largest
 

@@ -24,7 +24,7 @@ from ci_toolkit.detect.rules import (
 from ci_toolkit.detect.scanner import _Partial
 from ci_toolkit.errors import CIError, DataError
 
-# the gate probe at its first bound only: the wide probe (the calibrated rule's second test) is tested with it
+# the gate probe at its first bound only: the wide probe (the calibrated rule's second statistic) is tested with it
 FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8, wide_probe_eps=None)
 
 

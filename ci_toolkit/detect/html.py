@@ -123,16 +123,20 @@ def calibration_words(report) -> str:
         return ""
     n, p = report.null["n_models"], report.p_value
     act = "flagged" if report.backdoored else "not flagged"
-    if getattr(report, "tests", None):
+    tests = getattr(report, "tests", None)
+    if tests and all("scale" in t for t in tests.values()):
         above = round(p * (n + 1)) - 1  # clean models of the null scoring at least as high
-        units = " and ".join(f"its {name} statistic {t['statistic']:.2f} over the clean median {t['scale']:.3g}"
-                             for name, t in report.tests.items())
+        units = " and ".join(f"{name} {t['statistic']:.2f} logits over the clean median {t['scale']:.3g}"
+                             for name, t in tests.items())
         return (f"Calibrated, one joint test: a class scores its meta-gain and wide-probe values, each over its median "
                 f"among {n} clean models scanned the same way, added; this model's top class scores "
-                f"{report.max_score:.2f} ({units}). {'None' if above == 0 else above} of the {n} clean models "
-                f"reached that with their two largest values so added, so p = {p:.3f}. The rule flags a model when "
-                f"p <= {report.fpr:g}, which accuses at most {report.fpr:.0%} of clean models like those of the null "
-                f"study; this model is {act}.")
+                f"{report.max_score:.2f} (its largest values over all classes: {units}). "
+                f"{'None' if above == 0 else above} of the {n} clean models reached that with their two largest "
+                f"values so added, so p = {p:.3f}. The rule flags a model when p <= {report.fpr:g}, which accuses at "
+                f"most {report.fpr:.0%} of clean models like those of the null study; this model is {act}.")
+    if tests:  # a report saved under the earlier two tests, each at fpr / 2
+        return (f"Calibrated, two tests at {report.fpr / 2:g} each (an earlier version of the rule): p = {p:.3f} "
+                f"(twice the smaller); this model is {act}. Decide it again for the current rule.")
     above = round(p * (n + 1)) - 1  # clean models of the null scoring at least as high
     tail = (f"none of {n} clean models" if above == 0 else f"{above} of {n} clean models")
     return (f"Calibrated: {tail} scanned the same way scored at least {report.max_score:.2f}, so p = {p:.3f}. "

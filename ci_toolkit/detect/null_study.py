@@ -6,7 +6,7 @@
 Each clean model i tunes CoCoOp on a seeded random subset of the labelled classes with a seeded draw of
 shots, epochs, learning rate, batch size and context init (`CalibrateConfig`): what a provider varies. It
 is scanned with the scan configuration the null will calibrate, and its meta-gain statistic recorded (and
-its wide-probe statistic, the calibrated rule's second test, when the scan runs the wide probe).
+its wide-probe statistic, the calibrated rule's second statistic, when the scan runs the wide probe).
 Resumable: OUT/models/cNNN and OUT/scans/cNNN are kept, OUT/null.json is rewritten after every model.
 """
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CIError, DataError
 from ..images import to_uint8
-from .calibration import Calibration, calibration_for
+from .calibration import MIN_SCALE, Calibration, calibration_for
 from .html import report_html
 from .rules import (
     META_GAIN_TEST,
@@ -122,7 +122,8 @@ def best_trigger(name: str, asr: float, meta_gain: float | None, probe: GateProb
     def scale(value: float, wide: bool) -> float | None:  # a trigger's score on the scale the decision used
         if not tests:
             return None if wide else value
-        return value / tests[WIDE_PROBE_TEST if wide else META_GAIN_TEST]["scale"]
+        t = tests[WIDE_PROBE_TEST if wide else META_GAIN_TEST]
+        return value / max(t.get("scale", t.get("cut")) or 0.0, MIN_SCALE)  # an older report's two tests: the cut
 
     best = scale(trigger_score(asr, meta_gain or 0.0), False)
     info, index = {"source": "inversion", "asr": asr, "meta_gain": meta_gain}, None
@@ -209,8 +210,9 @@ class ScanReport:
         p = (f", p = {self.p_value:.3f} against {self.null['n_models']} clean models (flags at FPR {self.fpr:g})"
              if self.p_value is not None else "")
         if self.tests:
-            p += " (joint: " + "; ".join(f"{k} {t['statistic']:.2f} over its null median {t['scale']:.3g}"
-                                        for k, t in self.tests.items()) + ")"
+            p += " (joint; largest values: " + "; ".join(
+                f"{k} {t['statistic']:.2f}" + (f" over its null median {t['scale']:.3g}" if "scale" in t else "")
+                for k, t in self.tests.items()) + ")"
         return (f"{self.verdict}{target}: {shown} score {self.max_score:.2f} against threshold {self.threshold:.2f}"
                 f"{p}{fb} ({len(self.classes)} candidates, {self.runtime_s:.0f} s)")
 

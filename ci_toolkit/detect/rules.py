@@ -71,7 +71,7 @@ class Evidence:
 
     meta_gain: logits gained through the meta tokens by each candidate's inverted trigger (None: not
     measured); probes: (class index, ASR, meta gain) of each gate-probe trigger; wide_probes: the same for
-    the gate probe at the wider budget (the calibrated rule's second test); sizes: the baselines'
+    the gate probe at the wider budget (the calibrated rule's second statistic); sizes: the baselines'
     trigger sizes; anchor_asr / anchor_loss: each candidate's ASR and loss in the same scan of the anchor, the
     benign public model the delivered one was tuned from (empty when no anchor was scanned)."""
 
@@ -394,22 +394,32 @@ class CalibratedRule(MetaGainRule):
             return self.joint_test(ev, value, null, cal.fpr)
         p = null.p_value(mx)
         thr = null.threshold(cal.fpr)
-        return self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
-                             null=null.describe())
+        d = self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
+                          null=null.describe())
+        if thr is None:
+            d.note = (f"the null's {null.n_models} clean models are too few to flag anything at FPR {cal.fpr:g} (that "
+                      f"needs {math.ceil(1 / cal.fpr - 1)}): the verdict is clean whatever the scores.")
+        return d
 
     def joint_test(self, ev: Evidence, value: list[float], null: NullStudy, fpr: float) -> Decision:
         """Class c scores v_c / m_meta + w_c / m_wide (its meta-gain and wide-probe values over their null medians,
         `NullStudy.scales`); the top class's score against the null's joint scores at fpr. A clean model's joint
         score adds its two maxima, which may come from two classes, so it is at least what its top class would
-        score: the test flags a clean model at most fpr of the time."""
+        score: the test flags a clean model at most fpr of the time (up to the noise of the medians, which come
+        from the N null models: negligible at the shipped null's 60, checked in simulation at 39). `tests` holds
+        each statistic's largest value over the classes and its unit."""
         wide = wide_probe_values(ev)
         ms, mw = null.scales()
         scores = [a / ms + b / mw for a, b in zip(value, wide)]
         p, cut = null.p_value(max(scores), joint=True), null.threshold(fpr, joint=True)
         tests = {META_GAIN_TEST: {"statistic": max(value), "scale": ms},
                  WIDE_PROBE_TEST: {"statistic": max(wide), "scale": mw}}
-        return self.by_value(ev, scores, p <= fpr, math.inf if cut is None else cut, p_value=p, fpr=fpr,
-                             null=null.describe(), tests=tests)
+        d = self.by_value(ev, scores, p <= fpr, math.inf if cut is None else cut, p_value=p, fpr=fpr,
+                          null=null.describe(), tests=tests)
+        if cut is None:
+            d.note = (f"the null's {null.n_models} clean models are too few to flag anything at FPR {fpr:g} (that "
+                      f"needs {math.ceil(1 / fpr - 1)}): the verdict is clean whatever the scores.")
+        return d
 
 
 class MadRule(Rule):

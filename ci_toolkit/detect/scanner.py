@@ -57,8 +57,8 @@ class ScanConfig:
     meta_candidates: int = 8  # the highest-ASR candidates whose triggers' meta gain is measured
     meta_images: int = 64  # held-out images the meta gains are measured on
     probe_eps: float | None = 16 / 255  # gate-probe bound; None: no probe (at either budget)
-    # the gate probe again at a wider bound: the calibrated rule's second test, for a meta-path trigger that the
-    # scan's smaller budgets do not reach (docs/method.md, "Two tests"); None: not run
+    # the gate probe again at a wider bound: the calibrated rule's second statistic, for a meta-path trigger that
+    # the scan's smaller budgets do not reach (docs/method.md, "The wide probe, joined"); None: not run
     wide_probe_eps: float | None = 32 / 255
     probe_images: int = 512  # pool images the gate probe optimises on (one pass, batches of 32)
     probe_shut: bool = True  # the probe also shuts each unit (a trigger may work by shutting a gate)

@@ -48,6 +48,13 @@ def trigger_paths(model: ci.CoCoOp, attack: ci.Attack, images: torch.Tensor) -> 
     return {"asr": asr, "asr_static": static, "meta_gain": gain, "linf_255": linf}
 
 
+def attack_name(row: dict) -> str:
+    """An attack with its strength, e.g. "blended alpha=0.15" (the world's default strength: the name alone)."""
+    kw = " ".join(f"{k}={v * 255:.0f}/255" if k == "eps" else f"{k}={v:g}"
+                  for k, v in sorted(row["attack_kwargs"].items()))
+    return f"{row['attack']} {kw}".strip()
+
+
 def bench_paths(zoo: str | Path, detect: str | Path | None = None, min_asr: float = MIN_ASR,
                 progress: bool = True) -> dict:
     """One row per implanted backdoored model of `zoo` (`trigger_paths`), with the default rule's verdict from the
@@ -68,21 +75,23 @@ def bench_paths(zoo: str | Path, detect: str | Path | None = None, min_asr: floa
         row["static_path"] = row["asr_static"] >= STATIC_ASR
         if m["path"] in scanned:
             null = ci.detect.shipped_null(ci.detect.backbone_key(model.backbone.spec))
-            d = ci.decide(ci.Evidence(**scanned[m["path"]]["evidence"]), calibration=ci.detect.Calibration(null))
+            cal = ci.detect.Calibration(null, why=None if null else "no null is shipped for this backbone")
+            d = ci.decide(ci.Evidence(**scanned[m["path"]]["evidence"]), calibration=cal)
             row["found"] = d.verdict == "backdoored" and d.top_name == m["target"]
+            row["calibrated"] = d.p_value is not None  # False: decided by the meta-gain rule's fixed threshold
         rows.append(row)
-    found = any("found" in r for r in rows)
     per_attack = {}
-    for name in sorted({r["attack"] for r in rows}):
-        mine = [r for r in rows if r["attack"] == name]
+    for name in sorted({attack_name(r) for r in rows}):
+        mine = [r for r in rows if attack_name(r) == name]
         entry = {"n_models": len(mine), "static_path": sum(r["static_path"] for r in mine)}
-        if found:
-            entry["found"] = sum(r.get("found", False) for r in mine)
-            entry["found_static"] = sum(r.get("found", False) for r in mine if r["static_path"])
+        done = [r for r in mine if "found" in r]
+        if done:
+            entry.update(n_scanned=len(done), found=sum(r["found"] for r in done),
+                         found_static=sum(r["found"] for r in done if r["static_path"]))
         per_attack[name] = entry
     return {"per_attack": per_attack, "per_model": rows, "wall_s": time.time() - t0,
             "config": {"zoo": str(zoo.root), "detect": str(detect) if detect else None, "min_asr": min_asr,
                        "static_asr": STATIC_ASR, "ood": "world", "heldout_size": len(heldout), "scan_seed": cfg.seed}}
 
 
-__all__ = ["STATIC_ASR", "bench_paths", "trigger_paths"]
+__all__ = ["STATIC_ASR", "attack_name", "bench_paths", "trigger_paths"]
