@@ -191,7 +191,8 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
                          wide_scores=wide_scores(rows))
         threshold = full.threshold(cfg.fpr, joint=bool(full.wide_scores))
         if full.wide_scores:  # the joint test: its units (the clean medians, logits) and its cut, in those units
-            cuts = {"meta-gain scale": full.scales()[0], "wide-probe scale": full.scales()[1], "joint": threshold}
+            ms, mw = full.scales()
+            cuts = {"meta-gain scale": ms, "wide-probe scale": mw, "joint": threshold}
     else:
         threshold = rows[0]["rules"][cfg.rule]["threshold"] if rows else None
     return {"n_models": len(rows), "rule": cfg.rule, "fpr_level": cfg.fpr if cfg.rule == "calibrated" else None,
@@ -276,10 +277,11 @@ def null_figure(result: dict, path: str | Path) -> None:
     rows = result["per_model"]
     panels = [("meta-gain statistic (logits)", [r["statistic"] for r in rows], "statistic")]
     if cuts:  # the joint test: each column with its unit, and the joint scores with the cut
-        ms, mw = cuts["meta-gain scale"], cuts["wide-probe scale"]
-        panels += [("wide-probe statistic (logits)", [r["wide_statistic"] for r in rows], "wide"),
-                   ("joint score (in clean medians)",
-                    [r["statistic"] / ms + r["wide_statistic"] / mw for r in rows], "joint")]
+        null = NullStudy(backbone="", scan={}, scores=tuple(r["statistic"] for r in rows),
+                         wide_scores=tuple(r["wide_statistic"] for r in rows))
+        ms, mw = null.scales()
+        panels += [("wide-probe statistic (logits)", list(null.wide_scores), "wide"),
+                   ("joint score (in clean medians)", list(null.joint_scores()), "joint")]
     fig = Figure(figsize=(6.4 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (label, values, key) in zip(axes, panels):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from statistics import median
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -83,9 +84,6 @@ class NullStudy:
     def scales(self) -> tuple[float, float]:
         """The units of the joint statistic: the medians of the meta-gain and wide-probe columns (each at least
         MIN_SCALE); the wide one is 1.0 for a null without the wide column."""
-        def median(v) -> float:
-            o = sorted(v)
-            return (o[(len(o) - 1) // 2] + o[len(o) // 2]) / 2
         wide = max(median(self.wide_scores), MIN_SCALE) if self.wide_scores else 1.0
         return max(median(self.scores), MIN_SCALE), wide
 

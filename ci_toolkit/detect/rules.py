@@ -365,6 +365,12 @@ class MetaGainRule(Rule):
         return d
 
 
+def too_few_note(null: NullStudy, fpr: float) -> str:
+    """Why a null decides nothing at fpr: its smallest p-value, 1 / (N + 1), is above it."""
+    return (f"the null's {null.n_models} clean models are too few to flag anything at FPR {fpr:g} (that needs "
+            f"{math.ceil(1 / fpr - 1)}): the verdict is clean whatever the scores.")
+
+
 class CalibratedRule(MetaGainRule):
     name = "calibrated"
     summary = ("the meta-gain and wide-probe statistics, each in units of its median over a null study of clean "
@@ -397,8 +403,7 @@ class CalibratedRule(MetaGainRule):
         d = self.by_value(ev, value, p <= cal.fpr, math.inf if thr is None else thr, p_value=p, fpr=cal.fpr,
                           null=null.describe())
         if thr is None:
-            d.note = (f"the null's {null.n_models} clean models are too few to flag anything at FPR {cal.fpr:g} (that "
-                      f"needs {math.ceil(1 / cal.fpr - 1)}): the verdict is clean whatever the scores.")
+            d.note = too_few_note(null, cal.fpr)
         return d
 
     def joint_test(self, ev: Evidence, value: list[float], null: NullStudy, fpr: float) -> Decision:
@@ -417,8 +422,7 @@ class CalibratedRule(MetaGainRule):
         d = self.by_value(ev, scores, p <= fpr, math.inf if cut is None else cut, p_value=p, fpr=fpr,
                           null=null.describe(), tests=tests)
         if cut is None:
-            d.note = (f"the null's {null.n_models} clean models are too few to flag anything at FPR {fpr:g} (that "
-                      f"needs {math.ceil(1 / fpr - 1)}): the verdict is clean whatever the scores.")
+            d.note = too_few_note(null, fpr)
         return d
 
 
