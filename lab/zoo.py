@@ -70,6 +70,16 @@ _IMPLANTING = ("badclip", "badclip_adaptive", "blended")  # ci.world.IMPLANTING,
 # and no (attack, target) with classroom, full and the earlier hold-outs, except that three of holdout5's
 # five targets per attack are full's targets for that attack; no zoo shares a seed with holdout5
 # (tests/test_zoo.py checks all of it).
+# prereg5: seeds 1040-1051, own class lists of 20, 30 or 35 classes; BadCLIP at the world's strength and eps
+# 6/255, BadCLIP-adaptive at the world's strength and eps 7/255, Blended alpha 0.2 and 0.15, six models each,
+# twelve clean: prereg3 implanted 18 of 30 at such strengths, its 15-class Blended models none. Committed before
+# its build and before the rule it evaluates (benchmarks/detect_preregistered.json)
+_PREREG5 = ZooProfile("prereg5", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
+                                          "blended"),
+                      attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 7 / 255),), (), (("alpha", 0.15),)),
+                      seeds=tuple(range(1040, 1052)), per_attack=6, class_counts=(20, 30, 35),
+                      own_class_lists=True, target_offset=1)
+
 ZOO_PROFILES: dict[str, ZooProfile] = {
     # smoke: 10 classes, 1 epoch, seed 0: one clean, one BadCLIP, one Blended model; for tests and notebooks
     "smoke": ZooProfile("smoke", attacks=("badclip", "blended"), seeds=(0,), per_attack=1, n_classes=10,
@@ -123,15 +133,12 @@ ZOO_PROFILES: dict[str, ZooProfile] = {
     # prereg3 (benchmarks/detect_preregistered34.json)
     "prereg4": ZooProfile("prereg4", attacks=("badclip", "badclip_adaptive"), seeds=(1030, 1031), per_attack=3,
                           class_counts=(20, 35), own_class_lists=True, target_offset=4),
-    # prereg5: seeds 1040-1051, own class lists of 20, 30 or 35 classes; BadCLIP at the world's strength and eps
-    # 6/255, BadCLIP-adaptive at the world's strength and eps 7/255, Blended alpha 0.2 and 0.15, six models each,
-    # twelve clean: prereg3 implanted 18 of 30 at such strengths, its 15-class Blended models none. Committed before
-    # its build and before the rule it evaluates (benchmarks/detect_preregistered.json)
-    "prereg5": ZooProfile("prereg5", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
-                                             "blended"),
-                          attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 7 / 255),), (), (("alpha", 0.15),)),
-                          seeds=tuple(range(1040, 1052)), per_attack=6, class_counts=(20, 30, 35),
-                          own_class_lists=True, target_offset=1),
+    "prereg5": _PREREG5,
+    # prereg6: seeds 1060-1071, own class lists of 25, 30 or 40 classes; the attacks and strengths of prereg5, six
+    # models each, twelve clean, so that its result can be pooled with prereg5's. Committed before its build and
+    # before its first scan (benchmarks/detect_preregistered.json)
+    "prereg6": replace(_PREREG5, name="prereg6", seeds=tuple(range(1060, 1072)),
+                       class_counts=(25, 30, 40), target_offset=3),
     # course: seeds 900-901, two models per implanting attack: the delivered models shipped with the tutorial
     # (`python -m lab course`, ci_toolkit/assets/course/)
     "course": ZooProfile("course", attacks=_IMPLANTING, seeds=(900, 901), per_attack=2),

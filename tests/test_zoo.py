@@ -179,18 +179,19 @@ def test_the_third_preregistered_zoo_is_new_and_has_what_its_evaluation_needs():
     assert not {s["seed"] for s in specs} & (others | {n["seed"] for n in null})
 
 
-def test_the_fifth_preregistered_zoo_is_new_and_has_what_its_evaluation_needs():
+@pytest.mark.parametrize("name, counts", [("prereg5", {20, 30, 35}), ("prereg6", {25, 30, 40})])
+def test_the_fifth_and_sixth_preregistered_zoos_are_new_and_have_what_their_evaluation_needs(name, counts):
     from lab.null import null_specs
 
-    specs = model_specs(ZOO_PROFILES["prereg5"])
+    specs = model_specs(ZOO_PROFILES[name])
     bad = [s for s in specs if s["attack"] != "clean"]
     assert len(bad) == 36 and sum(s["attack"] == "clean" for s in specs) == 12
     for attack in ci.world.IMPLANTING:  # the world's strength and a weaker one, six models each
         mine = [s for s in bad if s["attack"] == attack]
         strengths = {tuple(sorted(s.get("attack_kwargs", {}).items())) for s in mine}
         assert () in strengths and len(strengths) == 2 and len(mine) == 12, attack
-    assert {s["n_classes"] for s in specs} == {20, 30, 35} and all(s["target"] < (s["n_classes"] + 1) // 2 for s in bad)
-    earlier = [s for n, p in ZOO_PROFILES.items() if n != "prereg5" for s in model_specs(p)]
+    assert {s["n_classes"] for s in specs} == counts and all(s["target"] < (s["n_classes"] + 1) // 2 for s in bad)
+    earlier = [s for n, p in ZOO_PROFILES.items() if n != name for s in model_specs(p)]
     null = null_specs(200)
     assert not {s["class_seed"] for s in specs} & ({n["class_seed"] for n in null}
                                                    | {s.get("class_seed", 0) for s in earlier})
@@ -204,7 +205,7 @@ def test_profiles_hold_the_seeds_and_targets_the_benchmarks_were_built_with():
                      "holdout4": list(range(500, 506)), "holdout5": list(range(600, 606)), "course": [900, 901],
                      "prereg": list(range(1000, 1010)), "prereg2": list(range(1010, 1020)),
                      "prereg3": list(range(1020, 1030)), "prereg4": [1030, 1031],
-                     "prereg5": list(range(1040, 1052))}
+                     "prereg5": list(range(1040, 1052)), "prereg6": list(range(1060, 1072))}
     targets = {name: [s["target"] for s in model_specs(p) if s["attack"] != "clean"] for name, p in ZOO_PROFILES.items()}
     assert targets["smoke"] == [3, 0]
     assert targets["classroom"] == [4, 11, 18, 0, 7, 14]
