@@ -31,6 +31,7 @@ from ci_toolkit.detect import (
     Calibration,
     NullStudy,
     backbone_key,
+    class_front,
     meta_gain_statistic,
     scan_settings,
     wide_probe_statistic,
@@ -127,6 +128,16 @@ def wide_scores(rows: list[dict]) -> tuple[float, ...]:
     return tuple(wide) if wide and all(w is not None for w in wide) else ()
 
 
+def null_of(rows: list[dict], **kw) -> NullStudy:
+    """The null study of these rows: their meta-gain statistics, and their wide-probe statistics with each
+    model's class front (the joint test's exact scores) when every row has the wide probe; kw: NullStudy's
+    other fields (backbone and scan default to empty)."""
+    wide = wide_scores(rows)
+    fronts = tuple(class_front(ci.Evidence(**r["evidence"])) for r in rows) if wide else ()
+    return NullStudy(**{"backbone": "", "scan": {}, **kw}, scores=tuple(r["statistic"] for r in rows),
+                     wide_scores=wide, fronts=fronts)
+
+
 def ship_null(out_dir: str | Path, result: dict, path: str | Path) -> NullStudy:
     """The study as the calibrated rule's null (ci_toolkit/assets/null/): the meta-gain and wide-probe statistics
     of every model, with the backbone and the scan settings of their scans (the wide probe's bound: the
@@ -139,8 +150,7 @@ def ship_null(out_dir: str | Path, result: dict, path: str | Path) -> NullStudy:
     scan = {**scan_settings(first.config), **({WIDE_KEY: added["eps"]} if added else {})}
     if not wide:
         scan[WIDE_KEY] = None
-    null = NullStudy(backbone=backbone_key(spec), scores=tuple(r["statistic"] for r in rows), wide_scores=wide,
-                     scan=scan, models=tuple(r["name"] for r in rows),
+    null = null_of(rows, backbone=backbone_key(spec), scan=scan, models=tuple(r["name"] for r in rows),
                      ood="the embedded world's OOD pool (ci.world.ood_pool)" if result["ood"] == "world" else result["ood"],
                      source=f"python -m lab null --models {len(rows)} ({len(rows)} clean CoCoOp models, lab/null.py)")
     null.save(path)
@@ -161,8 +171,7 @@ def loo_calibrated(rows: list[dict], fpr: float) -> dict[str, dict]:
             out[r["name"]] = {"verdict": "clean", "max_score": r["statistic"], "threshold": None, "p_value": 1.0,
                               "fallback": None}
             continue
-        others = NullStudy(backbone="", scan={}, scores=tuple(o["statistic"] for j, o in enumerate(rows) if j != i),
-                           wide_scores=tuple(w for j, w in enumerate(wide) if j != i))
+        others = null_of([o for j, o in enumerate(rows) if j != i])
         ev = ci.Evidence(**r["evidence"]) if wide else ci.Evidence(**{**r["evidence"], "wide_probes": []})
         d = ci.decide(ev, "calibrated", calibration=Calibration(others, fpr))
         out[r["name"]] = {"verdict": d.verdict, "max_score": d.max_score, "threshold": d.threshold,
@@ -187,8 +196,7 @@ def summarise(rows: list[dict], cfg: ci.ScanConfig) -> dict:
     default = per_rule[cfg.rule]
     cuts = None
     if cfg.rule == "calibrated" and rows:
-        full = NullStudy(backbone="", scores=tuple(r["statistic"] for r in rows), scan={},
-                         wide_scores=wide_scores(rows))
+        full = null_of(rows)
         threshold = full.threshold(cfg.fpr, joint=bool(full.wide_scores))
         if full.wide_scores:  # the joint test: its units (the clean medians, logits) and its cut, in those units
             ms, mw = full.scales()
@@ -277,8 +285,7 @@ def null_figure(result: dict, path: str | Path) -> None:
     rows = result["per_model"]
     panels = [("meta-gain statistic (logits)", [r["statistic"] for r in rows], "statistic")]
     if cuts:  # the joint test: each column with its unit, and the joint scores with the cut
-        null = NullStudy(backbone="", scan={}, scores=tuple(r["statistic"] for r in rows),
-                         wide_scores=tuple(r["wide_statistic"] for r in rows))
+        null = null_of(rows)
         ms, mw = null.scales()
         panels += [("wide-probe statistic (logits)", list(null.wide_scores), "wide"),
                    ("joint score (in clean medians)", list(null.joint_scores()), "joint")]
@@ -306,5 +313,6 @@ def null_figure(result: dict, path: str | Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-__all__ = ["NULL_SPACE", "NullSpace", "clopper_pearson", "loo_calibrated", "null_figure", "null_specs", "null_study",
+__all__ = ["NULL_SPACE", "NullSpace", "clopper_pearson", "loo_calibrated", "null_figure", "null_of", "null_specs",
+           "null_study",
            "scan_dir", "ship_null", "summarise", "wide_scores", "with_wide_probe"]

@@ -35,7 +35,7 @@ import ci_toolkit as ci
 from ci_toolkit.detect import RULES, Calibration, NullStudy, meta_gain_statistic, scan_rules
 
 from .bench.detect import detection_metrics
-from .null import clopper_pearson, loo_calibrated, wide_scores
+from .null import clopper_pearson, loo_calibrated, null_of
 
 # the calibrated rule's single test is the meta-gain statistic against the null: meta-gain's "calibrated" column
 CALIBRATED_AS = "meta-gain"
@@ -135,7 +135,7 @@ def calibrated_rule(null: list[dict], bench: list[dict], fpr: float) -> dict:
     null = [{**r, "statistic": meta_gain_statistic(ci.Evidence(**r["evidence"])),
              "wide_statistic": ci.detect.wide_probe_statistic(ci.Evidence(**r["evidence"]))} for r in null]
     loo = loo_calibrated(null, fpr)
-    full = NullStudy(backbone="", scan={}, scores=tuple(r["statistic"] for r in null), wide_scores=wide_scores(null))
+    full = null_of(null)
     cal = Calibration(full, fpr)
     bare = [r.get("path") or r.get("name") for r in bench if not r["evidence"].get("wide_probes")]
     if full.wide_scores and bare:

@@ -12,10 +12,10 @@ import torch
 
 import ci_toolkit as ci
 from ci_toolkit.detect import Evidence, InversionConfig, NullStudy, ScanConfig, ScanReport, scan
-from ci_toolkit.detect.calibration import (MIN_SCALE, Calibration, backbone_key, calibration_for, scan_settings,
-                                           shipped_nulls)
+from ci_toolkit.detect.calibration import (MIN_SCALE, Calibration, backbone_key, calibration_for, pareto_front,
+                                           scan_settings, shipped_nulls)
 from ci_toolkit.detect.html import calibration_words
-from ci_toolkit.detect.rules import INERT_GAIN, META_GAIN_THRESHOLD
+from ci_toolkit.detect.rules import INERT_GAIN, META_GAIN_THRESHOLD, class_front
 from ci_toolkit.errors import CIError, DataError
 
 FAST = ScanConfig(inversion=InversionConfig(batch_size=8, group=2), pool_size=32, heldout_size=8)
@@ -111,6 +111,8 @@ def test_the_shipped_null_holds_for_default_scans_of_the_embedded_miniclip():
     recorded = {**asdict(cfg), "backbone": mini}  # a default scan given at least pool + held-out images
     assert any(n.mismatch(recorded) is None for n in nulls)
     assert all(n.threshold(ci.detect.DEFAULT_FPR) is not None for n in nulls)  # big enough to flag at the default FPR
+    # each holds its models' class fronts: the joint test scores a clean model exactly as it scores a scan
+    assert all(len(n.fronts) == n.n_models and n.wide_scores for n in nulls)
 
 
 def test_calibrate_builds_a_null_that_resumes_and_calibrates_scans(tiny_backbone, tmp_path):
@@ -128,6 +130,7 @@ def test_calibrate_builds_a_null_that_resumes_and_calibrates_scans(tiny_backbone
     more = ci.calibrate(tiny_backbone, images, labels, names, ood, tmp_path / "null", replace(cal, n_models=3), FAST,
                         progress=False)
     assert more.scores[:2] == first.scores and more.n_models == 3
+    assert len(more.fronts) == 3 and more.fronts[:2] == first.fronts  # the wide probe ran: each model's class front
     assert (tmp_path / "null" / "scans" / "c000" / "report.json").stat().st_mtime_ns == stamp
     # a scan of this backbone with the same settings, pointed at the null, is calibrated by it
     model = ci.load_model(tmp_path / "null" / "models" / "c002", tiny_backbone)
@@ -178,11 +181,52 @@ def test_the_joint_test_known_answers():
         replace(null, wide_scores=()).joint_scores()
 
 
+def test_class_fronts_make_the_null_joint_scores_exact(tmp_path):
+    # the front keeps the pairs no other pair beats in both columns, once each, sorted
+    assert pareto_front([(1, 0), (0, 1), (0.5, 0.5), (0.4, 0.4), (1, 0), (0, 0)]) == ((0.0, 1.0), (0.5, 0.5), (1.0, 0.0))
+    assert pareto_front([]) == () and pareto_front([(2, 3), (1, 1)]) == ((2.0, 3.0),)
+    # a scan's front: class 1 (meta-gain value 1 x 0.6), class 3 (wide value 0.5 x 8) and class 0 (0.5 x 0.1 and
+    # 1 x 0.02, beaten by neither in both); class 2 (nothing) is beaten
+    ev = with_wide(0.6, [(3, 0.5, 8.0), (0, 1.0, 0.02)])
+    assert class_front(ev) == ((0.0, 4.0), (0.05, 0.02), (0.6, 0.0))
+    # model i of two_column_null has its two maxima on two classes: (i/10, 0) and (0, i); its exact joint score is
+    # the larger of the two, not their sum
+    base = two_column_null()
+    exact = replace(base, fronts=tuple(((0.0, w), (s, 0.0)) for s, w in zip(base.scores, base.wide_scores)))
+    ms, mw = exact.scales()
+    assert exact.joint_scores()[59] == pytest.approx(max(5.9 / ms, 59 / mw)) == pytest.approx(2.0)
+    assert base.joint_scores()[59] == pytest.approx(4.0)  # without fronts: the two maxima added (conservative)
+    assert exact.threshold(0.05, joint=True) == pytest.approx(2 * 57 / 59)
+    # a scan just above the exact cut is flagged against the exact null, not against the conservative one
+    ev = with_wide(0.0, [(2, 1.0, 1.95 * 29.5)])
+    assert ci.decide(ev, "calibrated", calibration=Calibration(exact, 0.05)).verdict == "backdoored"
+    assert ci.decide(ev, "calibrated", calibration=Calibration(base, 0.05)).verdict == "clean"
+    # the fronts travel with the file, and a front that does not hold its model's statistics is refused
+    assert NullStudy.load(exact.save(tmp_path / "null.json")) == exact
+    with pytest.raises(DataError, match="does not hold its statistics"):
+        replace(exact, fronts=((((0.0, 1.0),),) * 60))
+    with pytest.raises(DataError, match="one front per model"):
+        replace(exact, fronts=exact.fronts[:3])
+
+
+def test_the_joint_test_names_the_class_whose_triggers_gain_through_the_meta_tokens():
+    cal = Calibration(two_column_null(), fpr=0.05)
+    # class 3's wide trigger (0.5 x 240 logits = 4.07 units) tops the joint score; class 1's meta-gain value, 5.9
+    # logits = 2 units (>= its unit), names the target: the verdict is the joint score's, the name the meta tokens'
+    d = ci.decide(with_wide(5.9, [(3, 0.5, 240.0)]), "calibrated", calibration=cal)
+    assert d.verdict == "backdoored" and d.top == 3 and d.predicted_target == 1
+    assert d.flagged == [False, True, False, False] and "the target named is 'b'" in d.note
+    # a meta-gain value under its unit names nothing: the joint score's top class is the target
+    d = ci.decide(with_wide(1.0, [(3, 0.5, 240.0)]), "calibrated", calibration=cal)
+    assert d.predicted_target == d.top == 3 and d.note is None
+
+
 def test_the_joint_test_holds_its_fpr_in_simulation():
     # clean models of K classes, each class with correlated (meta-gain, wide-probe) values; the null keeps each
-    # model's two maxima; a new clean model, decided by ci.decide, is flagged about fpr of the time, not more
+    # model's two maxima (and its class front); a new clean model, decided by ci.decide, is flagged about fpr of
+    # the time, not more: at most fpr against the maxima added, fpr itself against the fronts
     rng, n, fpr, trials = random.Random(1), 39, 0.1, 1500
-    for k in (1, 5):  # one class: the null's sums are exactly the top class's, no slack
+    for k, exact in ((1, False), (5, False), (5, True)):  # one class: the sums are the top class's, no slack
         hits = 0
         for _ in range(trials):
             models = []
@@ -193,13 +237,14 @@ def test_the_joint_test_holds_its_fpr_in_simulation():
                     pairs.append((z + rng.expovariate(2.0), 3 * z + rng.expovariate(0.5)))
                 models.append(pairs)
             null = NullStudy(backbone="bb", scan={}, scores=tuple(max(a for a, _ in m) for m in models[:n]),
-                             wide_scores=tuple(max(b for _, b in m) for m in models[:n]))
+                             wide_scores=tuple(max(b for _, b in m) for m in models[:n]),
+                             fronts=tuple(pareto_front(m) for m in models[:n]) if exact else ())
             new = models[n]
             ev = Evidence(names=[f"c{i}" for i in range(k + 2)], asr=[1.0] * k + [0.1, 0.1], loss=[1.0] * (k + 2),
                           meta_gain=[a for a, _ in new] + [0.0, 0.0],
                           wide_probes=[(i, 1.0, b) for i, (_, b) in enumerate(new)])
             hits += ci.decide(ev, "calibrated", calibration=Calibration(null, fpr)).verdict == "backdoored"
-        assert fpr / 3 <= hits / trials <= fpr + 0.02, (k, hits / trials)
+        assert (fpr - 0.025 if exact else fpr / 3) <= hits / trials <= fpr + 0.02, (k, exact, hits / trials)
 
 
 def test_joint_scores_stay_finite_at_zero_medians_and_small_nulls_flag_nothing():

@@ -61,21 +61,22 @@ def test_calibrated_rule_is_judged_leave_one_out():
     loo = loo_calibrated(rows, fpr=0.1)
     assert [n for n, v in loo.items() if v["verdict"] == "backdoored"] == ["n18", "n19"]
     assert loo["n19"]["p_value"] == 1 / 20 and loo["n17"]["p_value"] == 3 / 20
-    # with every model's wide-probe statistic (on another class than its meta-gain one): the joint test at 0.1;
-    # leave-one-out, n0 is flagged by its wide probe (99, ten times the others' median); n19's two values sit on two
-    # classes, so its top class scores one of them, below the others' joint scores (each adds its two maxima)
+    # with every model's wide-probe statistic (on another class than its meta-gain one): the joint test at 0.1.
+    # Units: the medians 9.5 (meta gain 0..19) and 10.5 (wide 99, 1..19). Each model's joint score is its top
+    # class's, from its class front: n0 99 / 10.5 = 9.43 (its wide probe), n_i max(i / 9.5, i / 10.5) = i / 9.5.
+    # Leave-one-out, n0 (p 1/20) and n19 (2.0 against the others' 9.43, 1.89, ...: p 2/20) are flagged
     wide = [{**r, "evidence": {**r["evidence"], "wide_probes": [[1, 1.0, 99.0 if i == 0 else float(i)]]},
              "wide_statistic": 99.0 if i == 0 else float(i)} for i, r in enumerate(rows)]
     two = loo_calibrated(wide, fpr=0.1)
-    assert [n for n, v in two.items() if v["verdict"] == "backdoored"] == ["n0"]
+    assert [n for n, v in two.items() if v["verdict"] == "backdoored"] == ["n0", "n19"]
     assert two["n0"]["p_value"] == pytest.approx(1 / 20) and two["n0"]["top_class"] == "b"
+    assert two["n19"]["p_value"] == pytest.approx(2 / 20) and two["n18"]["p_value"] == pytest.approx(3 / 20)
     rules = {r: {"verdict": "clean", "max_score": 0.0, "threshold": 1.0, "fallback": None} for r in ("paper", "grubbs", "robust")}
     joint = summarise([{**r, "rules": {**rules, "meta-gain": {**rules["paper"]}}} for r in wide],
                       ci.ScanConfig(fpr=0.1))
-    full = ci.detect.NullStudy(backbone="", scan={}, scores=tuple(float(i) for i in range(20)),
-                     wide_scores=tuple(r["wide_statistic"] for r in wide))
-    assert joint["threshold"] == joint["cuts"]["joint"] == full.threshold(0.1, joint=True)
-    assert (joint["cuts"]["meta-gain scale"], joint["cuts"]["wide-probe scale"]) == full.scales() == (9.5, 10.5)
+    # with all 20: p <= 2/21 needs a joint score above the 2nd largest, n19's 19 / 9.5
+    assert joint["threshold"] == joint["cuts"]["joint"] == pytest.approx(2.0)
+    assert (joint["cuts"]["meta-gain scale"], joint["cuts"]["wide-probe scale"]) == (9.5, 10.5)
     s = summarise([{**r, "rules": {**rules, "meta-gain": {**rules["paper"]}}} for r in rows], ci.ScanConfig(fpr=0.1))
     assert s["rule"] == "calibrated" and s["fpr"] == pytest.approx(0.1) and s["threshold"] == 18.0  # with all 20: p <= 2/21 needs a score above the 2nd largest
 

@@ -26,6 +26,7 @@ from .rules import (
     Rule,
     decide_evidence,
     get_rule,
+    class_front,
     meta_gain_statistic,
     scan_rules,
     wide_probe_statistic,
@@ -50,7 +51,7 @@ def decide(report: ScanReport | Evidence, rule: str | None = None, threshold: fl
 
 
 __all__ = ["scan", "ScanConfig", "calibrate", "CalibrateConfig", "NullStudy", "Calibration", "calibration_for", "shipped_null", "backbone_key", "scan_settings",
-           "meta_gain_statistic", "wide_probe_statistic", "WIDE_KEY",
+           "meta_gain_statistic", "wide_probe_statistic", "class_front", "WIDE_KEY",
            "DEFAULT_FPR", "DEFAULT_RULE", "METHODS", "ScanReport", "ClassResult", "GateProbe", "ProbeUnit", "RepairTrigger",
            "decide", "Decision", "Evidence", "RULES", "SCAN_RULES", "SOLO_RULES", "scan_rules", "SIDE_RULES", "Rule", "get_rule",
            "META_GAIN_THRESHOLD", "PAPER_K", "INERT_GAIN", "invert", "Inversion", "InversionConfig",

@@ -12,10 +12,13 @@ models can give is 1 / (N + 1), so an fpr below that flags nothing.
 
 A null may also hold each clean model's wide-probe statistic (the best ASR x meta gain of the gate probe at
 the wider budget, `ScanConfig.wide_probe_eps`): the calibrated rule then joins the two. Each column's median
-over the null is its unit (`scales`); a clean model's joint score is its meta-gain statistic plus its
-wide-probe statistic, each in its unit (`joint_scores`), and a scan's joint statistic (its top class's two
-values so added, at most its two maxima so added) is tested against them at fpr: one test, no Bonferroni
-split, and conservative, since the null's joint scores add each model's two maxima.
+over the null is its unit (`scales`); a class's joint score is its meta-gain value plus its wide-probe value,
+each in its unit, and a scan's joint statistic (its top class's joint score) is tested against the clean
+models' joint statistics (`joint_scores`) at fpr: one test, no Bonferroni split. A null that holds each
+model's class pairs (`fronts`: the (meta-gain, wide-probe) values of the classes no other class of that model
+beats in both) gives each clean model exactly the statistic a scan computes, so the test flags a clean model
+fpr of the time; a null without them adds each model's two maxima, which may come from two classes: at least
+what its top class scores, so that test is conservative.
 
 The package ships the null of the embedded MiniCLIP under the default scan (assets/null/); `ci-toolkit
 calibrate` builds one for another backbone; `ScanConfig.null_file` points a scan at it.
@@ -68,6 +71,9 @@ class NullStudy:
     source: str = ""  # the command that built it
     models: tuple[str, ...] = field(default_factory=tuple)  # names of the clean models, in the order of scores
     wide_scores: tuple[float, ...] = ()  # each model's wide-probe statistic, in the same order (empty: not measured)
+    # each model's Pareto front of its classes' (meta-gain value, wide-probe value) pairs, in the same order
+    # (`pareto_front`); empty: not recorded, and the joint scores add each model's two maxima
+    fronts: tuple[tuple[tuple[float, float], ...], ...] = ()
 
     def __post_init__(self):
         if len(self.scores) < 1 or not all(math.isfinite(s) for s in self.scores):
@@ -76,6 +82,15 @@ class NullStudy:
                                  or not all(math.isfinite(s) for s in self.wide_scores)):
             raise DataError(f"a null study's wide-probe scores must be finite, one per model ({len(self.scores)}), "
                             f"got {len(self.wide_scores)}")
+        if self.fronts:
+            if not self.wide_scores or len(self.fronts) != len(self.scores):
+                raise DataError(f"a null study's class fronts need its wide-probe scores and one front per model "
+                                f"({len(self.scores)}), got {len(self.fronts)}")
+            for i, (front, s, w) in enumerate(zip(self.fronts, self.scores, self.wide_scores)):
+                tops = (max((a for a, _ in front), default=0.0), max((b for _, b in front), default=0.0))
+                if not all(math.isclose(t, v, rel_tol=1e-6, abs_tol=1e-9) for t, v in zip(tops, (max(s, 0.0), w))):
+                    raise DataError(f"model {i}'s class front (largest {tops[0]:.4g}, {tops[1]:.4g}) does not hold "
+                                    f"its statistics ({s:.4g}, {w:.4g})")
 
     @property
     def n_models(self) -> int:
@@ -88,10 +103,13 @@ class NullStudy:
         return max(median(self.scores), MIN_SCALE), wide
 
     def joint_scores(self) -> tuple[float, ...]:
-        """Each clean model's meta-gain plus wide-probe statistic, each in its column's unit (`scales`)."""
+        """Each clean model's joint statistic in the columns' units (`scales`): the largest joint score of its
+        classes (from its front), or, for a null without fronts, its two maxima added."""
         if not self.wide_scores:
             raise DataError("this null study has no wide-probe column to join")
         ms, mw = self.scales()
+        if self.fronts:
+            return tuple(max((a / ms + b / mw for a, b in front), default=0.0) for front in self.fronts)
         return tuple(s / ms + w / mw for s, w in zip(self.scores, self.wide_scores))
 
     def _column(self, wide: bool, joint: bool) -> tuple[float, ...]:
@@ -129,8 +147,8 @@ class NullStudy:
     # ---- files ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": FORMAT, "backbone": self.backbone, "statistic": "meta-gain", "scores": list(self.scores),
-                "wide_scores": list(self.wide_scores), "models": list(self.models), "scan": self.scan,
-                "ood": self.ood, "source": self.source}
+                "wide_scores": list(self.wide_scores), "fronts": [[list(p) for p in f] for f in self.fronts],
+                "models": list(self.models), "scan": self.scan, "ood": self.ood, "source": self.source}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -149,11 +167,23 @@ class NullStudy:
                 raise KeyError("format")
             return cls(backbone=d["backbone"], scores=tuple(float(s) for s in d["scores"]), scan=dict(d["scan"]),
                        ood=d.get("ood", ""), source=d.get("source", ""), models=tuple(d.get("models", ())),
-                       wide_scores=tuple(float(s) for s in d.get("wide_scores", ())))
+                       wide_scores=tuple(float(s) for s in d.get("wide_scores", ())),
+                       fronts=tuple(tuple((float(a), float(b)) for a, b in f) for f in d.get("fronts", ())))
         except FileNotFoundError:
             raise DataError(f"no null study at {path}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path} is not a ci_toolkit null study ({exc})") from None
+
+
+def pareto_front(pairs) -> tuple[tuple[float, float], ...]:
+    """The (a, b) pairs no other pair beats in both (ties kept once), sorted by a: the only ones that can hold
+    the largest x a + y b for any x, y >= 0, so a null keeps these of each clean model's classes."""
+    front, best_b = [], -math.inf
+    for a, b in sorted({(float(a), float(b)) for a, b in pairs}, key=lambda p: (-p[0], -p[1])):
+        if b > best_b:
+            front.append((a, b))
+            best_b = b
+    return tuple(sorted(front))
 
 
 def conformal_p(scores, score: float) -> float:
@@ -218,4 +248,4 @@ def calibration_for(config: dict) -> Calibration:
 
 
 __all__ = ["NullStudy", "Calibration", "calibration_for", "shipped_null", "shipped_nulls", "backbone_key",
-           "scan_settings", "conformal_p", "conformal_threshold", "DEFAULT_FPR", "SCAN_KEYS", "WIDE_KEY", "MIN_SCALE"]
+           "scan_settings", "conformal_p", "conformal_threshold", "pareto_front", "DEFAULT_FPR", "SCAN_KEYS", "WIDE_KEY", "MIN_SCALE"]

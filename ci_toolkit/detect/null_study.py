@@ -6,7 +6,8 @@
 Each clean model i tunes CoCoOp on a seeded random subset of the labelled classes with a seeded draw of
 shots, epochs, learning rate, batch size and context init (`CalibrateConfig`): what a provider varies. It
 is scanned with the scan configuration the null will calibrate, and its meta-gain statistic recorded (and
-its wide-probe statistic, the calibrated rule's second statistic, when the scan runs the wide probe).
+its wide-probe statistic, the calibrated rule's second statistic, with its classes' front of the two, when the
+scan runs the wide probe).
 Resumable: OUT/models/cNNN and OUT/scans/cNNN are kept, OUT/null.json is rewritten after every model.
 """
 
@@ -27,7 +28,7 @@ from ..model.cocoop import CoCoOp
 from ..model.tuning import TrainConfig, train
 from .calibration import NullStudy, backbone_key, scan_settings
 from .report import ScanReport
-from .rules import meta_gain_statistic, wide_probe_statistic
+from .rules import class_front, meta_gain_statistic, wide_probe_statistic
 from .scanner import ScanConfig, scan
 
 MIN_CLASSES = 3  # a scan scores at least 3 candidate classes
@@ -89,7 +90,7 @@ def calibrate(backbone: Backbone, images: torch.Tensor, labels: torch.Tensor, cl
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"calibrate": asdict(cfg), "scan": asdict(scfg),
                                                  "backbone": backbone_key(backbone.spec), "classes": classnames}, indent=2))
-    scores, wide, names, settings = [], [], [], None
+    scores, wide, fronts, names, settings = [], [], [], [], None
     for i in tqdm(range(cfg.n_models), desc="null study", unit="model", disable=not progress):
         spec = model_spec(cfg, i, len(classnames))
         model_dir, scan_dir = out / "models" / spec["name"], out / "scans" / spec["name"]
@@ -102,13 +103,15 @@ def calibrate(backbone: Backbone, images: torch.Tensor, labels: torch.Tensor, cl
                 model = _train_one(backbone, images, labels, classnames, spec)
                 save_model(model, model_dir, overwrite=True)
             report = scan(model, ood, scfg, scan_dir, progress=False, html=False)
-        scores.append(meta_gain_statistic(report.evidence()))
-        wide.append(wide_probe_statistic(report.evidence()))
+        ev = report.evidence()
+        scores.append(meta_gain_statistic(ev))
+        wide.append(wide_probe_statistic(ev))
+        fronts.append(class_front(ev))
         names.append(spec["name"])
         settings = scan_settings(report.config)
         has_wide = all(w is not None for w in wide)
         null = NullStudy(backbone=backbone_key(backbone.spec), scores=tuple(scores), scan=settings,
-                         wide_scores=tuple(wide) if has_wide else (),
+                         wide_scores=tuple(wide) if has_wide else (), fronts=tuple(fronts) if has_wide else (),
                          models=tuple(names), ood=f"{len(ood)} images given to ci.calibrate",
                          source=f"ci.calibrate ({len(scores)} of {cfg.n_models} clean models, {len(classnames)} classes)")
         null.save(out / "null.json")

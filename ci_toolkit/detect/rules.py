@@ -45,7 +45,7 @@ from statistics import NormalDist
 import torch
 
 from ..errors import CIError
-from .calibration import Calibration, NullStudy
+from .calibration import Calibration, NullStudy, pareto_front
 
 PAPER_K = 2.0  # the paper's threshold on s_t (the CLIP-Inspector paper)
 # Meta-gain threshold, logits per held-out image; how it was chosen, and what it gives on a zoo built before it
@@ -101,7 +101,7 @@ class Decision:
     gap: float  # top-1 minus top-2 score
     flagged: list[bool]  # class-level flags
     fallback: str | None = None  # the rule that decided instead (meta-gain: "paper" when the meta tokens are inert)
-    note: str | None = None  # why a fallback decided, in words
+    note: str | None = None  # why a fallback decided, or why the named target is not the top class, in words
     names: list[str] = field(default_factory=list)
     p_value: float | None = None  # calibrated rule: the p-value against the null study (joint: of the joint score)
     fpr: float | None = None  # calibrated rule: the false-positive rate it flags at
@@ -317,6 +317,12 @@ def wide_probe_statistic(ev: Evidence) -> float | None:
     return max(wide_probe_values(ev)) if ev.wide_probes else None
 
 
+def class_front(ev: Evidence) -> tuple[tuple[float, float], ...]:
+    """The Pareto front of the classes' (meta-gain value, wide-probe value) pairs: what a null study keeps of
+    a clean model so that its joint statistic is exactly a scan's (`NullStudy.fronts`)."""
+    return pareto_front(zip(meta_gain_values(ev)[0], wide_probe_values(ev)))
+
+
 def meta_gain_statistic(ev: Evidence) -> float:
     """The top class's meta-gain value: what a null study records per clean model."""
     return max(meta_gain_values(ev)[0])
@@ -408,11 +414,13 @@ class CalibratedRule(MetaGainRule):
 
     def joint_test(self, ev: Evidence, value: list[float], null: NullStudy, fpr: float) -> Decision:
         """Class c scores v_c / m_meta + w_c / m_wide (its meta-gain and wide-probe values over their null medians,
-        `NullStudy.scales`); the top class's score against the null's joint scores at fpr. A clean model's joint
-        score adds its two maxima, which may come from two classes, so it is at least what its top class would
-        score: the test flags a clean model at most fpr of the time (up to the noise of the medians, which come
-        from the N null models: negligible at the shipped null's 60, checked in simulation at 39). `tests` holds
-        each statistic's largest value over the classes and its unit."""
+        `NullStudy.scales`); the top class's score against the null's joint scores at fpr. A null with its models'
+        class fronts scores each clean model as this does, so the test flags a clean model fpr of the time; one
+        without adds each model's two maxima (at least its top class's score: at most fpr). Both up to the noise
+        of the medians, which come from the N null models (negligible at the shipped null's 60, checked in
+        simulation at 39). `tests` holds each statistic's largest value over the classes and its unit. A flagged
+        model's named target is the class with the largest meta-gain value when that value is at least its unit
+        (else the joint score's top class); `note` says so when it is not the joint score's top class."""
         wide = wide_probe_values(ev)
         ms, mw = null.scales()
         scores = [a / ms + b / mw for a, b in zip(value, wide)]
@@ -423,6 +431,16 @@ class CalibratedRule(MetaGainRule):
                           null=null.describe(), tests=tests)
         if cut is None:
             d.note = too_few_note(null, fpr)
+        named = max(range(len(value)), key=lambda i: (value[i], -i))
+        if d.verdict == "backdoored" and value[named] >= ms and named != d.top:
+            # the test is on the joint score; the target it names is the class whose triggers at the scan's own
+            # bounds gain most through the meta tokens, when that gain is at least its unit (the clean median):
+            # the wide probe's gates at its wider bound reach many classes
+            d.predicted_target = named
+            d.flagged = [i == named for i in range(len(value))]
+            d.note = (f"flagged on the joint score of {ev.names[d.top]!r} ({d.max_score:.1f} units); the target named "
+                      f"is {ev.names[named]!r}, the class with the largest meta-gain value ({value[named]:.3f} logit "
+                      f"against {value[d.top]:.3f}): the wide probe's gates reach many classes at their wider bound.")
         return d
 
 
@@ -486,7 +504,7 @@ def youden_threshold(max_scores, labels) -> float:
     return (t + max(below)) / 2 if below else t - 1e-9
 
 
-__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic",
+__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic", "class_front",
            "wide_probe_values", "wide_probe_statistic", "META_GAIN_TEST", "WIDE_PROBE_TEST", "SCAN_RULES",
            "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE",
            "get_rule",
