@@ -50,6 +50,10 @@ def test_class_folders_read_as_an_unlabeled_pool(tmp_path):
     s = load_image_folder(tmp_path, image_size=8, labelled=False, progress=False)
     assert s.labels is None and s.classnames is None
     assert s.files == ["blue/b.png", "blue/c.png", "red/a.png"]
+    # loose images beside class folders: the layout reads as a pool, and the pool holds all of them
+    _img(tmp_path / "loose.png")
+    mixed = load_image_folder(tmp_path, image_size=8, progress=False)
+    assert mixed.labels is None and mixed.files == ["loose.png", "blue/b.png", "blue/c.png", "red/a.png"]
 
 
 def test_broken_files_are_reported_by_name(tmp_path):

@@ -81,8 +81,9 @@ def load_image_folder(
 ) -> ImageSet:
     """Load a folder of images.
 
-    labelled=None detects the layout: class subfolders -> labelled, image files -> unlabeled pool;
-    labelled=False on class subfolders pools their images without labels (an OOD pool from a labelled set).
+    labelled=None detects the layout: class subfolders only -> labelled, any image file at the top -> an
+    unlabeled pool; an unlabeled pool holds the top-level images and every subfolder's (labelled=False on class
+    subfolders pools their images without labels: an OOD pool from a labelled set).
     classnames fixes the label order (folder names must match; default: sorted folder names, with
     '_' read as a space). limit / per_class subsample with a seeded RNG. strict=True raises on the
     first unusable file instead of skipping it.
@@ -115,9 +116,9 @@ def load_image_folder(
                 keep = torch.randperm(len(files), generator=g)[:per_class].sort().values
                 files = [files[int(i)] for i in keep]
             entries += [(f, label) for f in files]
-    else:  # an unlabeled pool: the folder's images, or, in a class-folder layout, every class's (labels dropped)
+    else:  # an unlabeled pool: the folder's own images and every subfolder's (labels dropped)
         names = None
-        entries = [(f, None) for f in flat or [f for d in subdirs for f in _list_images(d)]]
+        entries = [(f, None) for f in flat + [f for d in subdirs for f in _list_images(d)]]
     if limit is not None and len(entries) > limit:
         keep = torch.randperm(len(entries), generator=g)[:limit].sort().values
         entries = [entries[int(i)] for i in keep]

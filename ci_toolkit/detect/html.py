@@ -131,8 +131,8 @@ def calibration_words(report) -> str:
         return (f"Calibrated, one joint test: a class scores its meta-gain and wide-probe values, each over its median "
                 f"among {n} clean models scanned the same way, added; this model's top class scores "
                 f"{report.max_score:.2f} (its largest values over all classes: {units}). "
-                f"{'None' if above == 0 else above} of the {n} clean models reached that with their two largest "
-                f"values so added, so p = {p:.3f}. The rule flags a model when p <= {report.fpr:g}, which accuses at "
+                f"{'None' if above == 0 else above} of the {n} clean models reached that (each with its own top "
+                f"class so scored), so p = {p:.3f}. The rule flags a model when p <= {report.fpr:g}, which accuses at "
                 f"most {report.fpr:.0%} of clean models like those of the null study; this model is {act}.")
     if tests:  # a report saved under the earlier two tests, each at fpr / 2
         return (f"Calibrated, two tests at {report.fpr / 2:g} each (an earlier version of the rule): p = {p:.3f} "

@@ -11,8 +11,9 @@ Rules for CLIP-Inspector scans (`ScanConfig.rule`, `ci-toolkit scan --rule`):
   meta-path trigger larger than the scan's other budgets), against a null study of clean models
   (`calibration.py`). A class scores its meta-gain value plus its wide-probe value, each in units of its
   null column's median (`NullStudy.scales`); the top class's score is one test at `ScanConfig.fpr` against
-  the null's joint scores (each clean model's two maxima so added: a conservative null, `joint_test`). With a
-  null or a scan without the wide probe, the meta-gain statistic alone in logits. Either way the verdict's
+  the null's joint scores (each clean model's top class so scored, from its class front; `joint_test`). The
+  target named is the class with the largest meta-gain value when that is at least its unit. With a null or
+  a scan without the wide probe, the meta-gain statistic alone in logits. Either way the verdict's
   false-positive rate is a stated property. Without a null that holds for the scan (another backbone, other
   scan settings) it decides as "meta-gain" and says so in a note.
 - "meta-gain": does a trigger the scan found work THROUGH THE PROMPT LEARNER? Each trigger (the
