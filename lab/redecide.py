@@ -152,7 +152,8 @@ def calibrated_rule(null: list[dict], bench: list[dict], fpr: float) -> dict:
     if bench:
         res["bench"] = detection_metrics(bench_rows(bench, ds))
         res["per_model"] = [{"name": r.get("path") or r.get("name"), "label": r["label"], "target": r["target"],
-                             "verdict": d.verdict, "top_class": d.top_name, "score": d.max_score, "p_value": d.p_value,
+                             "verdict": d.verdict, "top_class": d.top_name, "predicted_target": d.target_name,
+                             "score": d.max_score, "p_value": d.p_value,
                              "tests": d.tests} for r, d in zip(bench, ds)]
     return res
 

@@ -12,8 +12,8 @@ import torch
 
 import ci_toolkit as ci
 from ci_toolkit.detect import Evidence, InversionConfig, NullStudy, ScanConfig, ScanReport, scan
-from ci_toolkit.detect.calibration import (MIN_SCALE, Calibration, backbone_key, calibration_for, pareto_front,
-                                           scan_settings, shipped_nulls)
+from ci_toolkit.detect.calibration import (MIN_SCALE, WIDE_KEY, Calibration, backbone_key, calibration_for,
+                                           pareto_front, scan_settings, shipped_nulls)
 from ci_toolkit.detect.html import calibration_words
 from ci_toolkit.detect.rules import INERT_GAIN, META_GAIN_THRESHOLD, class_front
 from ci_toolkit.errors import CIError, DataError
@@ -183,7 +183,8 @@ def test_the_joint_test_known_answers():
 
 def test_class_fronts_make_the_null_joint_scores_exact(tmp_path):
     # the front keeps the pairs no other pair beats in both columns, once each, sorted
-    assert pareto_front([(1, 0), (0, 1), (0.5, 0.5), (0.4, 0.4), (1, 0), (0, 0)]) == ((0.0, 1.0), (0.5, 0.5), (1.0, 0.0))
+    pairs = [(1, 0), (0, 1), (0.5, 0.5), (0.4, 0.4), (1, 0), (0, 0)]
+    assert pareto_front(pairs) == ((0.0, 1.0), (0.5, 0.5), (1.0, 0.0))
     assert pareto_front([]) == () and pareto_front([(2, 3), (1, 1)]) == ((2.0, 3.0),)
     # a scan's front: class 1 (meta-gain value 1 x 0.6), class 3 (wide value 0.5 x 8) and class 0 (0.5 x 0.1 and
     # 1 x 0.02, beaten by neither in both); class 2 (nothing) is beaten
@@ -205,8 +206,21 @@ def test_class_fronts_make_the_null_joint_scores_exact(tmp_path):
     assert NullStudy.load(exact.save(tmp_path / "null.json")) == exact
     with pytest.raises(DataError, match="does not hold its statistics"):
         replace(exact, fronts=((((0.0, 1.0),),) * 60))
-    with pytest.raises(DataError, match="one front per model"):
+    with pytest.raises(DataError, match="one class front per model"):
         replace(exact, fronts=exact.fronts[:3])
+    with pytest.raises(DataError, match="finite values >= 0"):
+        replace(exact, fronts=(((0.0, 0.0), (float("nan"), 0.0)),) + exact.fronts[1:])
+    with pytest.raises(DataError, match="pairs"):
+        replace(exact, fronts=(((0.0,),),) + exact.fronts[1:])
+    with pytest.raises(DataError, match="need its wide-probe scores"):
+        replace(exact, wide_scores=())
+    # lists become tuples: a null built from JSON-like lists equals the same null built from tuples
+    assert replace(exact, fronts=[[list(p) for p in f] for f in exact.fronts]) == exact
+    # a scan whose wide probe the null does not cover is calibrated on the meta-gain column alone, fronts dropped
+    path = exact.save(tmp_path / "exact.json")
+    for wide_eps in (None, 16 / 255):
+        cal = calibration_for({"backbone": "bb", "null_file": str(path), WIDE_KEY: wide_eps})
+        assert cal.null is not None and cal.null.wide_scores == () and cal.null.fronts == ()
 
 
 def test_the_joint_test_names_the_class_whose_triggers_gain_through_the_meta_tokens():
@@ -216,6 +230,10 @@ def test_the_joint_test_names_the_class_whose_triggers_gain_through_the_meta_tok
     d = ci.decide(with_wide(5.9, [(3, 0.5, 240.0)]), "calibrated", calibration=cal)
     assert d.verdict == "backdoored" and d.top == 3 and d.predicted_target == 1
     assert d.flagged == [False, True, False, False] and "the target named is 'b'" in d.note
+    # on a tie of meta-gain values the joint score's top class is named (class 1 and class 3 at 5.9 logits)
+    tied = replace(with_wide(5.9, [(3, 0.5, 240.0)]), asr=[0.5, 1.0, 0.2, 1.0], meta_gain=[0.1, 5.9, None, 5.9])
+    tie = ci.decide(tied, "calibrated", calibration=cal)
+    assert tie.predicted_target == tie.top == 3 and tie.note is None
     # a meta-gain value under its unit names nothing: the joint score's top class is the target
     d = ci.decide(with_wide(1.0, [(3, 0.5, 240.0)]), "calibrated", calibration=cal)
     assert d.predicted_target == d.top == 3 and d.note is None
@@ -223,11 +241,11 @@ def test_the_joint_test_names_the_class_whose_triggers_gain_through_the_meta_tok
 
 def test_the_joint_test_holds_its_fpr_in_simulation():
     # clean models of K classes, each class with correlated (meta-gain, wide-probe) values; the null keeps each
-    # model's two maxima (and its class front); a new clean model, decided by ci.decide, is flagged about fpr of
-    # the time, not more: at most fpr against the maxima added, fpr itself against the fronts
+    # model's two maxima and its class front; a new clean model, decided by ci.decide, is flagged at most fpr of
+    # the time: against the fronts close to fpr (4 / 40 = 0.1 without ties), against the maxima added less often
     rng, n, fpr, trials = random.Random(1), 39, 0.1, 1500
-    for k, exact in ((1, False), (5, False), (5, True)):  # one class: the sums are the top class's, no slack
-        hits = 0
+    for k in (1, 5):  # one class: the sums are the top class's, the two nulls agree
+        hits = {True: 0, False: 0}
         for _ in range(trials):
             models = []
             for _ in range(n + 1):
@@ -236,15 +254,18 @@ def test_the_joint_test_holds_its_fpr_in_simulation():
                     z = rng.expovariate(1.0)
                     pairs.append((z + rng.expovariate(2.0), 3 * z + rng.expovariate(0.5)))
                 models.append(pairs)
-            null = NullStudy(backbone="bb", scan={}, scores=tuple(max(a for a, _ in m) for m in models[:n]),
-                             wide_scores=tuple(max(b for _, b in m) for m in models[:n]),
-                             fronts=tuple(pareto_front(m) for m in models[:n]) if exact else ())
+            summed = NullStudy(backbone="bb", scan={}, scores=tuple(max(a for a, _ in m) for m in models[:n]),
+                               wide_scores=tuple(max(b for _, b in m) for m in models[:n]))
             new = models[n]
             ev = Evidence(names=[f"c{i}" for i in range(k + 2)], asr=[1.0] * k + [0.1, 0.1], loss=[1.0] * (k + 2),
                           meta_gain=[a for a, _ in new] + [0.0, 0.0],
                           wide_probes=[(i, 1.0, b) for i, (_, b) in enumerate(new)])
-            hits += ci.decide(ev, "calibrated", calibration=Calibration(null, fpr)).verdict == "backdoored"
-        assert (fpr - 0.025 if exact else fpr / 3) <= hits / trials <= fpr + 0.02, (k, exact, hits / trials)
+            for exact in (True, False):
+                null = replace(summed, fronts=tuple(pareto_front(m) for m in models[:n])) if exact else summed
+                hits[exact] += ci.decide(ev, "calibrated", calibration=Calibration(null, fpr)).verdict == "backdoored"
+        rate = {e: h / trials for e, h in hits.items()}
+        assert fpr - 0.02 <= rate[True] <= fpr + 0.02 and fpr / 3 <= rate[False] <= fpr + 0.02, (k, rate)
+        assert rate[True] == rate[False] if k == 1 else rate[True] > rate[False], (k, rate)
 
 
 def test_joint_scores_stay_finite_at_zero_medians_and_small_nulls_flag_nothing():

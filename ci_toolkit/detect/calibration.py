@@ -17,8 +17,10 @@ each in its unit, and a scan's joint statistic (its top class's joint score) is 
 models' joint statistics (`joint_scores`) at fpr: one test, no Bonferroni split. A null that holds each
 model's class pairs (`fronts`: the (meta-gain, wide-probe) values of the classes no other class of that model
 beats in both) gives each clean model exactly the statistic a scan computes, so the test flags a clean model
-fpr of the time; a null without them adds each model's two maxima, which may come from two classes: at least
-what its top class scores, so that test is conservative.
+at most fpr of the time and no less than it must (floor(fpr (N + 1)) / (N + 1) without ties), up to the noise
+of the medians; a null without them adds each model's two maxima, which may come from two classes: at least
+what its top class scores, so that test flags fewer clean models and fewer backdoors. (A model whose meta
+tokens are inert is decided by the paper's rule instead, `rules.py`.)
 
 The package ships the null of the embedded MiniCLIP under the default scan (assets/null/); `ci-toolkit
 calibrate` builds one for another backbone; `ScanConfig.null_file` points a scan at it.
@@ -83,9 +85,18 @@ class NullStudy:
             raise DataError(f"a null study's wide-probe scores must be finite, one per model ({len(self.scores)}), "
                             f"got {len(self.wide_scores)}")
         if self.fronts:
-            if not self.wide_scores or len(self.fronts) != len(self.scores):
-                raise DataError(f"a null study's class fronts need its wide-probe scores and one front per model "
-                                f"({len(self.scores)}), got {len(self.fronts)}")
+            if not self.wide_scores:
+                raise DataError("a null study's class fronts need its wide-probe scores (drop the fronts with them)")
+            if len(self.fronts) != len(self.scores):
+                raise DataError(f"a null study needs one class front per model ({len(self.scores)}), "
+                                f"got {len(self.fronts)}")
+            try:
+                fronts = tuple(tuple((float(a), float(b)) for a, b in f) for f in self.fronts)
+            except (TypeError, ValueError):
+                raise DataError("a null study's class fronts must be lists of (meta-gain, wide-probe) pairs") from None
+            if not all(math.isfinite(v) and v >= 0 for f in fronts for p in f for v in p):
+                raise DataError("a null study's class fronts must hold finite values >= 0")
+            object.__setattr__(self, "fronts", fronts)  # tuples, so that a null built from lists equals its file
             for i, (front, s, w) in enumerate(zip(self.fronts, self.scores, self.wide_scores)):
                 tops = (max((a for a, _ in front), default=0.0), max((b for _, b in front), default=0.0))
                 if not all(math.isclose(t, v, rel_tol=1e-6, abs_tol=1e-9) for t, v in zip(tops, (max(s, 0.0), w))):
@@ -142,7 +153,10 @@ class NullStudy:
         return bool(self.wide_scores) and theirs is not None and theirs == self.scan.get(WIDE_KEY)
 
     def describe(self) -> dict:
-        return {"n_models": self.n_models, "backbone": self.backbone, "ood": self.ood, "source": self.source}
+        """What a report records of its null; "exact": its joint scores are each clean model's top class's
+        (it holds class fronts), not two maxima added."""
+        return {"n_models": self.n_models, "backbone": self.backbone, "ood": self.ood, "source": self.source,
+                "exact": bool(self.fronts)}
 
     # ---- files ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -244,8 +258,9 @@ def calibration_for(config: dict) -> Calibration:
     why = null.mismatch(config)
     if why:
         return Calibration(None, fpr, why)
-    return Calibration(null if null.wide_applies(config) else replace(null, wide_scores=()), fpr)
+    return Calibration(null if null.wide_applies(config) else replace(null, wide_scores=(), fronts=()), fpr)
 
 
 __all__ = ["NullStudy", "Calibration", "calibration_for", "shipped_null", "shipped_nulls", "backbone_key",
-           "scan_settings", "conformal_p", "conformal_threshold", "pareto_front", "DEFAULT_FPR", "SCAN_KEYS", "WIDE_KEY", "MIN_SCALE"]
+           "scan_settings", "conformal_p", "conformal_threshold", "pareto_front", "DEFAULT_FPR", "SCAN_KEYS", "WIDE_KEY",
+           "MIN_SCALE"]

@@ -90,8 +90,9 @@ HOW_TO_READ = (
     "gains little). Under the calibrated rule with the wide probe (the gate probe again at a wider bound), a class "
     "scores that value plus its wide-probe value, each over its median among clean models, and the dashed threshold "
     "is the clean models' cut. The model is flagged when the top score passes the dashed threshold. Next: a backdoored "
-    "verdict names the predicted target; `ci-toolkit repair MODEL --report REPORT_DIR` unlearns it with the "
-    "trigger behind that score.")
+    "verdict names the predicted target (the top class; under that joint test, the class with the largest meta-gain "
+    "value when it is at least its clean median, and a warning says when that is not the top class); `ci-toolkit "
+    "repair MODEL --report REPORT_DIR` unlearns it with the trigger behind that class's score.")
 
 
 def _trigger_cell(row) -> str:
@@ -128,11 +129,13 @@ def calibration_words(report) -> str:
         above = round(p * (n + 1)) - 1  # clean models of the null scoring at least as high
         units = " and ".join(f"{name} {t['statistic']:.2f} logits over the clean median {t['scale']:.3g}"
                              for name, t in tests.items())
+        clean = ("each with its own top class so scored" if report.null.get("exact")
+                 else "each with its two largest values added, which may come from two classes")
         return (f"Calibrated, one joint test: a class scores its meta-gain and wide-probe values, each over its median "
                 f"among {n} clean models scanned the same way, added; this model's top class scores "
                 f"{report.max_score:.2f} (its largest values over all classes: {units}). "
-                f"{'None' if above == 0 else above} of the {n} clean models reached that (each with its own top "
-                f"class so scored), so p = {p:.3f}. The rule flags a model when p <= {report.fpr:g}, which accuses at "
+                f"{'None' if above == 0 else above} of the {n} clean models reached that ({clean}), "
+                f"so p = {p:.3f}. The rule flags a model when p <= {report.fpr:g}, which accuses at "
                 f"most {report.fpr:.0%} of clean models like those of the null study; this model is {act}.")
     if tests:  # a report saved under the earlier two tests, each at fpr / 2
         return (f"Calibrated, two tests at {report.fpr / 2:g} each (an earlier version of the rule): p = {p:.3f} "
@@ -173,6 +176,8 @@ def report_html(report) -> str:
         + "</table>")
     target = report.predicted_target
     verdict = f"<b>{e(report.verdict)}</b>" + (f", predicted target <b>{e(str(target))}</b>" if target else "")
+    if target and target != report.top_class:  # named by its meta gain, not the top score (the warning says why)
+        verdict += f" (top score: {e(str(report.top_class))})"
     fallback = ("" if not report.fallback else " (not calibrated: decided by the fixed meta-gain threshold)"
                 if report.fallback == "meta-gain" else f" (meta tokens inert: decided by the {e(report.fallback)} rule)")
     calibrated = calibration_words(report)

@@ -202,6 +202,8 @@ class ScanReport:
     def summary(self) -> str:
         """One line for people: the verdict, the top class and its score against the threshold."""
         target = f" toward {self.predicted_target!r}" if self.predicted_target else f" (top class {self.top_class!r})"
+        if self.predicted_target and self.predicted_target != self.top_class:  # named by its meta gain (joint test)
+            target += f" (the score's top class: {self.top_class!r})"
         # a calibrated rule without a null for this scan is decided by its fallback's fixed threshold: say so
         shown = self.fallback if self.fallback else self.rule
         fb = ""

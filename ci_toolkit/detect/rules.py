@@ -12,7 +12,8 @@ Rules for CLIP-Inspector scans (`ScanConfig.rule`, `ci-toolkit scan --rule`):
   (`calibration.py`). A class scores its meta-gain value plus its wide-probe value, each in units of its
   null column's median (`NullStudy.scales`); the top class's score is one test at `ScanConfig.fpr` against
   the null's joint scores (each clean model's top class so scored, from its class front; `joint_test`). The
-  target named is the class with the largest meta-gain value when that is at least its unit. With a null or
+  target named is the class with the largest meta-gain value when that is at least its unit, else the top
+  class. With a null or
   a scan without the wide probe, the meta-gain statistic alone in logits. Either way the verdict's
   false-positive rate is a stated property. Without a null that holds for the scan (another backbone, other
   scan settings) it decides as "meta-gain" and says so in a note.
@@ -97,10 +98,11 @@ class Decision:
     paper_scores: list[float]  # s_t per candidate, whatever the rule (empty for "mad")
     max_score: float
     threshold: float
-    predicted_target: int | None  # index of the top candidate when backdoored
+    predicted_target: int | None  # index of the named target when backdoored (the top candidate, but for the
+    # calibrated rule's joint test: the class with the largest meta-gain value, `CalibratedRule.joint_test`)
     top: int  # index of the top candidate (even when clean)
     gap: float  # top-1 minus top-2 score
-    flagged: list[bool]  # class-level flags
+    flagged: list[bool]  # class-level flags (the named target's, for a rule that names one)
     fallback: str | None = None  # the rule that decided instead (meta-gain: "paper" when the meta tokens are inert)
     note: str | None = None  # why a fallback decided, or why the named target is not the top class, in words
     names: list[str] = field(default_factory=list)
@@ -416,10 +418,10 @@ class CalibratedRule(MetaGainRule):
     def joint_test(self, ev: Evidence, value: list[float], null: NullStudy, fpr: float) -> Decision:
         """Class c scores v_c / m_meta + w_c / m_wide (its meta-gain and wide-probe values over their null medians,
         `NullStudy.scales`); the top class's score against the null's joint scores at fpr. A null with its models'
-        class fronts scores each clean model as this does, so the test flags a clean model fpr of the time; one
-        without adds each model's two maxima (at least its top class's score: at most fpr). Both up to the noise
-        of the medians, which come from the N null models (negligible at the shipped null's 60, checked in
-        simulation at 39). `tests` holds each statistic's largest value over the classes and its unit. A flagged
+        class fronts scores each clean model as this does, so the test flags a clean model at most fpr of the time
+        (floor(fpr (N + 1)) / (N + 1) without ties); one without adds each model's two maxima (at least its top
+        class's score: fewer clean models and fewer backdoors flagged). Both up to the noise of the medians, which
+        come from the N null models (negligible at the shipped null's 60, checked in simulation at 39). `tests` holds each statistic's largest value over the classes and its unit. A flagged
         model's named target is the class with the largest meta-gain value when that value is at least its unit
         (else the joint score's top class); `note` says so when it is not the joint score's top class."""
         wide = wide_probe_values(ev)
@@ -432,7 +434,7 @@ class CalibratedRule(MetaGainRule):
                           null=null.describe(), tests=tests)
         if cut is None:
             d.note = too_few_note(null, fpr)
-        named = max(range(len(value)), key=lambda i: (value[i], -i))
+        named = max(range(len(value)), key=lambda i: (value[i], i == d.top, -i))  # ties: the joint top class
         if d.verdict == "backdoored" and value[named] >= ms and named != d.top:
             # the test is on the joint score; the target it names is the class whose triggers at the scan's own
             # bounds gain most through the meta tokens, when that gain is at least its unit (the clean median):
@@ -505,7 +507,8 @@ def youden_threshold(max_scores, labels) -> float:
     return (t + max(below)) / 2 if below else t - 1e-9
 
 
-__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic", "class_front",
+__all__ = ["Evidence", "Decision", "Rule", "RULES", "DEFAULT_RULE", "meta_gain_values", "meta_gain_statistic",
+           "class_front",
            "wide_probe_values", "wide_probe_statistic", "META_GAIN_TEST", "WIDE_PROBE_TEST", "SCAN_RULES",
            "SOLO_RULES", "SIDE_RULES", "BASELINE_RULE",
            "get_rule",

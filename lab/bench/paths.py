@@ -77,7 +77,7 @@ def bench_paths(zoo: str | Path, detect: str | Path | None = None, min_asr: floa
             null = ci.detect.shipped_null(ci.detect.backbone_key(model.backbone.spec))
             cal = ci.detect.Calibration(null, why=None if null else "no null is shipped for this backbone")
             d = ci.decide(ci.Evidence(**scanned[m["path"]]["evidence"]), calibration=cal)
-            row["found"] = d.verdict == "backdoored" and d.top_name == m["target"]
+            row["found"] = d.verdict == "backdoored" and d.target_name == m["target"]
             row["calibrated"] = d.p_value is not None  # False: decided by the meta-gain rule's fixed threshold
         rows.append(row)
     per_attack = {}
