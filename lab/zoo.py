@@ -73,7 +73,7 @@ _IMPLANTING = ("badclip", "badclip_adaptive", "blended")  # ci.world.IMPLANTING,
 # prereg5: seeds 1040-1051, own class lists of 20, 30 or 35 classes; BadCLIP at the world's strength and eps
 # 6/255, BadCLIP-adaptive at the world's strength and eps 7/255, Blended alpha 0.2 and 0.15, six models each,
 # twelve clean: prereg3 implanted 18 of 30 at such strengths, its 15-class Blended models none. Committed before
-# its build and before the rule it evaluates (benchmarks/detect_preregistered.json)
+# its build and before the rule it evaluates (benchmarks/detect_preregistered5.json)
 _PREREG5 = ZooProfile("prereg5", attacks=("badclip", "badclip", "badclip_adaptive", "badclip_adaptive", "blended",
                                           "blended"),
                       attack_kwargs=((), (("eps", 6 / 255),), (), (("eps", 7 / 255),), (), (("alpha", 0.15),)),
