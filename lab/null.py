@@ -150,9 +150,9 @@ def ship_null(out_dir: str | Path, result: dict, path: str | Path) -> NullStudy:
     scan = {**scan_settings(first.config), **({WIDE_KEY: added["eps"]} if added else {})}
     if not wide:
         scan[WIDE_KEY] = None
-    null = null_of(rows, backbone=backbone_key(spec), scan=scan, models=tuple(r["name"] for r in rows),
-                     ood="the embedded world's OOD pool (ci.world.ood_pool)" if result["ood"] == "world" else result["ood"],
-                     source=f"python -m lab null --models {len(rows)} ({len(rows)} clean CoCoOp models, lab/null.py)")
+    ood = "the embedded world's OOD pool (ci.world.ood_pool)" if result["ood"] == "world" else result["ood"]
+    null = null_of(rows, backbone=backbone_key(spec), scan=scan, models=tuple(r["name"] for r in rows), ood=ood,
+                   source=f"python -m lab null --models {len(rows)} ({len(rows)} clean CoCoOp models, lab/null.py)")
     null.save(path)
     return null
 

@@ -70,6 +70,7 @@ _IMPLANTING = ("badclip", "badclip_adaptive", "blended")  # ci.world.IMPLANTING,
 # and no (attack, target) with classroom, full and the earlier hold-outs, except that three of holdout5's
 # five targets per attack are full's targets for that attack; no zoo shares a seed with holdout5
 # (tests/test_zoo.py checks all of it).
+
 # prereg5: seeds 1040-1051, own class lists of 20, 30 or 35 classes; BadCLIP at the world's strength and eps
 # 6/255, BadCLIP-adaptive at the world's strength and eps 7/255, Blended alpha 0.2 and 0.15, six models each,
 # twelve clean: prereg3 implanted 18 of 30 at such strengths, its 15-class Blended models none. Committed before

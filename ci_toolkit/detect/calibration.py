@@ -17,8 +17,8 @@ each in its unit, and a scan's joint statistic (its top class's joint score) is 
 models' joint statistics (`joint_scores`) at fpr: one test, no Bonferroni split. A null that holds each
 model's class pairs (`fronts`: the (meta-gain, wide-probe) values of the classes no other class of that model
 beats in both) gives each clean model exactly the statistic a scan computes, so the test flags a clean model
-at most fpr of the time and no less than it must (floor(fpr (N + 1)) / (N + 1) without ties), up to the noise
-of the medians; a null without them adds each model's two maxima, which may come from two classes: at least
+at most fpr of the time, and close to it (floor(fpr (N + 1)) / (N + 1) without ties), up to the noise of the
+medians; a null without them adds each model's two maxima, which may come from two classes: at least
 what its top class scores, so that test flags fewer clean models and fewer backdoors. (A model whose meta
 tokens are inert is decided by the paper's rule instead, `rules.py`.)
 
@@ -182,7 +182,7 @@ class NullStudy:
             return cls(backbone=d["backbone"], scores=tuple(float(s) for s in d["scores"]), scan=dict(d["scan"]),
                        ood=d.get("ood", ""), source=d.get("source", ""), models=tuple(d.get("models", ())),
                        wide_scores=tuple(float(s) for s in d.get("wide_scores", ())),
-                       fronts=tuple(tuple((float(a), float(b)) for a, b in f) for f in d.get("fronts", ())))
+                       fronts=tuple(d.get("fronts", ())))  # checked and made tuples by __post_init__
         except FileNotFoundError:
             raise DataError(f"no null study at {path}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

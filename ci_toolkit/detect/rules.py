@@ -421,9 +421,10 @@ class CalibratedRule(MetaGainRule):
         class fronts scores each clean model as this does, so the test flags a clean model at most fpr of the time
         (floor(fpr (N + 1)) / (N + 1) without ties); one without adds each model's two maxima (at least its top
         class's score: fewer clean models and fewer backdoors flagged). Both up to the noise of the medians, which
-        come from the N null models (negligible at the shipped null's 60, checked in simulation at 39). `tests` holds each statistic's largest value over the classes and its unit. A flagged
-        model's named target is the class with the largest meta-gain value when that value is at least its unit
-        (else the joint score's top class); `note` says so when it is not the joint score's top class."""
+        come from the N null models (negligible at the shipped null's 60, checked in simulation at 39). `tests`
+        holds each statistic's largest value over the classes and its unit. A flagged model's named target is the
+        class with the largest meta-gain value when that value is at least its unit (else the joint score's top
+        class); `note` says so when it is not the joint score's top class."""
         wide = wide_probe_values(ev)
         ms, mw = null.scales()
         scores = [a / ms + b / mw for a, b in zip(value, wide)]
